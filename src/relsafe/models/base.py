@@ -144,7 +144,9 @@ class DualEncoder(nn.Module, ABC):
     def pair_similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Row-wise similarity ``(N,)`` between matching rows of ``a`` and ``b``."""
         if a.shape != b.shape:
-            raise InputError(f"pair_similarity needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+            raise InputError(
+                f"pair_similarity needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
         return (a.float() * b.float()).sum(-1)
 
     # ---- inference ---------------------------------------------------------------------
@@ -160,26 +162,37 @@ class DualEncoder(nn.Module, ABC):
         texts = _check_texts(texts)
         out = []
         for i in range(0, len(texts), batch_size):
-            tokens = {k: v.to(self.device) for k, v in self.tokenize(texts[i : i + batch_size]).items()}
+            tokens = {
+                k: v.to(self.device) for k, v in self.tokenize(texts[i : i + batch_size]).items()
+            }
             out.append(self.postprocess(self.forward_text(tokens), "text").float().cpu())
         return torch.cat(out)
 
     @torch.inference_mode()
-    def encode_image(self, images: Sequence[Any] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    def encode_image(
+        self, images: Sequence[Any] | torch.Tensor, batch_size: int = 256
+    ) -> torch.Tensor:
         """Embed PIL images (or an already preprocessed ``(N,3,H,W)`` batch) ``-> (N, D)``."""
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or images.shape[0] == 0:
-                raise InputError(f"expected a non-empty (N, 3, H, W) pixel batch, got shape {tuple(images.shape)}")
+                raise InputError(
+                    f"expected a non-empty (N, 3, H, W) pixel batch, got shape {tuple(images.shape)}"
+                )
             batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
             pix_iter = iter(batches)
         else:
             images = list(images)
             if not images:
                 raise InputError("encode_image got an empty list of images")
-            pix_iter = (self.preprocess(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
+            pix_iter = (
+                self.preprocess(images[i : i + batch_size])
+                for i in range(0, len(images), batch_size)
+            )
         out = []
         for pix in pix_iter:
-            out.append(self.postprocess(self.forward_image(pix.to(self.device)), "image").float().cpu())
+            out.append(
+                self.postprocess(self.forward_image(pix.to(self.device)), "image").float().cpu()
+            )
         return torch.cat(out)
 
     # ---- identity ----------------------------------------------------------------------
@@ -191,7 +204,9 @@ class DualEncoder(nn.Module, ABC):
             h.update(name.encode())
             h.update(str(t.dtype).encode())
             h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(
+                t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            )
         return h.hexdigest()
 
     @abstractmethod

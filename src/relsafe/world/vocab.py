@@ -73,7 +73,9 @@ class Vocabulary:
         known = {"subjects", "relations", "objects", "compatibility"}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"{source}: unknown vocabulary keys {sorted(unknown)}; expected {sorted(known)}")
+            raise ConfigError(
+                f"{source}: unknown vocabulary keys {sorted(unknown)}; expected {sorted(known)}"
+            )
 
         def section(name: str) -> tuple[dict[str, Phrasings], dict[str, str]]:
             raw = data.get(name)
@@ -92,7 +94,9 @@ class Vocabulary:
                     raise ConfigError(f"{where} needs non-empty string lists `train` and `heldout`")
                 overlap = set(train) & set(held)
                 if overlap:
-                    raise ConfigError(f"{where}: phrasings {sorted(overlap)} are both train and held-out")
+                    raise ConfigError(
+                        f"{where}: phrasings {sorted(overlap)} are both train and held-out"
+                    )
                 out[word] = Phrasings(tuple(train), tuple(held))
                 if "kind" in entry:
                     kinds[word] = str(entry["kind"])

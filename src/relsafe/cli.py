@@ -1,0 +1,227 @@
+"""The ``relsafe`` command line. Each subcommand imports what it needs only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from relsafe import __version__
+from relsafe.errors import RelsafeError
+
+log = logging.getLogger("relsafe")
+
+
+# ---- subcommand handlers ---------------------------------------------------------------
+def _cmd_models(args: argparse.Namespace) -> int:
+    from relsafe.models.registry import backbones
+
+    print(f"{'backbone':<14} {'example spec':<36} description")
+    for b in backbones().values():
+        print(f"{b.name:<14} {b.example:<36} {b.description}")
+    print("\nA folder path also works: CLIP checkpoints and relsafe-mini folders are detected.")
+    return 0
+
+
+def _read_lines(path: Path) -> list[str]:
+    from relsafe.errors import InputError
+
+    try:
+        lines = [ln.rstrip("\n") for ln in path.read_text().splitlines()]
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e}") from e
+    lines = [ln for ln in lines if ln.strip()]
+    if not lines:
+        raise InputError(f"{path} has no non-empty lines")
+    return lines
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from relsafe.engine import EmbeddingEngine
+    from relsafe.errors import InputError
+    from relsafe.models.registry import load_model
+    from relsafe.utils_io import atomic_write_bytes
+
+    if not args.texts and not args.images:
+        raise InputError("relsafe embed needs --texts FILE and/or --images PATH")
+    model = load_model(args.model)
+    engine = EmbeddingEngine(
+        model, device=args.device, batch_size=args.batch_size, cache_dir=args.cache_dir
+    )
+    tensors = {}
+    meta = {"model": args.model, "fingerprint": model.fingerprint()}
+    if args.texts:
+        texts = _read_lines(Path(args.texts))
+        tensors["text"] = engine.embed_texts(texts)
+        meta["n_texts"] = str(len(texts))
+    if args.images:
+        paths = _image_paths(Path(args.images))
+        tensors["image"] = engine.embed_images([str(p) for p in paths])
+        meta["n_images"] = str(len(paths))
+        meta["image_paths"] = "\n".join(str(p) for p in paths)
+    from safetensors.torch import save
+
+    atomic_write_bytes(
+        Path(args.out), save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+    )
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items())
+    print(f"wrote {args.out}: {shapes}")
+    return 0
+
+
+_IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _image_paths(path: Path) -> list[Path]:
+    """A folder (its images, sorted) or a manifest text file (one image path per line)."""
+    from relsafe.errors import InputError
+
+    if path.is_dir():
+        paths = sorted(p for p in path.rglob("*") if p.suffix.lower() in _IMAGE_EXTS)
+        if not paths:
+            raise InputError(f"no images ({', '.join(sorted(_IMAGE_EXTS))}) under {path}")
+        return paths
+    if path.is_file():
+        return [
+            (path.parent / ln).resolve() if not Path(ln).is_absolute() else Path(ln)
+            for ln in _read_lines(path)
+        ]
+    raise InputError(f"--images: {path} is neither a folder nor a manifest file")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from relsafe.eval.suites import run_suite_cli
+
+    return run_suite_cli(args)
+
+
+def _cmd_world_preview(args: argparse.Namespace) -> int:
+    from relsafe.utils_io import atomic_write_bytes
+    from relsafe.world.preview import contact_sheet
+
+    sheet = contact_sheet(style=args.style, n=args.n, seed=args.seed, size=args.size)
+    import io
+
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    atomic_write_bytes(Path(args.out), buf.getvalue())
+    print(f"wrote {args.out} ({sheet.width}x{sheet.height}, style {args.style})")
+    return 0
+
+
+def _cmd_world_styles(args: argparse.Namespace) -> int:
+    from relsafe.world.styles import OOD_STYLES, TRAIN_STYLES
+
+    print("training styles:", ", ".join(TRAIN_STYLES))
+    print("held-out OOD styles:", ", ".join(OOD_STYLES))
+    return 0
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from relsafe.policy import describe, load_policy
+
+    print(describe(load_policy(args.policy)))
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from relsafe.pretrain import main as pretrain_main
+
+    return int(pretrain_main(args.pretrain_args) or 0)
+
+
+# ---- parser ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="relsafe",
+        description="Relationship-aware safety for vision-language models: edit, evaluate, report.",
+    )
+    p.add_argument("--version", action="version", version=f"relsafe {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=fn)
+        return sp
+
+    add("models", _cmd_models, "list registered model backbones")
+
+    sp = add("embed", _cmd_embed, "embed texts and/or images into a safetensors file")
+    sp.add_argument("--model", default="relsafe-mini", help="model spec (default: relsafe-mini)")
+    sp.add_argument("--texts", help="text file, one text per line")
+    sp.add_argument(
+        "--images", help="image folder, or a manifest file with one image path per line"
+    )
+    sp.add_argument("--out", required=True, help="output .safetensors file")
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    sp.add_argument("--cache-dir", default=None, help="embedding cache folder (default: no cache)")
+
+    sp = add("eval", _cmd_eval, "run an evaluation suite on a model and write tidy rows (JSONL)")
+    sp.add_argument("--model", default="relsafe-mini", help="model spec (default: relsafe-mini)")
+    sp.add_argument("--suite", required=True, help="suite name (see `relsafe eval --suite list`)")
+    sp.add_argument("--policy", default=None, help="safety policy YAML (suites that need one)")
+    sp.add_argument("--out", default=None, help="rows file (.jsonl); default: print a summary only")
+    sp.add_argument("--config", default=None, help="suite config YAML")
+    sp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable), e.g. --set n_per_tuple=5",
+    )
+    sp.add_argument("--method", default="original", help="method label for the rows")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--cache-dir", default=None, help="embedding cache folder")
+
+    world = sub.add_parser("world", help="RelWorld: preview scenes, list styles")
+    wsub = world.add_subparsers(dest="world_command", metavar="SUBCOMMAND")
+    wp = wsub.add_parser("preview", help="write a PNG contact sheet of scenes with their tuples")
+    wp.add_argument("--style", default="plain")
+    wp.add_argument("--n", type=int, default=24, help="number of scenes")
+    wp.add_argument("--seed", type=int, default=0)
+    wp.add_argument("--size", type=int, default=64)
+    wp.add_argument("--out", default="relworld_preview.png")
+    wp.set_defaults(func=_cmd_world_preview)
+    ws = wsub.add_parser("styles", help="list training and held-out styles")
+    ws.set_defaults(func=_cmd_world_styles)
+    world.set_defaults(func=lambda a: (world.print_help(), 2)[1])
+
+    sp = add("policy", _cmd_policy, "validate a safety policy and show its derived neighbours")
+    sp.add_argument("policy", help="policy YAML file")
+
+    sp = add("pretrain", _cmd_pretrain, "reproduce the bundled relsafe-mini weights from a seed")
+    sp.add_argument(
+        "pretrain_args", nargs=argparse.REMAINDER, help="flags for the pretrainer (see --help)"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RelsafeError as e:
+        print(f"relsafe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("relsafe: interrupted; completed work was saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Hugging Face ``CLIPModel`` as a relsafe :class:`DualEncoder`.
+
+Loads from a hub id or a local folder. Nothing is downloaded unless the caller allows it: with
+``local_files_only=True`` (the default whenever ``HF_HUB_OFFLINE`` is set, and always for folders)
+a missing checkpoint is an error, never an implicit download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from relsafe.errors import CheckpointError, InputError
+from relsafe.models.base import DualEncoder, LayerPreset
+
+CLIP_PRESET = LayerPreset(
+    # LoRA: attention k/v/out projections and both MLP layers (METHODS.md section 2).
+    text_lora=(
+        "text_model.encoder.layers.*.self_attn.k_proj",
+        "text_model.encoder.layers.*.self_attn.v_proj",
+        "text_model.encoder.layers.*.self_attn.out_proj",
+        "text_model.encoder.layers.*.mlp.fc1",
+        "text_model.encoder.layers.*.mlp.fc2",
+    ),
+    vision_lora=(
+        "vision_model.encoder.layers.*.self_attn.k_proj",
+        "vision_model.encoder.layers.*.self_attn.v_proj",
+        "vision_model.encoder.layers.*.self_attn.out_proj",
+        "vision_model.encoder.layers.*.mlp.fc1",
+        "vision_model.encoder.layers.*.mlp.fc2",
+    ),
+    # UWM (METHODS.md section 3): text attention output projection, vision second MLP layer.
+    text_uwm=("text_model.encoder.layers.*.self_attn.out_proj",),
+    vision_uwm=("vision_model.encoder.layers.*.mlp.fc2",),
+)
+
+
+class _Tower(nn.Module):
+    """Groups one modality's encoder and projection so methods see them as one module."""
+
+    def __init__(self, model: nn.Module, projection: nn.Module, model_attr: str) -> None:
+        super().__init__()
+        # Register under the same attribute names CLIPModel uses, so module names in the tower
+        # (``text_model.encoder.layers.0...``) match the checkpoint's parameter names.
+        self.add_module(model_attr, model)
+        self.add_module(f"{model_attr.split('_')[0]}_projection", projection)
+
+
+def _features(out: Any) -> torch.Tensor:
+    """``get_*_features`` returns a tensor in transformers 4.x and a ModelOutput in 5.x."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for attr in ("pooler_output", "text_embeds", "image_embeds"):
+        val = getattr(out, attr, None)
+        if isinstance(val, torch.Tensor):
+            return val
+    raise TypeError(f"cannot find features in {type(out).__name__}")
+
+
+class HFCLIPModel(DualEncoder):
+    """A Hugging Face ``CLIPModel`` with its tokenizer and image processor."""
+
+    preset = CLIP_PRESET
+
+    def __init__(self, spec: str, model: nn.Module, tokenizer: Any, image_processor: Any) -> None:
+        super().__init__(spec)
+        self.model = model
+        self._tokenizer = tokenizer
+        self.image_processor = image_processor
+        self._text = _Tower(model.text_model, model.text_projection, "text_model")
+        self._vision = _Tower(model.vision_model, model.visual_projection, "vision_model")
+        cfg = model.config.vision_config
+        self._image_size = int(cfg.image_size)
+        mean = getattr(image_processor, "image_mean", None) or [0.48145466, 0.4578275, 0.40821073]
+        std = getattr(image_processor, "image_std", None) or [0.26862954, 0.26130258, 0.27577711]
+        self.register_buffer("_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    # The towers hold references to the same submodules as ``self.model``; keep them out of
+    # ``state_dict``/``parameters`` duplication by not registering them as children.
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("_text", "_vision"):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    @property
+    def text_tower(self) -> nn.Module:
+        return self._text
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self._vision
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        max_len = int(self.model.config.text_config.max_position_embeddings)
+        enc = self._tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        """Resize (shorter side, bicubic), centre-crop, scale to [0,1], normalise: CLIP's recipe.
+
+        Done with PIL + numpy so it is identical whatever processor class transformers ships.
+        """
+        from PIL import Image
+
+        size = self._image_size
+        arrs = []
+        for i, img in enumerate(images):
+            if not isinstance(img, Image.Image):
+                raise InputError(f"image #{i} is {type(img).__name__}, not a PIL image")
+            img = img.convert("RGB")
+            w, h = img.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            img = img.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+            arrs.append(np.asarray(img, dtype=np.uint8))
+        if not arrs:
+            raise InputError("preprocess got no images")
+        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
+        return (x - self._mean.cpu()) / self._std.cpu()
+
+    def forward_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return _features(self.model.get_text_features(**tokens))
+
+    def forward_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.model.vision_model.parameters()).dtype
+        return _features(self.model.get_image_features(pixel_values=pixel_values.to(dtype)))
+
+    def save_pretrained(self, folder: str) -> None:
+        folder_p = Path(folder)
+        folder_p.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder_p, safe_serialization=True)
+        self._tokenizer.save_pretrained(folder_p)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(folder_p)
+
+
+def _is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def check_clip_folder(folder: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``folder`` looks like a CLIP checkpoint."""
+    if not folder.exists():
+        raise CheckpointError(f"model folder not found: {folder}")
+    if not folder.is_dir():
+        raise CheckpointError(f"model path is not a folder: {folder}")
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: malformed JSON ({e})") from e
+    if cfg.get("model_type") != "clip":
+        raise CheckpointError(
+            f"{cfg_path}: model_type is {cfg.get('model_type')!r}, not 'clip'; "
+            "relsafe's HF backend loads CLIPModel checkpoints"
+        )
+    weights = list(folder.glob("*.safetensors"))
+    if not weights:
+        bins = list(folder.glob("*.bin"))
+        hint = " (only pickle .bin weights found; relsafe loads safetensors only)" if bins else ""
+        raise CheckpointError(f"{folder} has no .safetensors weights{hint}")
+
+
+def load_hf_clip(
+    name_or_path: str,
+    *,
+    local_files_only: bool | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    spec: str | None = None,
+) -> HFCLIPModel:
+    """Load a ``CLIPModel`` + tokenizer + image processor from a folder or hub id.
+
+    ``local_files_only`` defaults to True for folders and when ``HF_HUB_OFFLINE`` is set.
+    ``attn_implementation`` defaults to ``"sdpa"`` on CUDA and ``"eager"``-compatible default
+    elsewhere (transformers picks SDPA when available).
+    """
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    path = Path(name_or_path).expanduser()
+    is_folder = path.exists() or name_or_path.startswith((".", "/", "~"))
+    if is_folder:
+        check_clip_folder(path)
+        local_files_only = True
+        source: str = str(path)
+    else:
+        source = name_or_path
+        if local_files_only is None:
+            local_files_only = _is_offline()
+    kwargs: dict[str, Any] = {"local_files_only": local_files_only, "use_safetensors": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = CLIPModel.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+        try:
+            processor = AutoImageProcessor.from_pretrained(
+                source, local_files_only=local_files_only
+            )
+        except (OSError, ValueError):
+            processor = None  # our own preprocess() needs only mean/std, which default to CLIP's
+    except OSError as e:
+        where = "folder" if is_folder else "hub id"
+        hint = (
+            "" if is_folder else " (offline: nothing is downloaded unless local_files_only=False)"
+        )
+        raise CheckpointError(f"cannot load CLIP from {where} {source!r}{hint}: {e}") from e
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"cannot load CLIP weights from {source!r}: {e}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.eval()
+    return HFCLIPModel(spec or name_or_path, model.to(device), tokenizer, processor)
