@@ -57,7 +57,20 @@ def register_suite(
 
 def _load_builtin_suites() -> None:
     # Importing a suite module registers it. Keep this list in one place.
-    from relsafe.eval import zeroshot_suite  # noqa: F401
+    import importlib
+
+    for mod in (
+        "zeroshot_suite",
+        "relational_suite",
+        "safeground_suite",
+        "visu_suite",
+        "unsafe_cls_suite",
+    ):
+        try:
+            importlib.import_module(f"relsafe.eval.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"relsafe.eval.{mod}":
+                raise
 
 
 def suites() -> dict[str, Suite]:

@@ -111,6 +111,10 @@ class HFCLIPModel(DualEncoder):
     def image_size(self) -> int:
         return self._image_size
 
+    def peft_root(self) -> nn.Module:
+        """PEFT wraps the ``CLIPModel`` itself, so adapters load onto a plain ``CLIPModel``."""
+        return self.model
+
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale

@@ -1,0 +1,261 @@
+"""Forget and retain sets for LoRA safety edits, built from a policy (and RelWorld) alone.
+
+Two builders share one structure, :class:`EditSets`:
+
+* :func:`relational_sets` (the flagship): forget = the policy's unsafe tuples; retain = their
+  object marginals, safe neighbours and a sample of unrelated tuples;
+* :func:`concept_sets` (the isolated concept-erasure baseline): forget = *every* tuple that
+  contains the concept (e.g. every wine tuple) and the concept's own marginal; retain = tuples
+  without it.
+
+Only train phrasings, train templates, train contexts and training styles are used, with the
+``EDIT`` base seed (:mod:`relsafe.world.splits`): held-out material is for evaluation only.
+Each forget text comes with a *minimal-pair* target text, the same template and phrasings with the
+tuple's safe counterpart in its place, and each forget image with its counterpart rendered from the
+same seed (same layout and colours, the swapped element changed).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from relsafe.errors import InputError
+from relsafe.world import splits
+from relsafe.world.captions import TEMPLATES, caption_pair, contextualize
+from relsafe.world.dataset import item_seeds
+from relsafe.world.render import render_batch
+from relsafe.world.styles import TRAIN_STYLES
+from relsafe.world.vocab import ORO, Vocabulary
+
+
+@dataclass
+class EditSets:
+    """Texts and images to forget and to retain, with their tuples and redirect targets."""
+
+    forget_texts: list[str]
+    forget_text_targets: list[str]  # minimal-pair caption of the safe counterpart
+    forget_text_tuples: list[ORO]
+    forget_images: np.ndarray  # uint8 (N, H, W, 3)
+    forget_image_targets: np.ndarray  # uint8 (N, H, W, 3): counterpart, same seed and style
+    forget_image_tuples: list[ORO]
+    retain_texts: list[str]
+    retain_text_tuples: list[ORO | None]  # None for marginal probes
+    retain_images: np.ndarray
+    retain_image_tuples: list[ORO]
+    counterparts: dict[ORO, ORO]  # forget tuple -> safe target tuple
+    retain_kinds: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "forget_texts": len(self.forget_texts),
+            "forget_images": len(self.forget_images),
+            "retain_texts": len(self.retain_texts),
+            "retain_images": len(self.retain_images),
+            **{f"retain_{k}": v for k, v in self.retain_kinds.items()},
+        }
+
+    def check(self) -> None:
+        if not self.forget_texts and not len(self.forget_images):
+            raise InputError("the forget set is empty: the policy names nothing to forget")
+        if not self.retain_texts and not len(self.retain_images):
+            raise InputError(
+                "the retain set is empty: nothing would keep the model's other knowledge"
+            )
+
+
+@dataclass(frozen=True)
+class SetSizes:
+    """How much of each kind of data to build."""
+
+    texts_per_forget_tuple: int = 48
+    images_per_forget_tuple: int = 24
+    texts_per_retain_tuple: int = 8
+    images_per_retain_tuple: int = 6
+    n_unrelated: int = 24
+    context_fraction: float = 0.25  # share of forget/retain texts wrapped in a train context
+    size: int = 64
+    seed: int = 0
+
+
+def _texts_for(
+    a: ORO, b: ORO, n: int, rng: random.Random, context_fraction: float
+) -> list[tuple[str, str]]:
+    """``n`` minimal pairs (text of a, text of b), some wrapped in one shared train context."""
+    out = []
+    for _ in range(n):
+        ta, tb = caption_pair(a, b, rng, "train")
+        if rng.random() < context_fraction:
+            state = rng.getstate()
+            ta = contextualize(ta, rng, "train")
+            rng.setstate(state)
+            tb = contextualize(tb, rng, "train")
+        out.append((ta, tb))
+    return out
+
+
+def _render_pairs(
+    pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
+) -> tuple[np.ndarray, np.ndarray, list[ORO]]:
+    """``n`` renders of each pair's first tuple and of its second with the same seeds/styles."""
+    a_t, b_t, seeds, styles = [], [], [], []
+    for p, (a, b) in enumerate(pairs):
+        for j in range(n):
+            s, _ = item_seeds(splits.EDIT + seed, offset + p * n + j)
+            a_t.append(a)
+            b_t.append(b)
+            seeds.append(s)
+            styles.append(TRAIN_STYLES[j % len(TRAIN_STYLES)])
+    if not a_t:
+        empty = np.zeros((0, size, size, 3), np.uint8)
+        return empty, empty.copy(), []
+    a_img = np.zeros((len(a_t), size, size, 3), np.uint8)
+    b_img = np.zeros_like(a_img)
+    for style in TRAIN_STYLES:
+        idx = [i for i, s in enumerate(styles) if s == style]
+        if idx:
+            a_img[idx] = render_batch([a_t[i] for i in idx], [seeds[i] for i in idx], style, size)
+            b_img[idx] = render_batch([b_t[i] for i in idx], [seeds[i] for i in idx], style, size)
+    return a_img, b_img, a_t
+
+
+def _marginal_texts(role: str, word: str, vocab: Vocabulary) -> list[str]:
+    """Train-template probes for a word alone (``"a photo of wine"``, ``"a picture of red wine"``)."""
+    phr = vocab.words(role)[word].train
+    prefixes = sorted(
+        {t.split("{subject}")[0] for t in TEMPLATES["train"] if t.split("{subject}")[0]}
+    )
+    return [f"{p}{w}" for p in prefixes for w in phr]
+
+
+def _build(
+    forget: Sequence[tuple[ORO, ORO]],
+    retain_tuples: Sequence[tuple[ORO, str]],
+    retain_marginals: Sequence[tuple[str, str]],
+    sizes: SetSizes,
+    vocab: Vocabulary,
+) -> EditSets:
+    rng = random.Random(splits.EDIT + sizes.seed)
+    f_texts, f_targets, f_tt = [], [], []
+    for u, cp in forget:
+        for a, b in _texts_for(u, cp, sizes.texts_per_forget_tuple, rng, sizes.context_fraction):
+            f_texts.append(a)
+            f_targets.append(b)
+            f_tt.append(u)
+    f_img, f_tgt, f_it = _render_pairs(
+        forget, sizes.images_per_forget_tuple, sizes.size, sizes.seed, 0
+    )
+    r_texts: list[str] = []
+    r_tt: list[ORO | None] = []
+    kinds: dict[str, int] = {}
+    for t, kind in retain_tuples:
+        for a, _ in _texts_for(t, t, sizes.texts_per_retain_tuple, rng, sizes.context_fraction):
+            r_texts.append(a)
+            r_tt.append(t)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    for role, word in retain_marginals:
+        texts = _marginal_texts(role, word, vocab)
+        r_texts.extend(texts)
+        r_tt.extend([None] * len(texts))
+    kinds["marginal"] = len(retain_marginals)
+    r_img, _, r_it = _render_pairs(
+        [(t, t) for t, _ in retain_tuples],
+        sizes.images_per_retain_tuple,
+        sizes.size,
+        sizes.seed,
+        10_000_000,
+    )
+    sets = EditSets(
+        forget_texts=f_texts,
+        forget_text_targets=f_targets,
+        forget_text_tuples=f_tt,
+        forget_images=f_img,
+        forget_image_targets=f_tgt,
+        forget_image_tuples=f_it,
+        retain_texts=r_texts,
+        retain_text_tuples=r_tt,
+        retain_images=r_img,
+        retain_image_tuples=r_it,
+        counterparts=dict(forget),
+        retain_kinds=kinds,
+    )
+    sets.check()
+    return sets
+
+
+def relational_sets(policy: object, sizes: SetSizes | None = None) -> EditSets:
+    """Forget the policy's unsafe tuples; retain marginals, safe neighbours and unrelated tuples."""
+    sizes = sizes or SetSizes()
+    vocab = policy.vocabulary  # type: ignore[attr-defined]
+    forget = list(policy.pairs())  # type: ignore[attr-defined]
+    neighbours = list(policy.all_neighbours())  # type: ignore[attr-defined]
+    unrelated = list(policy.unrelated())  # type: ignore[attr-defined]
+    rng = random.Random(splits.EDIT + sizes.seed + 1)
+    sample = sorted(rng.sample(unrelated, min(sizes.n_unrelated, len(unrelated))))
+    retain = [(t, "neighbour") for t in neighbours] + [(t, "unrelated") for t in sample]
+    marginals = list(policy.all_marginals())  # type: ignore[attr-defined]
+    return _build(forget, retain, marginals, sizes, vocab)
+
+
+def concept_of(t: ORO, role: str) -> str:
+    return {"subject": t.subject, "relation": t.relation, "object": t.object}[role]
+
+
+def _nearest_allowed(t: ORO, role: str, forbidden: set[ORO], vocab: Vocabulary) -> ORO:
+    """The valid tuple outside ``forbidden`` closest to ``t``: shares the most elements, prefers
+    changing only ``role``, then an object of the same kind, then vocabulary order."""
+    kind = vocab.object_kind.get(t.object)
+
+    def score(c: ORO) -> tuple[int, int, int]:
+        shared = sum(x == y for x, y in zip(c, t, strict=True))
+        only_role = int(shared == 2 and concept_of(c, role) != concept_of(t, role))
+        same_kind = int(vocab.object_kind.get(c.object) == kind)
+        return shared, only_role, same_kind
+
+    candidates = [c for c in vocab.valid_tuples() if c not in forbidden]
+    if not candidates:
+        raise InputError(f"no tuple is left to redirect {t.id} to")
+    return max(candidates, key=score)  # max keeps the first of equals: vocabulary order
+
+
+def concept_sets(policy: object, role: str = "object", sizes: SetSizes | None = None) -> EditSets:
+    """Isolated concept erasure: forget every tuple containing each unsafe tuple's ``role`` word.
+
+    This is the baseline's point: it erases the concept (every wine text and image, the word "wine"
+    alone included) rather than the unsafe relation. Each forgotten tuple is redirected to the
+    nearest tuple without any erased concept (the concept swapped for a same-kind word where the
+    world allows it), so the edit has the same machinery and objectives as relational-lora.
+    """
+    sizes = sizes or SetSizes()
+    vocab: Vocabulary = policy.vocabulary  # type: ignore[attr-defined]
+    concepts = sorted({concept_of(u, role) for u in policy.unsafe})  # type: ignore[attr-defined]
+    forget_set = {t for t in vocab.valid_tuples() if concept_of(t, role) in concepts}
+    forget = [
+        (t, _nearest_allowed(t, role, forget_set, vocab))
+        for t in vocab.valid_tuples()
+        if t in forget_set
+    ]
+    rest = [t for t in vocab.valid_tuples() if t not in forget_set]
+    rng = random.Random(splits.EDIT + sizes.seed + 1)
+    n_keep = min(len(rest), sizes.n_unrelated + len(policy.all_neighbours()))  # type: ignore[attr-defined]
+    retain = [(t, "unrelated") for t in sorted(rng.sample(rest, n_keep))]
+    marginals = [(r, w) for r, w in policy.all_marginals() if not (r == role and w in concepts)]  # type: ignore[attr-defined]
+    sets = _build(forget, retain, marginals, sizes, vocab)
+    # the concept's own marginal probes ("a photo of wine") are forgotten too, redirected to the
+    # word its first tuple was redirected to
+    for word in concepts:
+        first, target = next((t, c) for t, c in forget if concept_of(t, role) == word)
+        new_word = concept_of(target, role)
+        if new_word == word:
+            continue
+        for text, tgt in zip(
+            _marginal_texts(role, word, vocab), _marginal_texts(role, new_word, vocab), strict=False
+        ):
+            sets.forget_texts.append(text)
+            sets.forget_text_targets.append(tgt)
+            sets.forget_text_tuples.append(first)
+    return sets

@@ -1,0 +1,147 @@
+"""``zeroshot`` suite: RelWorld tuple classification (METRICS.md, "Zero-shot tuple classification").
+
+Image -> text: each test image against one caption per valid tuple; top-1 and top-5, overall, per
+tuple and per style, for the canonical captions (attack ``none``), held-out paraphrases, held-out
+contexts, each OOD style and each corruption. Text -> image: is an image of the caption's tuple
+ranked first in a gallery with images of every tuple? Also the confusions of chosen tuples with
+their one-element-swapped neighbours (is child|drinking|wine told from child|drinking|juice and
+adult|drinking|wine?).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from relsafe.config import ConfigError
+from relsafe.eval.probes import CORRUPTIONS, class_captions, test_images
+from relsafe.eval.retrieval import ranks
+from relsafe.eval.rows import Row
+from relsafe.eval.suites import SuiteContext, register_suite
+from relsafe.eval.zeroshot import zeroshot_classify
+from relsafe.world.styles import OOD_STYLES, TRAIN_STYLES
+from relsafe.world.vocab import ORO, default_vocabulary
+
+
+@dataclass
+class ZeroShotConfig:
+    n_per_tuple: int = 6
+    size: int = 64
+    seed: int = 0
+    paraphrase_variants: int = 2
+    ood_styles: list[str] = field(default_factory=lambda: list(OOD_STYLES))
+    corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
+    per_tuple: bool = True
+    confusion_tuples: list[str] = field(default_factory=lambda: ["child|drinking|wine"])
+
+    def validate(self) -> None:
+        if self.n_per_tuple <= 0:
+            raise ConfigError(f"n_per_tuple must be positive, got {self.n_per_tuple}")
+        bad = [s for s in self.ood_styles if s not in OOD_STYLES]
+        if bad:
+            raise ConfigError(f"ood_styles {bad} are not held-out styles {list(OOD_STYLES)}")
+        bad = [c for c in self.corruptions if c not in CORRUPTIONS]
+        if bad:
+            raise ConfigError(f"corruptions {bad} not in {list(CORRUPTIONS)}")
+
+
+def one_swaps(t: ORO, tuples: list[ORO]) -> list[ORO]:
+    """Valid tuples that differ from ``t`` in exactly one element."""
+    return [c for c in tuples if sum(a != b for a, b in zip(c, t, strict=True)) == 1]
+
+
+@register_suite(
+    "zeroshot",
+    "RelWorld zero-shot tuple classification, per attack, tuple and style",
+    ZeroShotConfig,
+)
+def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
+    vocab = default_vocabulary()
+    tuples = vocab.valid_tuples()
+    model, engine = ctx.model, ctx.engine
+    rows: list[Row] = []
+
+    def row(slice_: str, attack: str, metric: str, value: float, n: int) -> None:
+        rows.append(
+            Row(
+                ctx.model_label,
+                ctx.method,
+                "zeroshot",
+                slice_,
+                attack,
+                metric,
+                float(value),
+                int(n),
+            )
+        )
+
+    canon_text = engine.embed_texts(class_captions("none", tuples))
+    attacks: list[tuple[str, list[torch.Tensor]]] = [("none", [canon_text])]
+    for kind in ("paraphrase", "context"):
+        variants = max(1, cfg.paraphrase_variants)
+        attacks.append(
+            (
+                kind,
+                [
+                    engine.embed_texts(class_captions(kind, tuples, v, cfg.seed))
+                    for v in range(variants)
+                ],
+            )
+        )
+    image_attacks = [f"ood:{s}" for s in cfg.ood_styles] + [
+        f"corruption:{c}" for c in cfg.corruptions
+    ]
+    base = test_images("none", cfg.n_per_tuple, cfg.size, cfg.seed)
+    base_emb = engine.embed_images(base.images)
+    labels = torch.as_tensor(base.labels)
+
+    def classify(
+        img_emb: torch.Tensor, text_sets: list[torch.Tensor], attack: str, per_tuple: bool
+    ) -> None:
+        top1, top5, per, t2i = [], [], [], []
+        mask = labels[None, :] == torch.arange(len(tuples))[:, None]
+        for text_emb in text_sets:
+            res = zeroshot_classify(img_emb, text_emb, labels, model.similarity, ks=(1, 5))
+            top1.append(res["top1"])
+            top5.append(res["top5"])
+            per.append(res["per_class"]["top1"])
+            # text -> image: each caption's best image must show its tuple
+            t2i.append(
+                float((ranks(model.similarity(text_emb, img_emb), mask) == 0).float().mean())
+            )
+        n = len(labels)
+        row("all", attack, "top1", sum(top1) / len(top1), n)
+        row("all", attack, "top5", sum(top5) / len(top5), n)
+        row("all", attack, "t2i_top1", sum(t2i) / len(t2i), len(tuples))
+        if per_tuple:
+            mean_per = torch.stack(per).mean(0)
+            for i, t in enumerate(tuples):
+                row(t.id, attack, "top1", float(mean_per[i]), cfg.n_per_tuple)
+
+    for attack, text_sets in attacks:
+        classify(base_emb, text_sets, attack, cfg.per_tuple and attack == "none")
+    # per training style (canonical captions)
+    reps = torch.arange(len(labels)) % cfg.n_per_tuple
+    for k, style in enumerate(TRAIN_STYLES):
+        sel = (reps % len(TRAIN_STYLES)) == k
+        if sel.any():
+            res = zeroshot_classify(
+                base_emb[sel], canon_text, labels[sel], model.similarity, ks=(1,)
+            )
+            row(f"style:{style}", "none", "top1", res["top1"], int(sel.sum()))
+    for attack in image_attacks:
+        emb = engine.embed_images(test_images(attack, cfg.n_per_tuple, cfg.size, cfg.seed).images)
+        classify(emb, [canon_text], attack, False)
+    # confusions with one-element-swapped neighbours
+    res = zeroshot_classify(base_emb, canon_text, labels, model.similarity, ks=(1,))
+    preds = res["predictions"]
+    index = {t: i for i, t in enumerate(tuples)}
+    for spec in cfg.confusion_tuples:
+        t = vocab.tuple(spec, where="confusion_tuples")
+        sel = labels == index[t]
+        n = int(sel.sum())
+        for other in [t, *one_swaps(t, tuples)]:
+            rate = float((preds[sel] == index[other]).float().mean())
+            row(f"confusion:{t.id}->{other.id}", "none", "rate", rate, n)
+    return rows

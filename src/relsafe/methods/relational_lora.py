@@ -1,0 +1,371 @@
+"""Relationship-aware LoRA unlearning (METHODS.md section 1) and the isolated concept-erasure
+baseline (section 2), which shares its machinery and differs only in what it forgets.
+
+From a policy alone (:mod:`relsafe.data.edit_sets`), a LoRA on the chosen tower(s) is trained with:
+
+``forget`` (per forget text; the objective is selectable)
+    * ``redirect`` (default): ``1 - cos(T(u), T0(c))`` where ``c`` is the minimal-pair caption of
+      the safe counterpart (same template and phrasings, child|drinking|wine -> child|drinking|juice);
+    * ``margin``: ``relu(cos(T(u), P0(u)) - cos(T(u), P0(c)) + margin)`` with ``P0`` the frozen
+      image prototype of a tuple: the text must prefer the counterpart's images to its own;
+    * ``neutral``: ``1 - cos(T(u), T0(anchor))`` toward a neutral anchor text (``"a photo"``).
+``separation``
+    for each forget text and an image ``g`` of its tuple (and the counterpart image ``v`` rendered
+    from the same seed): ``relu(s(g, T(u)) - s(g, T(c)) + m) + relu(s(v, T(u)) - s(v, T(c)) + m)``.
+    Redirecting ``T(u)`` onto ``T0(c)`` alone would leave the two captions tied for every image;
+    this term makes the unsafe caption lose to its counterpart on both tuples' images, so it is top-1
+    for neither and the counterpart's own images still pick their own caption.
+``retain_distill``
+    ``1 - cos(T(r), T0(r))`` on retain texts (marginals, safe neighbours, unrelated) and on the
+    counterpart texts themselves.
+``retain_align``
+    cross-entropy of retain images against the (edited) canonical captions of every tuple, with the
+    frozen image features: neighbours keep being recognised, also against the moved unsafe captions.
+``vision_forget`` / ``vision_retain`` (when ``vision`` is among ``towers``)
+    ``1 - cos(V(g), V0(v))`` (unsafe image to its same-seed counterpart render) and
+    ``1 - cos(V(r), V0(r))`` on retain images.
+
+All ``*0`` references are computed from the unedited model *before* the adapter is attached and
+held as plain tensors, so they cannot drift (see ``tests/test_relational_lora.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from relsafe.config import to_dict
+from relsafe.data.edit_sets import EditSets, SetSizes, concept_sets, relational_sets
+from relsafe.errors import ConfigError, InputError
+from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
+from relsafe.methods.lora import attach_lora
+from relsafe.methods.training import run_loop
+from relsafe.world.captions import canonical_caption
+from relsafe.world.vocab import default_vocabulary
+
+log = logging.getLogger(__name__)
+
+Objective = Literal["redirect", "margin", "neutral"]
+
+
+@dataclass
+class LoraEditConfig:
+    """Config of ``relational-lora`` and ``concept-erasure`` (YAML keys are these field names)."""
+
+    towers: list[str] = field(default_factory=lambda: ["text"])
+    objective: Objective = "redirect"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    steps: int = 150
+    batch_forget: int = 32
+    batch_retain: int = 64
+    batch_images: int = 64
+    margin: float = 0.05
+    w_forget: float = 1.0
+    w_separation: float = 1.0
+    w_retain_distill: float = 1.0
+    w_retain_align: float = 0.5
+    w_vision_forget: float = 1.0
+    w_vision_retain: float = 1.0
+    anchor_text: str = "a photo"
+    concept_role: Literal["subject", "relation", "object"] = "object"  # concept-erasure only
+    data: SetSizes = field(default_factory=SetSizes)
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+
+    def validate(self) -> None:
+        bad = [t for t in self.towers if t not in ("text", "vision")]
+        if bad or not self.towers:
+            raise ConfigError(
+                f"towers must be a non-empty subset of ['text', 'vision'], got {self.towers}"
+            )
+        for name in ("rank", "steps", "batch_forget", "batch_retain", "batch_images"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+
+def _pixels(model: Any, arr: np.ndarray) -> torch.Tensor:
+    from PIL import Image
+
+    if len(arr) == 0:
+        return torch.zeros(0, 3, model.image_size, model.image_size)
+    return torch.cat(
+        [
+            model.preprocess([Image.fromarray(a) for a in arr[i : i + 256]])
+            for i in range(0, len(arr), 256)
+        ]
+    )
+
+
+@torch.no_grad()
+def _frozen_text(model: Any, texts: list[str], bs: int = 256) -> torch.Tensor:
+    if not texts:
+        return torch.zeros(0, model.embed_dim)
+    return torch.cat(
+        [
+            model.postprocess(
+                model.forward_text(
+                    {k: v.to(model.device) for k, v in model.tokenize(texts[i : i + bs]).items()}
+                ),
+                "text",
+            ).float()
+            for i in range(0, len(texts), bs)
+        ]
+    ).detach()
+
+
+@torch.no_grad()
+def _frozen_image(model: Any, pix: torch.Tensor, bs: int = 256) -> torch.Tensor:
+    if len(pix) == 0:
+        return torch.zeros(0, model.embed_dim)
+    return torch.cat(
+        [
+            model.postprocess(
+                model.forward_image(pix[i : i + bs].to(model.device)), "image"
+            ).float()
+            for i in range(0, len(pix), bs)
+        ]
+    ).detach()
+
+
+def _cos_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (1 - nn.functional.cosine_similarity(a, b, dim=-1)).mean()
+
+
+class _LoraEdit:
+    """Holds the data, frozen references and loss terms of one edit."""
+
+    def __init__(self, model: Any, sets: EditSets, cfg: LoraEditConfig) -> None:
+        self.model, self.sets, self.cfg = model, sets, cfg
+        self.all_tuples = default_vocabulary().valid_tuples()
+        self.tuple_index = {t: i for i, t in enumerate(self.all_tuples)}
+        self.canon = [canonical_caption(t) for t in self.all_tuples]
+        model.eval()
+        # ---- frozen references, computed before any adapter exists ----------------------
+        self.f_pix = _pixels(model, sets.forget_images)
+        self.ft_pix = _pixels(model, sets.forget_image_targets)
+        self.r_pix = _pixels(model, sets.retain_images)
+        self.T0_target = _frozen_text(model, sets.forget_text_targets)
+        self.T0_retain = _frozen_text(model, sets.retain_texts)
+        self.T0_anchor = _frozen_text(model, [cfg.anchor_text])
+        self.V0_forget = _frozen_image(model, self.f_pix)
+        self.V0_ftarget = _frozen_image(model, self.ft_pix)
+        self.V0_retain = _frozen_image(model, self.r_pix)
+        scale = getattr(model, "logit_scale", None)
+        self.scale = (
+            float(scale.detach().exp().clamp(max=100.0)) if torch.is_tensor(scale) else 100.0
+        )
+        # image indices per forget tuple (to pair forget texts with images of their tuple)
+        self.img_by_tuple: dict[Any, list[int]] = {}
+        for i, t in enumerate(sets.forget_image_tuples):
+            self.img_by_tuple.setdefault(t, []).append(i)
+        self.proto0 = {
+            t: nn.functional.normalize(self.V0_forget[idx].mean(0), dim=-1)
+            for t, idx in self.img_by_tuple.items()
+        }
+        self.proto0_cp = {
+            t: nn.functional.normalize(self.V0_ftarget[idx].mean(0), dim=-1)
+            for t, idx in self.img_by_tuple.items()
+        }
+        self.r_labels = torch.tensor(
+            [self.tuple_index[t] for t in sets.retain_image_tuples], dtype=torch.long
+        )
+        self.train_text = "text" in cfg.towers
+        self.train_vision = "vision" in cfg.towers
+
+    # ---- forward helpers -----------------------------------------------------------------
+    def T(self, texts: list[str]) -> torch.Tensor:
+        tok = {k: v.to(self.model.device) for k, v in self.model.tokenize(texts).items()}
+        return self.model.postprocess(self.model.forward_text(tok), "text")
+
+    def V(self, pix: torch.Tensor) -> torch.Tensor:
+        return self.model.postprocess(self.model.forward_image(pix.to(self.model.device)), "image")
+
+    def sim_rows(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.model.pair_similarity(a, b)
+
+    # ---- one step ------------------------------------------------------------------------
+    def losses(self, step: int, rng: random.Random) -> dict[str, torch.Tensor]:
+        cfg, s = self.cfg, self.sets
+        out: dict[str, torch.Tensor] = {}
+        fi = (
+            rng.sample(range(len(s.forget_texts)), min(cfg.batch_forget, len(s.forget_texts)))
+            if s.forget_texts
+            else []
+        )
+        if self.train_text and fi:
+            f_texts = [s.forget_texts[i] for i in fi]
+            t_texts = [s.forget_text_targets[i] for i in fi]
+            Tu = self.T(f_texts)
+            Tc = self.T(t_texts)
+            if cfg.objective == "redirect":
+                out["forget"] = _cos_loss(Tu, self.T0_target[fi])
+            elif cfg.objective == "neutral":
+                out["forget"] = _cos_loss(Tu, self.T0_anchor.expand_as(Tu))
+            else:  # margin
+                own = torch.stack([self.proto0[s.forget_text_tuples[i]] for i in fi])
+                cp = torch.stack([self.proto0_cp[s.forget_text_tuples[i]] for i in fi])
+                out["forget"] = torch.relu(
+                    self.sim_rows(Tu, own) - self.sim_rows(Tu, cp) + cfg.margin
+                ).mean()
+            # separation on a random image of each text's tuple and its same-seed counterpart
+            gi = [rng.choice(self.img_by_tuple[s.forget_text_tuples[i]]) for i in fi]
+            g = self.V(self.f_pix[gi]) if self.train_vision else self.V0_forget[gi]
+            v = self.V0_ftarget[gi]
+            sep = torch.relu(self.sim_rows(g, Tu) - self.sim_rows(g, Tc) + cfg.margin)
+            sep = sep + torch.relu(self.sim_rows(v, Tu) - self.sim_rows(v, Tc) + cfg.margin)
+            out["separation"] = sep.mean()
+            ri = rng.sample(range(len(s.retain_texts)), min(cfg.batch_retain, len(s.retain_texts)))
+            distill = _cos_loss(Tc, self.T0_target[fi])
+            if ri:
+                distill = 0.5 * (
+                    distill + _cos_loss(self.T([s.retain_texts[i] for i in ri]), self.T0_retain[ri])
+                )
+            out["retain_distill"] = distill
+            if len(self.r_pix):
+                ii = rng.sample(range(len(self.r_pix)), min(cfg.batch_images, len(self.r_pix)))
+                canon = self.T(self.canon)
+                img = self.V(self.r_pix[ii]) if self.train_vision else self.V0_retain[ii]
+                logits = self.scale * self.model.similarity(img, canon)
+                out["retain_align"] = nn.functional.cross_entropy(logits, self.r_labels[ii])
+        if self.train_vision and len(self.f_pix):
+            gi = rng.sample(range(len(self.f_pix)), min(cfg.batch_images, len(self.f_pix)))
+            out["vision_forget"] = _cos_loss(self.V(self.f_pix[gi]), self.V0_ftarget[gi])
+            if len(self.r_pix):
+                ri = rng.sample(range(len(self.r_pix)), min(cfg.batch_images, len(self.r_pix)))
+                out["vision_retain"] = _cos_loss(self.V(self.r_pix[ri]), self.V0_retain[ri])
+        if not out:
+            raise InputError(
+                "nothing to train: the forget set has no texts for the text tower and no images for the vision tower"
+            )
+        return out
+
+
+def _run_lora_edit(
+    method: str,
+    model: Any,
+    sets: EditSets,
+    cfg: LoraEditConfig,
+    *,
+    progress: bool,
+    workdir: str | None,
+) -> EditResult:
+    import hashlib
+    import json
+
+    with Timer() as timer:
+        edit = _LoraEdit(model, sets, cfg)
+        handle = attach_lora(
+            model,
+            towers=cfg.towers,
+            r=cfg.rank,
+            alpha=cfg.alpha,
+            dropout=cfg.dropout,
+            seed=cfg.seed,
+        )
+        weights = {
+            "forget": cfg.w_forget,
+            "separation": cfg.w_separation,
+            "retain_distill": cfg.w_retain_distill,
+            "retain_align": cfg.w_retain_align,
+            "vision_forget": cfg.w_vision_forget,
+            "vision_retain": cfg.w_vision_retain,
+        }
+        fp = hashlib.sha256(
+            json.dumps(
+                {"method": method, "cfg": to_dict(cfg), "model": model.fingerprint()},
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+        loop = run_loop(
+            handle,
+            handle.parameters(),
+            edit.losses,
+            weights,
+            steps=cfg.steps,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            seed=cfg.seed,
+            log_every=cfg.log_every,
+            progress=progress,
+            desc=method,
+            workdir=workdir,
+            checkpoint_every=cfg.checkpoint_every,
+            fingerprint=fp,
+        )
+    model.eval()
+    total = sum(p.numel() for p in model.parameters())
+    record = EditRecord(
+        method=method,
+        config=to_dict(cfg),
+        model=getattr(model, "spec", type(model).__name__),
+        data_sizes=sets.sizes(),
+        curve=loop.curve,
+        params_touched=handle.num_parameters(),
+        params_total=total,
+        time_s=timer.elapsed,
+        warnings=list(sets.warnings) + ([loop.stopped_early] if loop.stopped_early else []),
+        extra={
+            "counterparts": {u.id: c.id for u, c in sets.counterparts.items()},
+            "lora_targets": handle.targets,
+            "steps_done": loop.steps_done,
+            "resumed_from": loop.resumed_from,
+        },
+    )
+    return EditResult(model=model, record=record, adapter=handle)
+
+
+@register_method(
+    "relational-lora",
+    "LoRA unlearning of unsafe O-R-O tuples, keeping marginals and safe neighbours",
+    LoraEditConfig,
+)
+def relational_lora(
+    model: Any,
+    policy: Any,
+    cfg: LoraEditConfig | None = None,
+    *,
+    progress: bool = True,
+    workdir: str | None = None,
+) -> EditResult:
+    """Edit ``model`` (in place) so the policy's unsafe tuples stop aligning; see module docs."""
+    cfg = cfg or LoraEditConfig()
+    if policy is None:
+        raise InputError("relational-lora needs a safety policy")
+    sets = relational_sets(policy, cfg.data)
+    return _run_lora_edit("relational-lora", model, sets, cfg, progress=progress, workdir=workdir)
+
+
+@register_method(
+    "concept-erasure",
+    "baseline: LoRA erasure of each unsafe tuple's isolated concept (e.g. all wine)",
+    LoraEditConfig,
+)
+def concept_erasure(
+    model: Any,
+    policy: Any,
+    cfg: LoraEditConfig | None = None,
+    *,
+    progress: bool = True,
+    workdir: str | None = None,
+) -> EditResult:
+    """Same machinery as relational-lora, but forgets every tuple containing the concept."""
+    cfg = cfg or LoraEditConfig()
+    if policy is None:
+        raise InputError(
+            "concept-erasure needs a safety policy (its concepts come from the unsafe tuples)"
+        )
+    sets = concept_sets(policy, cfg.concept_role, cfg.data)
+    return _run_lora_edit("concept-erasure", model, sets, cfg, progress=progress, workdir=workdir)

@@ -1,0 +1,184 @@
+"""The training loop every LoRA method shares: optimiser, progress, logging, NaN guard, resume.
+
+A method supplies ``step_losses(step, rng) -> dict[str, Tensor]`` (each term already weighted or
+not, see ``weights``) and the loop does the rest:
+
+* the total is ``sum(weights[k] * term[k])``; each term is logged separately into the record's curve;
+* a non-finite loss stops training, restores the last good adapter state and says so (in the
+  record's warnings and the log), never silently continues;
+* with ``workdir`` set, a checkpoint (adapter weights, optimiser state, step, RNG state, curve) is
+  written atomically every ``checkpoint_every`` steps, and a later call with the same workdir
+  resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from relsafe.engine.embed import progress_enabled
+from relsafe.methods.lora import LoraHandle
+from relsafe.utils_io import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopResult:
+    curve: list[dict[str, float]]
+    steps_done: int
+    stopped_early: str | None = None  # a reason, e.g. "non-finite loss at step 17"
+    resumed_from: int = 0
+
+
+def _ckpt_paths(workdir: Path) -> tuple[Path, Path, Path]:
+    return workdir / "adapter.safetensors", workdir / "optimizer.pt", workdir / "state.json"
+
+
+def save_checkpoint(
+    workdir: Path,
+    handle: LoraHandle,
+    opt: torch.optim.Optimizer,
+    step: int,
+    curve: list[dict[str, float]],
+    rng: random.Random,
+    fingerprint: str,
+) -> None:
+    """Write adapter, optimiser and loop state atomically (state.json last, so it marks a complete set)."""
+    import io
+
+    from safetensors.torch import save
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    a_path, o_path, s_path = _ckpt_paths(workdir)
+    atomic_write_bytes(a_path, save(handle.state_dict()))
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    atomic_write_bytes(o_path, buf.getvalue())
+    state = {
+        "step": step,
+        "curve": curve,
+        "rng": repr(rng.getstate()),
+        "torch_rng": torch.get_rng_state().tolist(),
+        "fingerprint": fingerprint,
+    }
+    atomic_write_json(s_path, state)
+
+
+def load_checkpoint(
+    workdir: Path,
+    handle: LoraHandle,
+    opt: torch.optim.Optimizer,
+    rng: random.Random,
+    fingerprint: str,
+) -> tuple[int, list[dict[str, float]]] | None:
+    """Restore a checkpoint written by :func:`save_checkpoint`; None when there is none."""
+    import ast
+
+    from safetensors.torch import load_file
+
+    a_path, o_path, s_path = _ckpt_paths(workdir)
+    if not s_path.is_file():
+        return None
+    state = json.loads(s_path.read_text())
+    if state.get("fingerprint") != fingerprint:
+        log.warning(
+            "checkpoint in %s was made with another config or model; starting afresh", workdir
+        )
+        return None
+    handle.load_state_dict(load_file(str(a_path)))
+    opt.load_state_dict(torch.load(o_path, weights_only=True))
+    rng.setstate(ast.literal_eval(state["rng"]))
+    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    return int(state["step"]), list(state["curve"])
+
+
+def run_loop(
+    handle: LoraHandle,
+    params: list[torch.nn.Parameter],
+    step_losses: Callable[[int, random.Random], dict[str, torch.Tensor]],
+    weights: dict[str, float],
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    log_every: int = 10,
+    progress: bool = True,
+    desc: str = "edit",
+    workdir: str | Path | None = None,
+    checkpoint_every: int = 50,
+    fingerprint: str = "",
+    optimizer: str = "adamw",
+    extra_param_groups: list[dict[str, Any]] | None = None,
+) -> LoopResult:
+    """Optimise ``params`` for ``steps`` steps on the weighted sum of ``step_losses``."""
+    from tqdm.auto import tqdm
+
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    groups: list[dict[str, Any]] = [{"params": params, "weight_decay": weight_decay}]
+    groups += extra_param_groups or []
+    opt: torch.optim.Optimizer = (
+        torch.optim.Adam(groups, lr=lr) if optimizer == "adam" else torch.optim.AdamW(groups, lr=lr)
+    )
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    curve: list[dict[str, float]] = []
+    start = 0
+    wd = Path(workdir) if workdir else None
+    if wd is not None:
+        restored = load_checkpoint(wd, handle, opt, rng, fingerprint)
+        if restored is not None:
+            start, curve = restored
+            log.info("resuming %s from step %d (%s)", desc, start, wd)
+    good_state = {k: v.clone() for k, v in handle.state_dict().items()}
+    stopped = None
+    handle.train_mode(True)
+    bar = tqdm(
+        total=steps, initial=start, desc=desc, disable=not progress_enabled(progress), leave=False
+    )
+    step = start
+    try:
+        for step in range(start, steps):
+            terms = step_losses(step, rng)
+            total = sum(weights.get(k, 1.0) * v for k, v in terms.items())
+            if not torch.is_tensor(total) or not torch.isfinite(total):
+                bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+                stopped = f"non-finite loss at step {step} (terms {bad or ['total']}); restored the last good adapter"
+                log.error("%s: %s", desc, stopped)
+                handle.load_state_dict(good_state)
+                break
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            if step % log_every == 0 or step == steps - 1:
+                entry = {"step": float(step), "loss": float(total.detach())}
+                entry.update({k: float(v.detach()) for k, v in terms.items()})
+                curve.append(entry)
+                bar.set_postfix(loss=f"{entry['loss']:.4f}")
+                good_state = {k: v.clone() for k, v in handle.state_dict().items()}
+            if wd is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                save_checkpoint(wd, handle, opt, step + 1, curve, rng, fingerprint)
+            bar.update(1)
+        else:
+            step = steps
+    finally:
+        bar.close()
+        handle.train_mode(False)
+    if stopped is None and any(not math.isfinite(v) for e in curve for v in e.values()):
+        stopped = "non-finite value in the logged curve"
+    return LoopResult(
+        curve=curve,
+        steps_done=step if stopped else steps,
+        stopped_early=stopped,
+        resumed_from=start,
+    )
