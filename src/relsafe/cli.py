@@ -126,6 +126,20 @@ def _cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from relsafe.methods.edit_cli import run_edit_cli
+
+    return run_edit_cli(args)
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from relsafe.methods.base import methods
+
+    for m in methods().values():
+        print(f"{m.name:<18} {m.description}")
+    return 0
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from relsafe.pretrain import main as pretrain_main
 
@@ -179,6 +193,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method", default="original", help="method label for the rows")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--cache-dir", default=None, help="embedding cache folder")
+
+    add("methods", _cmd_methods, "list registered safety methods")
+
+    sp = add("edit", _cmd_edit, "apply a safety method to a model and export the edited model")
+    sp.add_argument("--method", required=True, help="method name (see `relsafe methods`)")
+    sp.add_argument("--model", default="relsafe-mini", help="model spec (default: relsafe-mini)")
+    sp.add_argument(
+        "--policy", default=None, help="safety policy YAML or bundled name (default, tiny)"
+    )
+    sp.add_argument(
+        "--out", required=True, help="output folder (adapter/, merged/, record.json, ...)"
+    )
+    sp.add_argument("--config", default=None, help="method config YAML")
+    sp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a method config key (repeatable), e.g. --set steps=100",
+    )
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    sp.add_argument(
+        "--revert",
+        default=None,
+        metavar="EDIT_DIR",
+        help="(uwm) undo a saved edit: restore the weights its mask negated",
+    )
+    sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     world = sub.add_parser("world", help="RelWorld: preview scenes, list styles")
     wsub = world.add_subparsers(dest="world_command", metavar="SUBCOMMAND")

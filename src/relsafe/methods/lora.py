@@ -47,7 +47,7 @@ def target_module_names(
             raise InputError(f"unknown tower {tower_name!r}; use one of {TOWERS}")
         tower = model.text_tower if tower_name == "text" else model.vision_tower
         pats = (patterns or {}).get(tower_name) or model.preset.patterns(f"{tower_name}_lora")
-        for _, mod in match_linear_layers(tower, pats).items():
+        for _, mod in match_linear_layers(tower, pats, (nn.Linear, nn.Conv2d)).items():
             name = names_by_id.get(id(mod))
             if name is None:
                 raise InputError(f"a {tower_name} tower layer is not reachable from the LoRA root")

@@ -324,7 +324,14 @@ def _run_lora_edit(
             "resumed_from": loop.resumed_from,
         },
     )
-    return EditResult(model=model, record=record, adapter=handle)
+    refs = {
+        "T0_target": edit.T0_target,
+        "T0_retain": edit.T0_retain,
+        "V0_forget": edit.V0_forget,
+        "V0_ftarget": edit.V0_ftarget,
+        "V0_retain": edit.V0_retain,
+    }
+    return EditResult(model=model, record=record, adapter=handle, artifacts={"references": refs})
 
 
 @register_method(

@@ -51,8 +51,10 @@ class LayerPreset:
         raise KeyError(f"layer preset has no group {group!r}")
 
 
-def match_linear_layers(tower: nn.Module, patterns: Sequence[str]) -> dict[str, nn.Linear]:
-    """Return the ``nn.Linear`` modules of ``tower`` whose names match any glob in ``patterns``.
+def match_linear_layers(
+    tower: nn.Module, patterns: Sequence[str], types: tuple[type[nn.Module], ...] = (nn.Linear,)
+) -> dict[str, nn.Module]:
+    """Return the ``nn.Linear`` (or ``types``) modules of ``tower`` whose names match a glob.
 
     Raises :class:`InputError` when the patterns match nothing, so a misspelt layer name in a config
     is reported instead of silently editing no weights.
@@ -60,7 +62,7 @@ def match_linear_layers(tower: nn.Module, patterns: Sequence[str]) -> dict[str, 
     found = {
         name: mod
         for name, mod in tower.named_modules()
-        if isinstance(mod, nn.Linear) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        if isinstance(mod, types) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
     }
     if patterns and not found:
         raise InputError(

@@ -39,6 +39,7 @@ CLIP_PRESET = LayerPreset(
     # UWM (METHODS.md section 3): text attention output projection, vision second MLP layer.
     text_uwm=("text_model.encoder.layers.*.self_attn.out_proj",),
     vision_uwm=("vision_model.encoder.layers.*.mlp.fc2",),
+    extra={"vision_patch": ("vision_model.embeddings.patch_embedding",)},
 )
 
 

@@ -1,0 +1,248 @@
+"""LoRA safety methods on a tiny random CLIP: they suppress what they target, keep what they must,
+keep their frozen references frozen, export merged checkpoints faithfully, and survive bad input."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from relsafe.data.edit_sets import SetSizes, concept_sets, relational_sets
+from relsafe.errors import InputError
+from relsafe.methods.export import write_edit
+from relsafe.methods.lora import attach_lora
+from relsafe.methods.relational_lora import LoraEditConfig, relational_lora
+from relsafe.methods.safeclip import SafeClipConfig, safeclip
+from relsafe.methods.training import run_loop
+from relsafe.models.registry import load_model
+from relsafe.policy import load_policy
+from relsafe.world.captions import CONTEXTS, TEMPLATES, canonical_caption
+from relsafe.world.render import render_batch
+from relsafe.world.vocab import ORO, default_vocabulary
+
+SMALL = SetSizes(
+    texts_per_forget_tuple=12,
+    images_per_forget_tuple=4,
+    texts_per_retain_tuple=2,
+    images_per_retain_tuple=2,
+    n_unrelated=4,
+    size=32,
+)
+WINE, JUICE, ADULT_WINE = (
+    ORO("child", "drinking", "wine"),
+    ORO("child", "drinking", "juice"),
+    ORO("adult", "drinking", "wine"),
+)
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return load_policy("tiny")
+
+
+def _scores(model, texts: list[str], tuples: list[ORO], seeds: list[int]) -> torch.Tensor:
+    imgs = render_batch(tuples, seeds, "plain", 32)
+    t = model.encode_text(texts)
+    v = model.encode_image([Image.fromarray(a) for a in imgs])
+    return model.similarity(v, t)
+
+
+def test_relational_lora_suppresses_target_and_keeps_neighbour(tiny_clip_dir: Path, policy) -> None:
+    model = load_model(str(tiny_clip_dir))
+    texts = [canonical_caption(t) for t in (WINE, JUICE, ADULT_WINE)]
+    seeds = list(range(500, 508))
+    before = _scores(
+        model, texts, [WINE] * 8, seeds
+    )  # wine images vs (wine, juice, adult-wine) captions
+    t_before = model.encode_text(texts)
+    cfg = LoraEditConfig(steps=60, lr=3e-3, data=SMALL, seed=0, w_retain_align=0.0)
+    relational_lora(model, policy, cfg, progress=False)
+    after = _scores(model, texts, [WINE] * 8, seeds)
+    t_after = model.encode_text(texts)
+    cos = torch.nn.functional.cosine_similarity
+    # on unseen images of the unsafe tuple, the unsafe caption now loses to its counterpart ...
+    assert (after[:, 0] >= after[:, 1]).float().mean() <= 0.125, after[:, :2]
+    # ... because it was redirected onto the counterpart (it was not there before)
+    gap_before = 1 - cos(t_before[0], t_before[1], dim=0)
+    gap_after = 1 - cos(t_after[0], t_before[1], dim=0)
+    assert gap_after < 0.5 * gap_before, (gap_before, gap_after)
+    # while the retained neighbour (adult drinking wine) and the counterpart barely moved
+    assert cos(t_after[2], t_before[2], dim=0) > 0.97
+    assert cos(t_after[1], t_before[1], dim=0) > 0.97
+    del before
+
+
+def test_frozen_references_do_not_drift(tiny_clip_dir: Path, policy) -> None:
+    model = load_model(str(tiny_clip_dir))
+    res = relational_lora(
+        model, policy, LoraEditConfig(steps=15, lr=1e-2, data=SMALL), progress=False
+    )
+    refs = res.artifacts["references"]
+    fresh = load_model(str(tiny_clip_dir))
+    sets = relational_sets(policy, SMALL)
+    # the references equal the *original* model's embeddings, although the model was edited
+    assert torch.allclose(refs["T0_target"], fresh.encode_text(sets.forget_text_targets), atol=1e-6)
+    assert torch.allclose(refs["T0_retain"], fresh.encode_text(sets.retain_texts), atol=1e-6)
+    assert not torch.allclose(
+        model.encode_text(sets.forget_text_targets[:4]), refs["T0_target"][:4], atol=1e-4
+    )
+    # the same for safeclip's references
+    model2 = load_model(str(tiny_clip_dir))
+    res2 = safeclip(
+        model2, policy, SafeClipConfig(steps=5, n_per_pair=4, batch_size=4, size=32), progress=False
+    )
+    from relsafe.methods.safeclip import quadruplet_arrays
+
+    data = quadruplet_arrays(policy, SafeClipConfig(n_per_pair=4, size=32))
+    assert torch.allclose(
+        res2.artifacts["references"]["T0_S"], fresh.encode_text(data["S"]), atol=1e-6
+    )
+
+
+def test_merged_export_matches_adapter_model(tiny_clip_dir: Path, policy, tmp_path: Path) -> None:
+    from transformers import CLIPModel
+
+    model = load_model(str(tiny_clip_dir))
+    res = relational_lora(
+        model,
+        policy,
+        LoraEditConfig(steps=5, lr=1e-2, data=SMALL, towers=["text", "vision"]),
+        progress=False,
+    )
+    probe = ["a child drinking wine", "an adult holding a book"]
+    pix = torch.rand(3, 3, 32, 32)
+    with_adapter_t, with_adapter_v = model.encode_text(probe), model.encode_image(pix)
+    out = write_edit(tmp_path / "edit", res, {"test": True})
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (
+        out / "record.json"
+    ).is_file()
+    merged = load_model(str(out / "merged"))
+    assert torch.allclose(merged.encode_text(probe), with_adapter_t, atol=1e-5)
+    assert torch.allclose(merged.encode_image(pix), with_adapter_v, atol=1e-5)
+    plain = CLIPModel.from_pretrained(out / "merged")  # a plain HF checkpoint
+    feats = plain.get_text_features(**merged.tokenize(probe))
+    feats = getattr(feats, "pooler_output", feats)
+    assert torch.allclose(torch.nn.functional.normalize(feats, dim=-1), with_adapter_t, atol=1e-5)
+    with pytest.raises(InputError, match="exists"):
+        write_edit(tmp_path / "edit", res, {})
+
+
+def test_nan_loss_stops_and_restores_last_good_adapter(tiny_clip_dir: Path) -> None:
+    model = load_model(str(tiny_clip_dir))
+    handle = attach_lora(model, ("text",), r=2)
+    tok = model.tokenize(["a b c"])
+
+    def losses(step: int, rng: random.Random) -> dict[str, torch.Tensor]:
+        out = model.forward_text(tok).pow(2).mean()
+        return {"l": out * float("nan") if step == 7 else out}
+
+    res = run_loop(
+        handle,
+        handle.parameters(),
+        losses,
+        {"l": 1.0},
+        steps=20,
+        lr=1e-2,
+        log_every=5,
+        progress=False,
+    )
+    assert res.stopped_early and "non-finite" in res.stopped_early
+    assert all(torch.isfinite(p).all() for p in handle.parameters())
+    assert res.curve[-1]["step"] == 5.0
+
+
+def test_training_resumes_from_checkpoint_identically(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    def make():
+        model = load_model(str(tiny_clip_dir))
+        handle = attach_lora(model, ("text",), r=2, seed=1)
+        texts = ["a child", "a dog eating bread", "an adult", "wine"]
+
+        def losses(step: int, rng: random.Random) -> dict[str, torch.Tensor]:
+            batch = rng.sample(texts, 2)
+            return {"l": model.forward_text(model.tokenize(batch)).pow(2).mean()}
+
+        return handle, losses
+
+    h1, l1 = make()
+    run_loop(h1, h1.parameters(), l1, {}, steps=10, lr=1e-2, progress=False)
+
+    h2, l2 = make()
+
+    def crashing(step: int, rng: random.Random) -> dict[str, torch.Tensor]:
+        if step == 7:
+            raise KeyboardInterrupt
+        return l2(step, rng)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(
+            h2,
+            h2.parameters(),
+            crashing,
+            {},
+            steps=10,
+            lr=1e-2,
+            progress=False,
+            workdir=tmp_path,
+            checkpoint_every=5,
+        )
+    h3, l3 = make()
+    res = run_loop(
+        h3,
+        h3.parameters(),
+        l3,
+        {},
+        steps=10,
+        lr=1e-2,
+        progress=False,
+        workdir=tmp_path,
+        checkpoint_every=5,
+    )
+    assert res.resumed_from == 5
+    for k, v in h1.state_dict().items():
+        assert torch.allclose(v, h3.state_dict()[k], atol=1e-6), k
+
+
+def test_edit_sets_use_no_heldout_material(policy) -> None:
+    vocab = default_vocabulary()
+    heldout_phrases = [
+        p
+        for section in (vocab.subjects, vocab.relations, vocab.objects)
+        for w in section.values()
+        for p in w.heldout
+    ]
+    heldout_templates = [t.split("{")[0].strip() for t in TEMPLATES["heldout"]]
+    heldout_contexts = [c.replace("{caption}", "").strip(" ,.:") for c in CONTEXTS["heldout"]]
+    for sets in (relational_sets(policy, SMALL), concept_sets(policy, "object", SMALL)):
+        texts = sets.forget_texts + sets.forget_text_targets + sets.retain_texts
+        for text in texts:
+            for h in heldout_phrases:
+                assert f" {h} " not in f" {text} ", (h, text)
+            for h in heldout_templates + heldout_contexts:
+                assert not (h and h in text), (h, text)
+
+
+def test_concept_erasure_forgets_the_whole_concept(policy) -> None:
+    sets = concept_sets(policy, "object", SMALL)
+    forgotten = set(sets.counterparts)
+    assert ADULT_WINE in forgotten and WINE in forgotten  # collateral by design
+    assert all(
+        "wine" not in c.object and "beer" not in c.object for c in sets.counterparts.values()
+    )
+    rel = relational_sets(policy, SMALL)
+    assert set(rel.counterparts) == {WINE, ORO("child", "drinking", "beer")}
+    assert ADULT_WINE in rel.retain_image_tuples
+
+
+def test_bad_inputs(tiny_clip_dir: Path) -> None:
+    from relsafe.config import from_dict
+    from relsafe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="towers"):
+        from_dict(LoraEditConfig, {"towers": ["audio"]})
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(LoraEditConfig, {"stepz": 3})
+    with pytest.raises(InputError, match="needs a safety policy"):
+        relational_lora(load_model(str(tiny_clip_dir)), None, LoraEditConfig(steps=1))
