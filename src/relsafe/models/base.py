@@ -199,10 +199,15 @@ class DualEncoder(nn.Module, ABC):
 
     # ---- identity ----------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """SHA-256 over class, geometry and every parameter and buffer (changes when weights do)."""
+        """SHA-256 over class, geometry, image size and every parameter and buffer (persistent or
+        not, so preprocessing constants count): changes whenever the outputs could."""
         h = hashlib.sha256()
-        h.update(f"{type(self).__module__}.{type(self).__qualname__}|{self.geometry}".encode())
-        for name, t in sorted(self.state_dict().items()):
+        h.update(
+            f"{type(self).__module__}.{type(self).__qualname__}|{self.geometry}|{self.image_size}".encode()
+        )
+        tensors = dict(self.state_dict())
+        tensors.update({f"buffer:{n}": b for n, b in self.named_buffers()})
+        for name, t in sorted(tensors.items()):
             h.update(name.encode())
             h.update(str(t.dtype).encode())
             h.update(str(tuple(t.shape)).encode())

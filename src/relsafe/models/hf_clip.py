@@ -208,10 +208,13 @@ def load_hf_clip(
 ) -> HFCLIPModel:
     """Load a ``CLIPModel`` + tokenizer + image processor from a folder or hub id.
 
-    ``local_files_only`` defaults to True for folders and when ``HF_HUB_OFFLINE`` is set.
+    Nothing downloads implicitly: ``local_files_only`` defaults to True (folders, and hub ids from
+    the local Hugging Face cache). Pass ``local_files_only=False`` or set
+    ``RELSAFE_ALLOW_DOWNLOAD=1`` (and leave ``HF_HUB_OFFLINE`` unset) to allow a download.
     ``attn_implementation`` defaults to ``"sdpa"`` on CUDA and ``"eager"``-compatible default
     elsewhere (transformers picks SDPA when available).
     """
+    from safetensors import SafetensorError
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
     from transformers.utils import logging as hf_logging
 
@@ -224,7 +227,7 @@ def load_hf_clip(
     else:
         source = name_or_path
         if local_files_only is None:
-            local_files_only = _is_offline()
+            local_files_only = _is_offline() or os.environ.get("RELSAFE_ALLOW_DOWNLOAD", "0") != "1"
     kwargs: dict[str, Any] = {"local_files_only": local_files_only, "use_safetensors": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -247,8 +250,10 @@ def load_hf_clip(
             "" if is_folder else " (offline: nothing is downloaded unless local_files_only=False)"
         )
         raise CheckpointError(f"cannot load CLIP from {where} {source!r}{hint}: {e}") from e
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f"cannot load CLIP weights from {source!r}: {e}") from e
+    except (RuntimeError, ValueError, SafetensorError) as e:
+        raise CheckpointError(
+            f"cannot load CLIP weights from {source!r} (corrupt or mismatched file?): {e}"
+        ) from e
     finally:
         hf_logging.set_verbosity(verbosity)
     model.eval()

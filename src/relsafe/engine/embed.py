@@ -1,0 +1,485 @@
+"""Batched, cached embedding of texts and images with any :class:`~relsafe.models.base.DualEncoder`.
+
+:class:`EmbeddingEngine` is the one place relsafe turns raw inputs into embedding matrices:
+
+* inputs are cut into batches of ``batch_size``; each batch is tokenised / decoded / preprocessed,
+  run through ``model.forward_text`` / ``forward_image`` under ``torch.inference_mode`` and mapped
+  into the model's geometry with ``model.postprocess``. Only the ``(N, D)`` float32 outputs
+  accumulate, so peak memory is bounded by the batch size (times the prefetch depth), never by the
+  dataset size: image files are opened lazily, one batch at a time;
+* a thread pool prepares the next batches (JPEG decoding, resizing, tokenisation) while the current
+  one runs, like a ``DataLoader`` with worker threads (PIL and the tokenizers release the GIL);
+* ``dtype="auto"`` computes in bfloat16 with ``torch.autocast`` on CUDA and in float32 on CPU;
+  outputs are always float32 on CPU. The attention implementation (SDPA on CUDA) and the weight
+  dtype are chosen by whoever loads the model; :func:`recommended_load_kwargs` gives the defaults;
+* with ``cache_dir`` set, every call's result is stored on disk (see :mod:`relsafe.engine.cache`)
+  keyed by the model fingerprint (recomputed on every call, so edited weights never hit stale
+  entries) and a hash of the inputs; a repeated call loads the matrix without running the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from relsafe.engine.cache import EmbeddingCache, cache_key, hash_images, hash_texts
+from relsafe.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EmbeddingEngine",
+    "load_image_file",
+    "progress_enabled",
+    "recommended_load_kwargs",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; asking for absent CUDA is an error."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise InputError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {str(dev)!r} requested but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"`` -> bfloat16 on CUDA, float32 elsewhere; float16 needs CUDA."""
+    if isinstance(dtype, torch.dtype):
+        out = dtype
+    elif dtype == "auto":
+        out = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif dtype in _DTYPES:
+        out = _DTYPES[dtype]
+    else:
+        raise InputError(f"unknown dtype {dtype!r}; use one of 'auto', {', '.join(_DTYPES)}")
+    if out not in _DTYPES.values():
+        raise InputError(f"unsupported compute dtype {out}; use one of {', '.join(_DTYPES)}")
+    if out == torch.float16 and device.type != "cuda":
+        raise InputError("float16 compute needs CUDA; use bfloat16 or float32 on CPU")
+    return out
+
+
+def recommended_load_kwargs(device: str | torch.device = "auto") -> dict[str, Any]:
+    """Loader keyword arguments for fast inference with the HF backend on ``device``.
+
+    SDPA attention everywhere (flash / memory-efficient kernels on CUDA); weights stay float32 and
+    the engine's autocast computes in bfloat16 on CUDA. Pass to ``load_model(spec, **kwargs)``.
+    """
+    dev = resolve_device(device)
+    return {"device": str(dev), "attn_implementation": "sdpa"}
+
+
+def progress_enabled(progress: bool) -> bool:
+    """Progress bars are on when asked for, unless the environment says ``CI=true``."""
+    ci = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(progress) and not ci
+
+
+def load_image_file(path: str | os.PathLike[str], index: int | None = None) -> Any:
+    """Open, fully decode and convert one image file to RGB.
+
+    Raises :class:`InputError` naming the file when it is missing, unreadable, truncated or not
+    an image.
+    """
+    from PIL import Image
+
+    where = f"image #{index}: " if index is not None else ""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im if im.mode == "RGB" else im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(f"{where}cannot read image file {str(path)!r}: {e}") from e
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise InputError("embed_texts takes a list of strings, got a single string")
+    texts = list(texts)
+    if not texts:
+        raise InputError("embed_texts got an empty list of texts")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InputError(f"text #{i} is {type(t).__name__}, not str")
+    return texts
+
+
+class EmbeddingEngine:
+    """Batched, prefetching, optionally cached embedding with a :class:`DualEncoder`.
+
+    Args:
+        model: the dual encoder. It is moved to ``device`` if it is not there already, and put in
+            eval mode for the duration of each call (its training flag is restored afterwards).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: compute dtype: ``"auto"`` (bfloat16 autocast on CUDA, float32 on CPU),
+            ``"float32"``, ``"bfloat16"`` (autocast, also on CPU) or ``"float16"`` (CUDA only).
+            Outputs are float32 whatever the compute dtype.
+        batch_size: items per forward pass; bounds peak memory.
+        cache_dir: folder for the on-disk embedding cache; ``None`` disables caching.
+        progress: show a tqdm bar (never under ``CI=true``).
+        num_workers: threads that prepare batches ahead (decode, preprocess, tokenise); ``0``
+            prepares each batch in the calling thread just before it runs. ``None`` picks
+            ``min(8, cpu_count)``.
+        prefetch_batches: how many prepared batches may wait ahead of the running one (at least
+            ``num_workers`` are in flight so every worker has something to do).
+
+    ``stats`` counts ``forward_batches``, ``cache_hits`` and ``cache_misses`` over the engine's
+    life; ``last_call`` describes the latest call (items, seconds, items/s, cached).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        batch_size: int = 256,
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        num_workers: int | None = None,
+        prefetch_batches: int = 2,
+    ) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if num_workers is not None and num_workers < 0:
+            raise InputError(f"num_workers must be >= 0, got {num_workers}")
+        if prefetch_batches < 0:
+            raise InputError(f"prefetch_batches must be >= 0, got {prefetch_batches}")
+        self.model = model
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if _model_device(model) != self.device:
+            model.to(self.device)
+        self.batch_size = batch_size
+        self.cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
+        self.progress = progress
+        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.prefetch_batches = prefetch_batches
+        self.stats: dict[str, int] = {"forward_batches": 0, "cache_hits": 0, "cache_misses": 0}
+        self.last_call: dict[str, Any] = {}
+
+    # ---- public API ----------------------------------------------------------------------
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embed texts ``-> (N, D)`` float32 on CPU, postprocessed into the model's geometry."""
+        texts = _check_texts(texts)
+
+        def produce(sl: slice) -> dict[str, torch.Tensor]:
+            return self._pin(self.model.tokenize(texts[sl]))
+
+        return self._run("text", len(texts), lambda: hash_texts(texts), produce)
+
+    def embed_images(self, images: Any) -> torch.Tensor:
+        """Embed images ``-> (N, D)`` float32 on CPU, postprocessed into the model's geometry.
+
+        ``images`` is one of:
+
+        * a list of PIL images and/or image file paths (``str`` / ``PathLike``); files are opened
+          lazily, one batch at a time, by the worker threads; a missing, unreadable or corrupt
+          file raises :class:`InputError` naming it;
+        * a ``uint8`` array or tensor ``(N, H, W, 3)`` of RGB pixels (preprocessed per batch like
+          PIL images);
+        * a preprocessed float tensor or array ``(N, 3, S, S)`` with ``S = model.image_size``,
+          fed to the model as is.
+        """
+        n, produce, data = self._image_source(images)
+        # hash what was actually embedded (a generator is consumed by _image_source)
+        return self._run("image", n, lambda: hash_images(data), produce)
+
+    def model_fingerprint(self) -> str:
+        """``model.fingerprint()`` plus what it leaves out but outputs depend on.
+
+        The base fingerprint hashes the ``state_dict``; non-persistent buffers (such as the HF
+        backend's image mean/std), the image size and the tokenizer's identity are folded in too,
+        so a model that preprocesses differently never reads another's cache entries. Recomputed
+        on every call: an in-place weight edit always changes it.
+        """
+        h = hashlib.sha256(self.model.fingerprint().encode())
+        state = set(self.model.state_dict())
+        for name, buf in sorted(self.model.named_buffers(), key=lambda kv: kv[0]):
+            if name in state:
+                continue
+            t = buf.detach().to("cpu").contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        tok = getattr(self.model, "tokenizer", None)
+        h.update(f"image_size={getattr(self.model, 'image_size', None)}".encode())
+        if tok is not None:
+            h.update(
+                f"tokenizer={type(tok).__name__}|{_safe_len(tok)}|"
+                f"{getattr(tok, 'model_max_length', None)}".encode()
+            )
+        return h.hexdigest()
+
+    # ---- input handling --------------------------------------------------------------------
+    def _pin(self, x: Any) -> Any:
+        if self.device.type != "cuda":
+            return x
+        if isinstance(x, torch.Tensor):
+            return x.pin_memory()
+        return {k: v.pin_memory() for k, v in x.items()}
+
+    def _image_source(
+        self, images: Any
+    ) -> tuple[int, Callable[[slice], torch.Tensor], list[Any] | np.ndarray | torch.Tensor]:
+        """Validate ``images``; return ``(N, batch producer, the materialised input)``."""
+        from PIL import Image
+
+        model = self.model
+        if isinstance(images, str | os.PathLike | Image.Image):
+            raise InputError("embed_images takes a list of images or paths, got a single one")
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            images = images.detach().cpu().numpy()
+        if isinstance(images, np.ndarray):
+            if images.dtype == np.uint8:
+                if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
+                    raise InputError(
+                        f"a uint8 image array must be a non-empty (N, H, W, 3) RGB batch, "
+                        f"got shape {images.shape}"
+                    )
+                arr = images
+
+                def produce_arr(sl: slice) -> torch.Tensor:
+                    pils = [Image.fromarray(a) for a in arr[sl]]
+                    return self._pin(model.preprocess(pils))
+
+                return len(arr), produce_arr, arr
+            if not np.issubdtype(images.dtype, np.floating):
+                raise InputError(
+                    f"an image array must be uint8 (N, H, W, 3) or float (N, 3, S, S), "
+                    f"got dtype {images.dtype}"
+                )
+            images = torch.from_numpy(images)
+        if isinstance(images, torch.Tensor):
+            if not images.is_floating_point():
+                raise InputError(f"a pixel tensor must be float (N, 3, S, S), got {images.dtype}")
+            size = int(model.image_size)
+            if images.ndim != 4 or images.shape[0] == 0 or images.shape[1] != 3:
+                raise InputError(
+                    f"expected a non-empty preprocessed (N, 3, {size}, {size}) pixel batch, "
+                    f"got shape {tuple(images.shape)}"
+                )
+            if tuple(images.shape[2:]) != (size, size):
+                raise InputError(
+                    f"pixel batch is {tuple(images.shape[2:])} but the model takes {size}x{size}; "
+                    "pass PIL images or paths to have them preprocessed"
+                )
+            pix = images
+
+            def produce_pix(sl: slice) -> torch.Tensor:
+                return self._pin(pix[sl].float()) if pix.device.type == "cpu" else pix[sl]
+
+            return len(pix), produce_pix, pix
+        try:
+            items = list(images)
+        except TypeError as e:
+            raise InputError(
+                f"embed_images cannot use a {type(images).__name__}; pass a list of PIL images or "
+                "paths, a uint8 (N, H, W, 3) array or a float (N, 3, S, S) tensor"
+            ) from e
+        if not items:
+            raise InputError("embed_images got an empty list of images")
+        for i, item in enumerate(items):
+            if isinstance(item, str | os.PathLike):
+                if not Path(item).is_file():
+                    raise InputError(f"image #{i}: image file not found: {str(item)!r}")
+            elif not isinstance(item, Image.Image):
+                raise InputError(
+                    f"image #{i} is {type(item).__name__}; expected a PIL image or a file path"
+                )
+
+        def produce_list(sl: slice) -> torch.Tensor:
+            start = sl.start or 0
+            pils = [
+                load_image_file(it, start + j) if isinstance(it, str | os.PathLike) else it
+                for j, it in enumerate(items[sl])
+            ]
+            return self._pin(model.preprocess(pils))
+
+        return len(items), produce_list, items
+
+    # ---- running -------------------------------------------------------------------------
+    def _run(
+        self,
+        modality: str,
+        n: int,
+        input_hash: Callable[[], str],
+        produce: Callable[[slice], Any],
+    ) -> torch.Tensor:
+        t0 = time.perf_counter()
+        key = None
+        if self.cache is not None:
+            key = cache_key(
+                self.model_fingerprint(), modality, input_hash(), self.dtype_name, self.device.type
+            )
+            hit = self.cache.load(key, n)
+            if hit is not None:
+                self.stats["cache_hits"] += 1
+                self._record(modality, n, t0, cached=True)
+                log.debug("embedding cache hit for %d %s inputs (%s)", n, modality, key[:12])
+                return hit
+            self.stats["cache_misses"] += 1
+        out = self._compute(modality, n, produce)
+        if self.cache is not None and key is not None:
+            self.cache.save(
+                key,
+                out,
+                {
+                    "modality": modality,
+                    "n": str(n),
+                    "dtype": self.dtype_name,
+                    "device": self.device.type,
+                    "model_spec": str(getattr(self.model, "spec", "")),
+                },
+            )
+        self._record(modality, n, t0, cached=False)
+        return out
+
+    def _record(self, modality: str, n: int, t0: float, cached: bool) -> None:
+        dt = time.perf_counter() - t0
+        self.last_call = {
+            "modality": modality,
+            "n": n,
+            "seconds": dt,
+            "items_per_s": n / dt if dt > 0 else float("inf"),
+            "cached": cached,
+        }
+        log.info(
+            "embedded %d %ss in %.2fs (%.1f/s)%s",
+            n,
+            modality,
+            dt,
+            self.last_call["items_per_s"],
+            " from cache" if cached else "",
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def _forward(self, modality: str, inputs: Any) -> torch.Tensor:
+        """One batch through the model: ``inputs -> (B, D)`` float32 on CPU."""
+        model = self.model
+        with torch.inference_mode():
+            with self._autocast():
+                if modality == "text":
+                    tokens = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+                    feats = model.forward_text(tokens)
+                else:
+                    feats = model.forward_image(inputs.to(self.device, non_blocking=True))
+            emb = model.postprocess(feats.float(), modality).float()
+        self.stats["forward_batches"] += 1
+        return emb.to("cpu")
+
+    def _batches(self, n: int, produce: Callable[[slice], Any]) -> Iterator[tuple[int, Any]]:
+        """Yield ``(start, prepared batch)`` in order, preparing up to ``depth`` batches ahead."""
+        starts = range(0, n, self.batch_size)
+        if self.num_workers == 0:
+            for s in starts:
+                yield s, produce(slice(s, s + self.batch_size))
+            return
+        depth = max(self.num_workers, self.prefetch_batches, 1)
+        pool = ThreadPoolExecutor(max_workers=self.num_workers, thread_name_prefix="relsafe-embed")
+        pending: deque[tuple[int, Future[Any]]] = deque()
+        it = iter(starts)
+        try:
+            for s in it:
+                pending.append((s, pool.submit(produce, slice(s, s + self.batch_size))))
+                if len(pending) >= depth:
+                    break
+            while pending:
+                s, fut = pending.popleft()
+                batch = fut.result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(produce, slice(nxt, nxt + self.batch_size))))
+                yield s, batch
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _compute(self, modality: str, n: int, produce: Callable[[slice], Any]) -> torch.Tensor:
+        from tqdm.auto import tqdm
+
+        model = self.model
+        was_training = bool(getattr(model, "training", False))
+        model.eval()
+        out: torch.Tensor | None = None
+        bar = tqdm(
+            total=n,
+            desc=f"embed {modality}s",
+            unit=modality,
+            disable=not progress_enabled(self.progress),
+            leave=False,
+        )
+        batches = self._batches(n, produce)
+        try:
+            for start, batch in batches:
+                emb = self._forward(modality, batch)
+                expected = min(self.batch_size, n - start)
+                if emb.ndim != 2 or emb.shape[0] != expected:
+                    raise InputError(
+                        f"model returned {modality} features of shape {tuple(emb.shape)} for a "
+                        f"batch of {expected}; expected ({expected}, D)"
+                    )
+                if out is None:
+                    out = torch.empty(n, emb.shape[1], dtype=torch.float32)
+                out[start : start + expected] = emb
+                bar.update(expected)
+        finally:
+            batches.close()  # stops the prefetch threads now, also on errors
+            bar.close()
+            model.train(was_training)
+        assert out is not None  # n >= 1 is checked by every caller
+        return out
+
+
+def _safe_len(obj: Any) -> int | None:
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
+def _model_device(model: Any) -> torch.device:
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device):
+        return dev
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")

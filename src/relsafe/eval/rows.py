@@ -1,0 +1,251 @@
+"""Tidy result rows (METRICS.md) and their JSON Lines files.
+
+A results file is JSON Lines: an optional first line ``{"_provenance": {...}}`` (config, seeds,
+versions, git commit, checkpoint hashes; see :func:`relsafe.provenance.collect_provenance`),
+then one :class:`Row` per line with exactly the keys
+``model, method, suite, slice, attack, metric, value, n``. With ``sidecar=True`` the provenance
+goes to ``provenance.json`` beside the results file instead of the first line.
+
+:class:`RowWriter` collects rows in memory and writes the whole file atomically (temporary file +
+rename) on :meth:`RowWriter.write` / :meth:`RowWriter.flush` and on a clean exit from its ``with``
+block. A crash therefore leaves either the previous complete file or nothing, never a half-written
+line; call ``flush()`` after each expensive suite to checkpoint what is done so far.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from relsafe.errors import InputError
+from relsafe.utils_io import atomic_write_json, atomic_write_text
+
+__all__ = [
+    "PROVENANCE_KEY",
+    "ROW_FIELDS",
+    "Row",
+    "RowWriter",
+    "read_provenance",
+    "read_rows",
+    "rows_from_metrics",
+    "sidecar_path",
+]
+
+PROVENANCE_KEY = "_provenance"
+SIDECAR_NAME = "provenance.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement. ``value`` is a finite float (rates are fractions in [0, 1]); ``n`` is how
+    many items it averages over."""
+
+    model: str
+    method: str
+    suite: str
+    slice: str
+    attack: str
+    metric: str
+    value: float
+    n: int
+
+    def __post_init__(self) -> None:
+        for f in ("model", "method", "suite", "slice", "attack", "metric"):
+            v = getattr(self, f)
+            if not isinstance(v, str) or not v:
+                raise InputError(f"row field {f!r} must be a non-empty string, got {v!r}")
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            # numpy / torch scalars convert through float()
+            try:
+                v = float(v)  # type: ignore[arg-type]
+            except (TypeError, ValueError) as e:
+                raise InputError(f"row value must be a number, got {self.value!r}") from e
+        v = float(v)
+        if not math.isfinite(v):
+            raise InputError(f"row value must be finite, got {v} (metric {self.metric!r})")
+        object.__setattr__(self, "value", v)
+        n = self.n
+        if isinstance(n, bool) or not isinstance(n, int):
+            try:
+                if int(n) != n:  # type: ignore[call-overload]
+                    raise ValueError
+                n = int(n)  # type: ignore[call-overload]
+            except (TypeError, ValueError) as e:
+                raise InputError(f"row n must be an integer, got {self.n!r}") from e
+        if n < 0:
+            raise InputError(f"row n must be >= 0, got {n}")
+        object.__setattr__(self, "n", n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Row:
+        """Build a row from a mapping with exactly the row keys (unknown or missing keys error)."""
+        keys = set(d)
+        if keys != set(ROW_FIELDS):
+            missing = sorted(set(ROW_FIELDS) - keys)
+            unknown = sorted(keys - set(ROW_FIELDS))
+            raise InputError(f"row keys mismatch: missing {missing}, unknown {unknown}")
+        return cls(**{k: d[k] for k in ROW_FIELDS})
+
+
+ROW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Row))
+
+
+def rows_from_metrics(
+    metrics: Mapping[str, float],
+    *,
+    model: str,
+    method: str,
+    suite: str,
+    slice: str,  # noqa: A002 - the METRICS.md field name
+    attack: str,
+    n: int,
+) -> list[Row]:
+    """One row per ``metric -> value`` item (e.g. the dict :func:`retrieval_metrics` returns)."""
+    return [
+        Row(
+            model=model,
+            method=method,
+            suite=suite,
+            slice=slice,
+            attack=attack,
+            metric=m,
+            value=v,
+            n=n,
+        )
+        for m, v in metrics.items()
+    ]
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """Where the sidecar provenance of results file ``path`` lives."""
+    return Path(path).with_name(SIDECAR_NAME)
+
+
+class RowWriter:
+    """Collect :class:`Row` objects and write them as JSON Lines atomically.
+
+    Use as a context manager: rows are written when the block exits cleanly; on an exception
+    nothing is written (an existing file at ``path`` keeps its previous complete content), except
+    what earlier :meth:`flush` calls already wrote.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        provenance: Mapping[str, Any] | None = None,
+        sidecar: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.provenance = dict(provenance) if provenance is not None else None
+        self.sidecar = sidecar
+        self.rows: list[Row] = []
+        if self.provenance is not None:
+            try:  # fail now, not at the end of a long evaluation
+                json.dumps(self.provenance, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise InputError(f"provenance is not JSON-serialisable: {e}") from e
+
+    def add(self, row: Row | Mapping[str, Any]) -> Row:
+        """Append one row (a :class:`Row` or a mapping with the row keys)."""
+        if not isinstance(row, Row):
+            row = Row.from_dict(row)
+        self.rows.append(row)
+        return row
+
+    def extend(self, rows: Iterable[Row | Mapping[str, Any]]) -> None:
+        for r in rows:
+            self.add(r)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def render(self) -> str:
+        """The file content: optional provenance line, then one JSON object per row."""
+        lines = []
+        if self.provenance is not None and not self.sidecar:
+            lines.append(
+                json.dumps({PROVENANCE_KEY: self.provenance}, allow_nan=False, sort_keys=True)
+            )
+        lines.extend(json.dumps(r.to_dict(), allow_nan=False) for r in self.rows)
+        return "".join(line + "\n" for line in lines)
+
+    def write(self) -> Path:
+        """Write every row collected so far, replacing the file atomically; returns the path."""
+        text = self.render()
+        if self.provenance is not None and self.sidecar:
+            atomic_write_json(sidecar_path(self.path), self.provenance)
+        atomic_write_text(self.path, text)
+        return self.path
+
+    flush = write
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.write()
+
+
+def _read_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    if not path.is_file():
+        raise InputError(f"results file not found: {path}")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{lineno}: malformed JSON ({e})") from e
+            if not isinstance(obj, dict):
+                raise InputError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+                )
+            out.append((lineno, obj))
+    return out
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[Row]:
+    """Read the rows of a results file (the provenance line, if any, is skipped)."""
+    path = Path(path)
+    rows = []
+    for i, (lineno, obj) in enumerate(_read_lines(path)):
+        if i == 0 and set(obj) == {PROVENANCE_KEY}:
+            continue
+        try:
+            rows.append(Row.from_dict(obj))
+        except InputError as e:
+            raise InputError(f"{path}:{lineno}: {e}") from e
+    return rows
+
+
+def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The provenance of a results file: its first line, else the sidecar, else None."""
+    path = Path(path)
+    lines = _read_lines(path)
+    if lines and set(lines[0][1]) == {PROVENANCE_KEY}:
+        return lines[0][1][PROVENANCE_KEY]
+    side = sidecar_path(path)
+    if side.is_file():
+        try:
+            return json.loads(side.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{side}: malformed JSON ({e})") from e
+    return None
