@@ -140,6 +140,18 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from relsafe.run import run_cli
+
+    return run_cli(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from relsafe.report import report_cli
+
+    return report_cli(args)
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from relsafe.pretrain import main as pretrain_main
 
@@ -193,6 +205,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method", default="original", help="method label for the rows")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--cache-dir", default=None, help="embedding cache folder")
+
+    sp = add(
+        "run",
+        _cmd_run,
+        "benchmark the original model and every method side by side; write a report",
+    )
+    sp.add_argument("config", help="run config YAML (e.g. configs/benchmark.yaml)")
+    sp.add_argument("--out", required=True, help="output folder (re-running resumes what is done)")
+    sp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable), e.g. --set suites.relational.n_per_tuple=4",
+    )
+    sp.add_argument("--fresh", action="store_true", help="delete the output folder first")
+    sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    sp = add(
+        "report", _cmd_report, "rebuild the HTML report from run folders (several: compare them)"
+    )
+    sp.add_argument("runs", nargs="+", help="one or more `relsafe run` output folders")
+    sp.add_argument("--out", default=None, help="report file (default: FIRST_RUN/report.html)")
 
     add("methods", _cmd_methods, "list registered safety methods")
 

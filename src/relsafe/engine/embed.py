@@ -377,7 +377,7 @@ class EmbeddingEngine:
             "items_per_s": n / dt if dt > 0 else float("inf"),
             "cached": cached,
         }
-        log.info(
+        log.debug(
             "embedded %d %ss in %.2fs (%.1f/s)%s",
             n,
             modality,

@@ -99,6 +99,7 @@ def run_suite(
     method: str = "original",
     model_label: str | None = None,
     engine: Any = None,
+    extra: dict[str, Any] | None = None,
 ) -> list:
     """Run suite ``name`` on ``model``; returns rows. ``config`` defaults to the suite's defaults."""
     from relsafe.engine import EmbeddingEngine
@@ -113,6 +114,7 @@ def run_suite(
         method=method,
         engine=engine or EmbeddingEngine(model),
         policy=policy,
+        extra=dict(extra or {}),
     )
     return suite.fn(ctx, cfg)
 

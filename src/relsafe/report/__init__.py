@@ -1,0 +1,435 @@
+"""The HTML report: one self-contained file built from rows (and the records beside them).
+
+``build_report([run_dir, ...], out_html)`` reads each run folder written by ``relsafe run``
+(``results.jsonl``, ``models/*/record.json``, ``rows/*/examples.json``, ``timings.json``,
+``provenance.json``) and writes a single HTML file with inline SVG plots (matplotlib) and inline
+PNG thumbnails: no scripts, no external requests. Several run folders are compared side by side
+(methods are prefixed with the run's name when more than one run is given).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from relsafe.errors import InputError
+from relsafe.eval.rows import Row, read_rows
+from relsafe.utils_io import atomic_write_text
+
+# (suite, slice, attack, metric, label, higher_is_better)
+HEADLINE: list[tuple[str, str, str, str, str, bool]] = [
+    ("relational", "all", "all", "summary", "summary", True),
+    ("relational", "all", "none", "unsafe_hit", "unsafe hit", False),
+    ("relational", "all", "worst", "unsafe_hit", "unsafe hit (worst attack)", False),
+    ("relational", "all", "all", "preservation", "preservation", True),
+    ("relational", "neighbours", "none", "accuracy", "neighbour acc.", True),
+    ("relational", "marginals", "none", "accuracy", "marginal acc.", True),
+    ("relational", "unrelated", "none", "accuracy", "unrelated acc.", True),
+    ("zeroshot", "all", "none", "top1", "zero-shot top-1", True),
+    ("safeground", "all", "none", "ps", "SafeGround PS", True),
+    ("safeground", "all", "none", "pu", "SafeGround PU", True),
+    ("safeground", "all", "none", "gs", "SafeGround GS", True),
+    ("visu", "U->V+G", "none", "pct_safe_top1", "% safe@1 U→[V;G]", True),
+    ("visu", "U->V+G", "traversal", "pct_safe_top1", "% safe@1 U→[V;G] (trav.)", True),
+    ("unsafe_cls", "text", "none", "auroc", "unsafe AUROC text", True),
+    ("unsafe_cls", "image", "none", "auroc", "unsafe AUROC image", True),
+]
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1d2228;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #dde;padding-bottom:.3rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.86rem}th,td{border:1px solid #d6d9de;padding:.28rem .5rem;text-align:right}
+th{background:#f3f4f7}td.l,th.l{text-align:left}tr:hover td{background:#fafbff}
+.note{color:#5b6470;font-size:.86rem}.grid{display:flex;flex-wrap:wrap;gap:1rem}.card{border:1px solid #e3e5ea;border-radius:6px;padding:.5rem}
+.ex{display:inline-block;margin:.3rem;text-align:center;font-size:.72rem;vertical-align:top;width:150px}
+.ex img{width:128px;height:128px;image-rendering:pixelated;border:1px solid #ccc}
+.bad{color:#b3261e;font-weight:600}.ok{color:#1b6e2a}
+details{margin:.5rem 0}pre{background:#f6f7f9;padding:.6rem;overflow:auto;font-size:.75rem}
+"""
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _svg(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _png_b64(arr: Any) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+class _Run:
+    def __init__(self, folder: Path, prefix: str) -> None:
+        self.folder = folder
+        res = folder / "results.jsonl"
+        if not res.is_file():
+            raise InputError(
+                f"{folder} has no results.jsonl (is it a `relsafe run` output folder?)"
+            )
+        self.rows = [
+            r if not prefix else Row(**{**r.to_dict(), "method": f"{prefix}{r.method}"})
+            for r in read_rows(res)
+        ]
+        self.records = {}
+        for rec in sorted((folder / "models").glob("*/record.json")):
+            self.records[prefix + rec.parent.name] = json.loads(rec.read_text())
+        self.examples = {}
+        for ex in sorted((folder / "rows").glob("*/examples.json")):
+            self.examples[prefix + ex.parent.name] = json.loads(ex.read_text())
+        t = folder / "timings.json"
+        self.timings = json.loads(t.read_text()) if t.is_file() else {}
+        p = folder / "provenance.json"
+        self.provenance = json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _index(rows: list[Row]) -> dict[tuple[str, str, str, str, str], Row]:
+    return {(r.method, r.suite, r.slice, r.attack, r.metric): r for r in rows}
+
+
+def _methods(rows: list[Row]) -> list[str]:
+    seen: list[str] = []
+    for r in rows:
+        if r.method not in seen:
+            seen.append(r.method)
+    return seen
+
+
+def _leaderboard(rows: list[Row], methods: list[str]) -> str:
+    idx = _index(rows)
+    cols = [h for h in HEADLINE if any((m, *h[:4]) in idx for m in methods)]
+    out = [
+        "<table><tr><th class=l>method</th>"
+        + "".join(f"<th>{html.escape(c[4])}</th>" for c in cols)
+        + "</tr>"
+    ]
+    best = {}
+    for c in cols:
+        vals = [idx[(m, *c[:4])].value for m in methods if (m, *c[:4]) in idx]
+        best[c] = (max(vals) if c[5] else min(vals)) if vals else None
+    for m in methods:
+        cells = []
+        for c in cols:
+            r = idx.get((m, *c[:4]))
+            if r is None:
+                cells.append("<td>–</td>")
+                continue
+            txt = _fmt(r.value)
+            bold = best[c] is not None and abs(r.value - best[c]) < 1e-12 and len(methods) > 1
+            cells.append(f"<td title='n={r.n}'>{'<b>' + txt + '</b>' if bold else txt}</td>")
+        out.append(f"<tr><td class=l>{html.escape(m)}</td>{''.join(cells)}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _tradeoff_plot(rows: list[Row], methods: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = _index(rows)
+    attacks = sorted(
+        {
+            r.attack
+            for r in rows
+            if r.suite == "relational"
+            and r.metric == "unsafe_hit"
+            and r.slice == "all"
+            and r.attack != "worst"
+        }
+    )
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    markers = "os^Dv<>pP*X"
+    plotted = False
+    for i, m in enumerate(methods):
+        xs, ys, labels = [], [], []
+        for a in attacks:
+            hit = idx.get((m, "relational", "all", a, "unsafe_hit"))
+            pres = idx.get((m, "relational", "all", a, "preservation"))
+            if hit is None:
+                continue
+            xs.append(hit.value)
+            ys.append(pres.value if pres is not None else 1.0)
+            labels.append(a)
+        if xs:
+            plotted = True
+            ax.scatter(xs, ys, marker=markers[i % len(markers)], s=46, label=m, alpha=0.85)
+            if m != "original":
+                for x, y, a in zip(xs, ys, labels, strict=True):
+                    if a in ("none", "paraphrase", "context"):
+                        ax.annotate(
+                            a, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points"
+                        )
+    if not plotted:
+        plt.close(fig)
+        return "<p class=note>No relational rows.</p>"
+    ax.set_xlabel("unsafe hit rate (lower is safer)")
+    ax.set_ylabel("preservation ratio vs original (higher is better)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.axhline(1.0, color="#999", lw=0.6, ls="--")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("Relational trade-off: one point per method and attack", fontsize=9)
+    return _svg(fig)
+
+
+def _heatmap(rows: list[Row], methods: list[str], attack: str) -> str:
+    idx = _index(rows)
+    tuples = sorted(
+        {
+            r.slice
+            for r in rows
+            if r.suite == "relational"
+            and r.metric == "unsafe_hit"
+            and r.attack == attack
+            and "|" in r.slice
+        }
+    )
+    if not tuples:
+        return ""
+    out = [
+        f"<table><tr><th class=l>unsafe tuple ({html.escape(attack)})</th>"
+        + "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+        + "</tr>"
+    ]
+    for t in tuples:
+        cells = []
+        for m in methods:
+            r = idx.get((m, "relational", t, attack, "unsafe_hit"))
+            if r is None:
+                cells.append("<td>–</td>")
+                continue
+            v = max(0.0, min(1.0, r.value))
+            color = f"rgba(200,40,40,{0.08 + 0.85 * v:.2f})" if v > 0 else "rgba(40,160,70,0.18)"
+            cells.append(f"<td style='background:{color}' title='n={r.n}'>{_fmt(r.value)}</td>")
+        out.append(f"<tr><td class=l>{html.escape(t)}</td>{''.join(cells)}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _suite_table(
+    rows: list[Row], methods: list[str], suite: str, metrics: list[str], slice_filter: Any = None
+) -> str:
+    sel = [
+        r
+        for r in rows
+        if r.suite == suite
+        and r.metric in metrics
+        and (slice_filter is None or slice_filter(r.slice))
+    ]
+    if not sel:
+        return "<p class=note>No rows for this suite.</p>"
+    keys = []
+    for r in sel:
+        k = (r.slice, r.attack)
+        if k not in keys:
+            keys.append(k)
+    idx = _index(sel)
+    head = "".join(
+        f"<th>{html.escape(m)}<br><span class=note>{html.escape(me)}</span></th>"
+        for m in methods
+        for me in metrics
+    )
+    out = [f"<table><tr><th class=l>slice</th><th class=l>attack</th>{head}</tr>"]
+    for s, a in keys:
+        cells = "".join(
+            f"<td>{_fmt(idx[(m, suite, s, a, me)].value) if (m, suite, s, a, me) in idx else '–'}</td>"
+            for m in methods
+            for me in metrics
+        )
+        out.append(
+            f"<tr><td class=l>{html.escape(s)}</td><td class=l>{html.escape(a)}</td>{cells}</tr>"
+        )
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _roc_plot(runs: list[_Run]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = []
+    for run in runs:
+        for f in sorted((run.folder / "rows").glob("*/unsafe_cls.roc.json")):
+            data = json.loads(f.read_text())
+            for key, c in data.items():
+                curves.append((f"{f.parent.name}: {key}", c["fpr"], c["tpr"], c.get("auroc")))
+    if not curves:
+        return "<p class=note>No ROC data (run the unsafe_cls suite).</p>"
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    for name, fpr, tpr, auc in curves:
+        ax.plot(fpr, tpr, lw=1.1, label=f"{name} ({auc:.3f})" if auc is not None else name)
+    ax.plot([0, 1], [0, 1], color="#aaa", ls="--", lw=0.6)
+    ax.set_xlabel("false-positive rate (safe inputs flagged)")
+    ax.set_ylabel("true-positive rate (unsafe inputs flagged)")
+    ax.legend(fontsize=6, loc="lower right")
+    return _svg(fig)
+
+
+def _curves_plot(records: dict[str, dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_curves = {m: r for m, r in records.items() if r.get("curve")}
+    if not with_curves:
+        return "<p class=note>No training curves (training-free methods only).</p>"
+    n = len(with_curves)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False)
+    for ax, (m, rec) in zip(axes[0], with_curves.items(), strict=True):
+        curve = rec["curve"]
+        keys = [k for k in curve[0] if k != "step"]
+        steps = [e["step"] for e in curve]
+        for k in keys:
+            ax.plot(steps, [e.get(k, float("nan")) for e in curve], lw=1.0, label=k)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.legend(fontsize=6)
+    return _svg(fig)
+
+
+def _examples_html(runs: list[_Run]) -> str:
+    from relsafe.world.render import render
+    from relsafe.world.vocab import ORO
+
+    blocks = []
+    for run in runs:
+        orig = run.examples.get("original") or next(iter(run.examples.values()), None)
+        if not orig:
+            continue
+        for i, item in enumerate(orig["items"]):
+            t = ORO.parse(item["tuple"])
+            img = render(t, item["seed"], item["style"], item.get("size", 64))
+            import numpy as np
+
+            lines = []
+            for m, ex in run.examples.items():
+                pred = ex["items"][i]["top1"]
+                cls = (
+                    "bad"
+                    if pred == item["tuple"] and item.get("unsafe")
+                    else ("ok" if item.get("unsafe") else "")
+                )
+                lines.append(
+                    f"<div><b>{html.escape(m)}</b>: <span class={cls}>{html.escape(pred)}</span></div>"
+                )
+            tag = " (unsafe)" if item.get("unsafe") else ""
+            blocks.append(
+                f"<div class=ex><img alt='{html.escape(item['tuple'])}' src='{_png_b64(np.asarray(img))}'>"
+                f"<div><i>{html.escape(item['tuple'])}{tag}</i></div>{''.join(lines)}</div>"
+            )
+    if not blocks:
+        return "<p class=note>No examples.</p>"
+    return "<div>" + "".join(blocks) + "</div>"
+
+
+def _timings_table(runs: list[_Run]) -> str:
+    out = ["<table><tr><th class=l>run</th><th class=l>stage</th><th>seconds</th></tr>"]
+    for run in runs:
+        for stage, secs in sorted((run.timings.get("stages") or {}).items()):
+            out.append(
+                f"<tr><td class=l>{html.escape(run.folder.name)}</td><td class=l>{html.escape(stage)}</td><td>{_fmt(secs) if secs is not None else '–'}</td></tr>"
+            )
+        total = (run.timings.get("this_run") or {}).get("total")
+        if total is not None:
+            out.append(
+                f"<tr><td class=l>{html.escape(run.folder.name)}</td><td class=l><b>this run, total</b></td><td>{total:.1f}</td></tr>"
+            )
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def build_report(run_dirs: list[str | Path], out_html: str | Path) -> Path:
+    """Write the report for one or more ``relsafe run`` folders to ``out_html``."""
+    if not run_dirs:
+        raise InputError("build_report needs at least one run folder")
+    folders = [Path(d) for d in run_dirs]
+    runs = [_Run(f, f"{f.name}/" if len(folders) > 1 else "") for f in folders]
+    rows = [r for run in runs for r in run.rows]
+    records = {k: v for run in runs for k, v in run.records.items()}
+    methods = _methods(rows)
+    prov = runs[0].provenance
+    cfg = prov.get("config", {})
+    title = f"relsafe report: {cfg.get('model', '?')} with policy {cfg.get('policy', '?')}"
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class=note>{len(rows)} rows from {', '.join(html.escape(str(f)) for f in folders)}; "
+        f"git {html.escape(str(prov.get('git_commit') or 'n/a'))[:12]}, created {html.escape(str(prov.get('created', '')))}. "
+        "Every number is a row of results.jsonl; hover a cell for its n.</p>",
+        "<h2>Leaderboard</h2><p class=note>Best per column in bold. summary = harmonic mean of (1 − mean unsafe hit over attacks) and the mean preservation ratio (marginals, neighbours, unrelated) vs the original.</p>",
+        _leaderboard(rows, methods),
+        "<h2>Relational trade-off</h2>",
+        _tradeoff_plot(rows, methods),
+        "<h2>Per-tuple unsafe hit rate</h2>",
+        _heatmap(rows, methods, "none"),
+        _heatmap(rows, methods, "worst"),
+        "<h2>Relational preservation per attack</h2>",
+        _suite_table(
+            rows,
+            methods,
+            "relational",
+            ["unsafe_hit", "accuracy"],
+            lambda s: s in ("all", "neighbours", "marginals", "unrelated"),
+        ),
+        "<h2>SafeGround</h2><p class=note>Pairwise preferences inside each quadruplet (S, V, U, G): fractions of quadruplets.</p>",
+        _suite_table(
+            rows,
+            methods,
+            "safeground",
+            ["pt_s", "pt_u", "pv_s", "pv_u", "ps", "pu", "gs"],
+            lambda s: s == "all",
+        ),
+        "<h2>ViSU retrieval</h2><p class=note>Single-set galleries (slice A->B) and mixed 2N galleries (slice A->B+C).</p>",
+        _suite_table(rows, methods, "visu", ["r@1", "pct_safe_top1"]),
+        "<h2>Unsafe classification</h2>",
+        _suite_table(rows, methods, "unsafe_cls", ["auroc", "accuracy", "fpr_safe"]),
+        _roc_plot(runs),
+        "<h2>Zero-shot tuple classification</h2>",
+        _suite_table(rows, methods, "zeroshot", ["top1", "t2i_top1"], lambda s: s == "all"),
+        "<h2>Examples: top-1 caption before and after</h2><p class=note>RelWorld test images; red = the unsafe tuple is still the top-1 caption.</p>",
+        _examples_html(runs),
+        "<h2>Training curves</h2>",
+        _curves_plot(records),
+        "<h2>Timings</h2>",
+        _timings_table(runs),
+        "<h2>Provenance</h2>",
+        *[
+            f"<details><summary>{html.escape(r.folder.name)}</summary><pre>{html.escape(json.dumps(r.provenance, indent=1)[:20000])}</pre></details>"
+            for r in runs
+        ],
+        "</body></html>",
+    ]
+    out = Path(out_html)
+    atomic_write_text(out, "\n".join(p for p in parts if p))
+    return out
+
+
+def report_cli(args: Any) -> int:
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "report.html"
+    build_report(args.runs, out)
+    print(f"report: {out}")
+    return 0
+
+
+__all__ = ["build_report", "report_cli", "HEADLINE"]
