@@ -74,6 +74,19 @@ def _load_mini(target: str | None, **kwargs: Any) -> Any:
     return load_relsafe_mini(target, **kwargs)
 
 
+@register_backbone(
+    "hyperbolic",
+    "a Lorentz (hyperbolic) head around any backbone, e.g. a HySAC edit's merged folder",
+    "hyperbolic:/path/to/hysac/merged",
+)
+def _load_hyperbolic(target: str | None, **kwargs: Any) -> Any:
+    from relsafe.models.hyperbolic import load_hyperbolic
+
+    if not target:
+        raise InputError("spec 'hyperbolic:' needs a folder, e.g. hyperbolic:out/hysac/merged")
+    return load_hyperbolic(target, **kwargs)
+
+
 def _folder_backbone(folder: Path) -> str:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
@@ -84,6 +97,8 @@ def _folder_backbone(folder: Path) -> str:
         raise CheckpointError(f"{cfg_path}: malformed JSON ({e})") from e
     if cfg.get("architecture") == "relsafe-mini":
         return "relsafe-mini"
+    if cfg.get("architecture") == "hyperbolic":
+        return "hyperbolic"
     if cfg.get("model_type") == "clip":
         return "hf"
     raise CheckpointError(
