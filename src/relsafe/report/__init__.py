@@ -64,7 +64,13 @@ def _svg(fig: Any) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg") :]
+    text = text[text.index("<svg") :]
+    if "<metadata>" in text:  # RDF licence block: namespace URIs only, but useless weight
+        text = (
+            text[: text.index("<metadata>")]
+            + text[text.index("</metadata>") + len("</metadata>") :]
+        )
+    return text
 
 
 def _png_b64(arr: Any) -> str:

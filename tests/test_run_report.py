@@ -1,0 +1,167 @@
+"""``relsafe run`` end to end on a tiny CLIP: rows, resume, report; the report renders in Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from relsafe.cli import main
+from relsafe.eval.rows import read_rows
+
+TINY_DATA = {
+    "texts_per_forget_tuple": 2,
+    "images_per_forget_tuple": 1,
+    "texts_per_retain_tuple": 1,
+    "images_per_retain_tuple": 1,
+    "n_unrelated": 2,
+    "size": 32,
+}
+
+
+def _config(model_dir: Path, steps: int = 2) -> dict:
+    return {
+        "model": str(model_dir),
+        "policy": "tiny",
+        "methods": [
+            {"name": "relational-lora", "config": {"steps": steps, "data": TINY_DATA}},
+            {
+                "name": "safeclip",
+                "config": {"steps": 2, "n_per_pair": 2, "batch_size": 2, "size": 32},
+            },
+        ],
+        "suites": {
+            "zeroshot": {
+                "n_per_tuple": 1,
+                "ood_styles": ["sketch"],
+                "corruptions": [],
+                "paraphrase_variants": 1,
+            },
+            "relational": {
+                "n_per_tuple": 1,
+                "ood_styles": ["night"],
+                "corruptions": ["blur"],
+                "text_variants": 1,
+            },
+        },
+        "examples": 2,
+    }
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    (root / "cfg.yaml").write_text(yaml.safe_dump(_config(tiny_clip_dir)))
+    assert main(["run", str(root / "cfg.yaml"), "--out", str(root / "out"), "--no-progress"]) == 0
+    return root
+
+
+def test_run_writes_rows_records_and_report(run_dir: Path) -> None:
+    out = run_dir / "out"
+    rows = read_rows(out / "results.jsonl")
+    methods = {r.method for r in rows}
+    assert methods == {"original", "relational-lora", "safeclip"}
+    assert all(r.n > 0 for r in rows if r.metric != "accuracy_delta")
+    summaries = [r for r in rows if r.suite == "relational" and r.metric == "summary"]
+    assert {r.method for r in summaries} <= {"relational-lora", "safeclip"}
+    for label in ("relational-lora", "safeclip"):
+        assert (out / "models" / label / "merged" / "config.json").is_file()
+        rec = json.loads((out / "models" / label / "record.json").read_text())
+        assert rec["curve"] and rec["params_touched"] > 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert "versions" in prov and prov["checkpoints"]
+    html = (out / "report.html").read_text()
+    for needle in (
+        "Leaderboard",
+        "Relational trade-off",
+        "<svg",
+        "data:image/png;base64",
+        "relational-lora",
+    ):
+        assert needle in html
+    import re
+
+    assert "<script" not in html  # self-contained and static: nothing to run, nothing to fetch
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
+
+
+def test_rerun_reuses_finished_stages_and_redoes_changed_ones(
+    run_dir: Path, tiny_clip_dir: Path
+) -> None:
+    out = run_dir / "out"
+    assert main(["run", str(run_dir / "cfg.yaml"), "--out", str(out), "--no-progress"]) == 0
+    this_run = json.loads((out / "timings.json").read_text())["this_run"]
+    assert set(this_run) == {"total"}, this_run  # nothing recomputed
+    cfg = _config(tiny_clip_dir, steps=3)  # only relational-lora's config changes
+    (run_dir / "cfg2.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(run_dir / "cfg2.yaml"), "--out", str(out), "--no-progress"]) == 0
+    redone = set(json.loads((out / "timings.json").read_text())["this_run"])
+    assert "edit:relational-lora" in redone and "edit:safeclip" not in redone
+    assert not any(
+        k.startswith("eval:original") or k.startswith("eval:safeclip") for k in redone
+    ), redone
+
+
+def test_report_compares_runs(run_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "out", other)
+    assert (
+        main(["report", str(run_dir / "out"), str(other), "--out", str(tmp_path / "cmp.html")]) == 0
+    )
+    html = (tmp_path / "cmp.html").read_text()
+    assert "out/relational-lora" in html and "other/relational-lora" in html
+
+
+def test_bad_run_config(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    cfg = _config(tiny_clip_dir)
+    cfg["methods"][0]["name"] = "relational-lorra"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")]) == 2
+    cfg = _config(tiny_clip_dir)
+    cfg["suites"]["zeroshot"]["n_per_tupel"] = 1
+    (tmp_path / "bad2.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "bad2.yaml"), "--out", str(tmp_path / "o")]) == 2
+
+
+CHROMIUM = (
+    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs Debian's chromium)"
+)
+def test_report_renders_in_headless_chromium_without_console_errors(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    shot = tmp_path / "report.png"
+    proc = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1280,2400",
+            f"--screenshot={shot}",
+            (run_dir / "out" / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shot.is_file() and shot.stat().st_size > 20_000, proc.stderr[-2000:]
+    console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+    assert not console, console
