@@ -203,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key (repeatable), e.g. --set n_per_tuple=5",
     )
     sp.add_argument("--method", default="original", help="method label for the rows")
+    sp.add_argument(
+        "--reference",
+        default=None,
+        metavar="SPEC",
+        help="(relational) the original model: adds drift, deltas, preservation and summary rows",
+    )
     sp.add_argument("--device", default="auto")
     sp.add_argument("--cache-dir", default=None, help="embedding cache folder")
 

@@ -141,6 +141,11 @@ def run_suite_cli(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = load_model(args.model)
     engine = EmbeddingEngine(model, device=args.device, cache_dir=args.cache_dir)
+    extra: dict[str, Any] = {}
+    reference = None
+    if getattr(args, "reference", None):
+        reference = load_model(args.reference)
+        extra["reference"] = reference
     rows = run_suite(
         args.suite,
         model,
@@ -149,7 +154,21 @@ def run_suite_cli(args: argparse.Namespace) -> int:
         method=args.method,
         model_label=args.model,
         engine=engine,
+        extra=extra,
     )
+    if reference is not None and args.suite == "relational":
+        from relsafe.eval.relational_suite import compare
+
+        ref_rows = run_suite(
+            args.suite,
+            reference,
+            config=cfg,
+            policy=policy,
+            method="original",
+            model_label=args.reference,
+            engine=EmbeddingEngine(reference, cache_dir=args.cache_dir),
+        )
+        rows = rows + compare(rows, ref_rows)
     elapsed = time.perf_counter() - t0
     if args.out:
         checkpoints = [str(p) for p in getattr(model, "checkpoint_files", lambda: [])()]
