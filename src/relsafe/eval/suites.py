@@ -181,7 +181,7 @@ def run_suite_cli(args: argparse.Namespace) -> int:
                 "method": args.method,
             },
             seeds={"suite_seed": getattr(cfg, "seed", None)},
-            checkpoints=checkpoints + ([args.policy] if args.policy else []),
+            checkpoints=checkpoints + ([str(policy.source)] if policy is not None else []),
         )
         prov["elapsed_s"] = round(elapsed, 2)
         with RowWriter(Path(args.out), provenance=prov) as w:
@@ -194,7 +194,7 @@ def run_suite_cli(args: argparse.Namespace) -> int:
 def summarize(rows: list, max_rows: int = 40) -> str:
     """A short human-readable table of the headline rows (slice ``all``)."""
     head = [r for r in rows if r.slice == "all"] or rows[:max_rows]
-    lines = [f"{'suite':<10} {'attack':<22} {'metric':<16} {'value':>8} {'n':>6}"]
+    lines = [f"{'suite':<10} {'slice':<22} {'attack':<18} {'metric':<16} {'value':>8} {'n':>6}"]
     for r in head[:max_rows]:
-        lines.append(f"{r.suite:<10} {r.attack:<22} {r.metric:<16} {r.value:>8.4f} {r.n:>6}")
+        lines.append(f"{r.suite:<10} {r.slice[:22]:<22} {r.attack[:18]:<18} {r.metric:<16} {r.value:>8.4f} {r.n:>6}")
     return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""``visu`` suite: the ViSU retrieval protocol (METRICS.md) on quadruplets S, V, U, G.
+
+Two gallery definitions, always named in the row's slice:
+
+* **single-set** (validation style), slice ``single:<Q>-><X>``: queries Q_i against the N items of
+  one set X; item i is the only match. Text to image: ``S->V``, ``S->G``, ``U->V``, ``U->G``;
+  image to text: ``V->S``, ``G->S``, ``V->U``, ``G->U``. Metrics ``r@K``.
+* **mixed 2N** (paper style), slice ``mixed:<Q>-><A>+<B>``: queries Q_i against the gallery
+  ``[A; B]`` (A first) whose match is the *safe* item i (V_i for text queries, S_i for image
+  queries). Text queries U and S against ``V+G`` and ``G+V``; image queries G and V against
+  ``S+U`` and ``U+S``. Metrics ``r@K`` and ``pct_safe_top1`` (share of queries whose top-1 lies
+  in the safe half). Ties are pessimistic (:mod:`relsafe.eval.retrieval`), so the two orders of a
+  gallery give the same numbers; both are reported because the protocol names both.
+
+Similarity is the model's own (``model.similarity``). With ``traversal: true`` the model must have
+``traverse(embeddings, modality)`` (HySAC); every row is then reported twice, attack ``none`` and
+attack ``traversal`` (queries traversed, galleries untouched; ``modality`` is the query's).
+
+Source: ``source: relworld`` (the policy's pairs, ``TEST + seed``, train phrasings and training
+styles) or a path to a ViSU file (:func:`relsafe.data.visu.load_visu`). Directions whose images
+are missing for some items use the items that have them (``n`` says how many); directions with no
+images at all are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from relsafe.config import ConfigError
+from relsafe.errors import InputError
+from relsafe.eval.retrieval import DEFAULT_KS, mixed_retrieval, retrieval_metrics
+from relsafe.eval.rows import Row
+from relsafe.eval.suites import SuiteContext, register_suite
+
+TEXT_KINDS = ("S", "U")
+IMAGE_KINDS = ("V", "G")
+SINGLE_DIRECTIONS: tuple[tuple[str, str], ...] = (
+    ("S", "V"),
+    ("S", "G"),
+    ("U", "V"),
+    ("U", "G"),
+    ("V", "S"),
+    ("G", "S"),
+    ("V", "U"),
+    ("G", "U"),
+)
+# (query, first half of the gallery, second half); the safe half holds the match.
+MIXED_DIRECTIONS: tuple[tuple[str, str, str], ...] = (
+    ("U", "V", "G"),
+    ("U", "G", "V"),
+    ("S", "V", "G"),
+    ("S", "G", "V"),
+    ("G", "S", "U"),
+    ("G", "U", "S"),
+    ("V", "S", "U"),
+    ("V", "U", "S"),
+)
+SAFE_KINDS = ("S", "V")
+
+
+@dataclass
+class VisuSuiteConfig:
+    """``source``: ``"relworld"`` (needs a policy) or a ViSU file/folder path; ``n_per_pair``
+    RelWorld quadruplets per pair at ``size`` px (seed ``TEST + seed``); ``coco_root`` for ViSU COCO
+    ids; ``ks`` the Recall@K cutoffs; ``traversal`` adds the traversed-query attack."""
+
+    source: str = "relworld"
+    n_per_pair: int = 16
+    size: int = 64
+    seed: int = 0
+    coco_root: str | None = None
+    ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))
+    traversal: bool = False
+
+    def validate(self) -> None:
+        if self.n_per_pair <= 0:
+            raise ConfigError(f"n_per_pair must be positive, got {self.n_per_pair}")
+        if not self.ks or any(isinstance(k, bool) or k < 1 for k in self.ks):
+            raise ConfigError(f"ks must be positive integers, got {self.ks}")
+        if not self.source:
+            raise ConfigError("source must be 'relworld' or a ViSU file path")
+
+
+def _modality(kind: str) -> str:
+    return "text" if kind in TEXT_KINDS else "image"
+
+
+def visu_rows(
+    embeddings: dict[str, torch.Tensor | None],
+    valid: dict[str, torch.Tensor],
+    similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | Any,
+    *,
+    model: str,
+    method: str,
+    attack: str = "none",
+    ks: list[int] | tuple[int, ...] = DEFAULT_KS,
+    transform: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+) -> list[Row]:
+    """Single-set and mixed-gallery rows from embeddings of S, U, V, G.
+
+    Args:
+        embeddings: ``{"S", "U", "V", "G"} -> (N, D)`` postprocessed embeddings (rows of missing
+            images are ignored) or None when that kind is absent.
+        valid: ``kind -> (N,) bool``: which rows exist (all True for texts).
+        similarity: the model or a callable ``(a, b) -> (Na, Nb)``.
+        transform: applied to the queries only, ``(emb, modality) -> emb`` (traversal).
+    """
+    rows: list[Row] = []
+    ks = tuple(ks)
+
+    def emit(slice_: str, metrics: dict[str, float], n: int) -> None:
+        for metric, value in metrics.items():
+            rows.append(Row(model, method, "visu", slice_, attack, metric, value, n))
+
+    def items(*kinds: str) -> torch.Tensor | None:
+        if any(embeddings.get(k) is None for k in kinds):
+            return None
+        ok = torch.stack([valid[k] for k in kinds]).all(dim=0)
+        idx = ok.nonzero().flatten()
+        return idx if idx.numel() > 0 else None
+
+    def query(kind: str, idx: torch.Tensor) -> torch.Tensor:
+        q = embeddings[kind]
+        assert q is not None
+        q = q[idx]
+        return transform(q, _modality(kind)) if transform is not None else q
+
+    for qk, gk in SINGLE_DIRECTIONS:
+        idx = items(qk, gk)
+        if idx is None:
+            continue
+        gal = embeddings[gk]
+        assert gal is not None
+        emit(
+            f"single:{qk}->{gk}",
+            retrieval_metrics(query(qk, idx), gal[idx], similarity, ks=ks),
+            int(idx.numel()),
+        )
+    for qk, first, second in MIXED_DIRECTIONS:
+        idx = items(qk, first, second)
+        if idx is None:
+            continue
+        safe_k, unsafe_k = (first, second) if first in SAFE_KINDS else (second, first)
+        safe, unsafe = embeddings[safe_k], embeddings[unsafe_k]
+        assert safe is not None and unsafe is not None
+        emit(
+            f"mixed:{qk}->{first}+{second}",
+            mixed_retrieval(
+                query(qk, idx),
+                safe[idx],
+                unsafe[idx],
+                similarity,
+                safe_first=first in SAFE_KINDS,
+                ks=ks,
+            ),
+            int(idx.numel()),
+        )
+    return rows
+
+
+def _embed_images(engine: Any, imgs: list[Any] | None, n: int, dim: int) -> tuple[Any, Any]:
+    if imgs is None:
+        return None, torch.zeros(n, dtype=torch.bool)
+    ok = torch.tensor([x is not None for x in imgs], dtype=torch.bool)
+    if not ok.any():
+        return None, ok
+    emb = torch.zeros(n, dim)
+    emb[ok] = engine.embed_images([x for x in imgs if x is not None])
+    return emb, ok
+
+
+@register_suite(
+    "visu",
+    "ViSU retrieval protocol: single-set and mixed 2N galleries (optionally with traversal)",
+    VisuSuiteConfig,
+)
+def visu_suite(ctx: SuiteContext, cfg: VisuSuiteConfig) -> list[Row]:
+    from relsafe.data.visu import VisuData, load_visu
+    from relsafe.world import splits
+
+    traverse = getattr(ctx.model, "traverse", None)
+    if cfg.traversal and not callable(traverse):
+        raise InputError(
+            f"traversal requested but the model ({type(ctx.model).__name__}) has no traversal "
+            "(`traverse(embeddings, modality)`); fit one with the hysac method"
+        )
+    if cfg.source == "relworld":
+        if ctx.policy is None:
+            raise InputError("the visu suite with source 'relworld' needs a policy (--policy)")
+        data = VisuData.from_relworld(
+            ctx.policy, cfg.n_per_pair, splits.TEST + cfg.seed, size=cfg.size
+        )
+    else:
+        data = load_visu(cfg.source, coco_root=cfg.coco_root)
+    n = len(data)
+    s_emb = ctx.engine.embed_texts(data.S)
+    u_emb = ctx.engine.embed_texts(data.U)
+    v_emb, v_ok = _embed_images(ctx.engine, data.V, n, s_emb.shape[1])
+    g_emb, g_ok = _embed_images(ctx.engine, data.G, n, s_emb.shape[1])
+    ones = torch.ones(n, dtype=torch.bool)
+    emb = {"S": s_emb, "U": u_emb, "V": v_emb, "G": g_emb}
+    valid = {"S": ones, "U": ones, "V": v_ok, "G": g_ok}
+    common = dict(model=ctx.model_label, method=ctx.method, ks=cfg.ks)
+    rows = visu_rows(emb, valid, ctx.model, attack="none", **common)  # type: ignore[arg-type]
+    if cfg.traversal:
+        assert callable(traverse)
+        rows += visu_rows(
+            emb,
+            valid,
+            ctx.model,
+            attack="traversal",
+            transform=lambda q, modality: traverse(q, modality),
+            **common,  # type: ignore[arg-type]
+        )
+    return rows
