@@ -1,0 +1,454 @@
+"""HySAC: the hyperbolic wrapper, its persistence, traversal, unsafe classification and training."""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from relsafe.errors import ConfigError, InputError
+from relsafe.geometry import NumericalError, dist0, elementwise_dist, exp_map0, pairwise_dist
+from relsafe.models.base import DualEncoder, LayerPreset
+from relsafe.models.hyperbolic import HyperbolicDualEncoder, best_threshold, load_hyperbolic
+from relsafe.models.registry import load_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """These tests are many tiny ops; one thread avoids oversubscription on shared CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def hyp(tiny_clip_dir: Path) -> HyperbolicDualEncoder:
+    """A fresh hyperbolic wrapper around its own copy of the tiny CLIP."""
+    return HyperbolicDualEncoder(load_model(str(tiny_clip_dir)))
+
+
+@pytest.fixture(scope="module")
+def tiny_policy() -> Any:
+    from relsafe.policy import load_policy
+
+    return load_policy("tiny")
+
+
+TEXTS = ["a photo of a child drinking juice", "a photo of a child drinking wine", "a dog"]
+
+
+def _images(n: int = 3, size: int = 32) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)
+    ]
+
+
+# ---- the wrapper ----------------------------------------------------------------------------
+
+
+def test_wrapper_geometry_and_delegation(hyp: HyperbolicDualEncoder) -> None:
+    base = hyp.base
+    assert hyp.geometry == "lorentz"
+    assert hyp.embed_dim == base.embed_dim and hyp.image_size == base.image_size
+    assert hyp.text_tower is base.text_tower and hyp.preset is base.preset
+    assert float(hyp.curvature.detach()) == pytest.approx(1.0)
+    assert float(hyp.alpha("text").detach()) == pytest.approx(
+        math.log(1 / math.sqrt(base.embed_dim))
+    )
+    assert float(hyp.scale().detach()) == pytest.approx(1 / 0.07, rel=1e-5)
+    with torch.no_grad():
+        raw = base.forward_text(base.tokenize(TEXTS))
+    t = hyp.encode_text(TEXTS)
+    assert torch.allclose(t, exp_map0(raw * hyp.alpha("text").exp(), 1.0), atol=1e-6)
+    i = hyp.encode_image(_images())
+    assert torch.allclose(hyp.similarity(t, i), -pairwise_dist(t, i, 1.0), atol=1e-6)
+    assert torch.allclose(hyp.pair_similarity(t, i), -elementwise_dist(t, i, 1.0), atol=1e-6)
+    assert torch.allclose(hyp.distance_from_origin(t), dist0(t, 1.0))
+    with pytest.raises(InputError, match="dims differ"):
+        hyp.similarity(t, t[:, :3])
+
+
+def test_nan_features_raise_with_tensor_name(hyp: HyperbolicDualEncoder) -> None:
+    feats = torch.zeros(2, hyp.embed_dim)
+    feats[1, 0] = float("nan")
+    with pytest.raises(NumericalError, match="raw text features has 1 NaN"):
+        hyp.postprocess(feats, "text")
+    hyp.fit_traversal({"text": hyp.encode_text(TEXTS)})
+    bad = torch.zeros(2, hyp.embed_dim)
+    bad[0, 1] = float("inf")
+    with pytest.raises(NumericalError, match=r"\bx has 0 NaN and 1 Inf"):
+        hyp.traverse(bad, "image")  # image queries traverse toward the safe-text region
+
+
+def test_eval_suites_run_on_the_wrapper(hyp: HyperbolicDualEncoder, tiny_policy: Any) -> None:
+    from relsafe.eval.suites import run_suite, suites
+    from relsafe.eval.unsafe_cls_suite import UnsafeClsConfig
+    from relsafe.eval.zeroshot_suite import ZeroShotConfig
+
+    zs = run_suite(
+        "zeroshot",
+        hyp,
+        config=ZeroShotConfig(
+            n_per_tuple=1, paraphrase_variants=1, ood_styles=[], corruptions=[], per_tuple=False
+        ),
+    )
+    assert {r.metric for r in zs} >= {"top1", "top5", "t2i_top1"}
+    uc = run_suite(
+        "unsafe_cls",
+        hyp,
+        config=UnsafeClsConfig(n_per_pair=3, n_val_per_pair=3, size=32, ood_styles=["sketch"]),
+        policy=tiny_policy,
+    )
+    assert {r.slice for r in uc} == {"text|score:radius", "image|score:radius"}
+    assert {r.attack for r in uc} == {"none", "paraphrase", "ood:sketch"}
+    if "visu" in suites():
+        cfg = suites()["visu"].config_cls(n_per_pair=2, size=32)
+        hyp.fit_traversal({"text": hyp.encode_text(TEXTS), "image": hyp.encode_image(_images())})
+        cfg.traversal = True
+        rows = run_suite("visu", hyp, config=cfg, policy=tiny_policy)
+        assert {r.attack for r in rows} == {"none", "traversal"}
+
+
+def test_save_load_round_trip(hyp: HyperbolicDualEncoder, tmp_path: Path) -> None:
+    with torch.no_grad():
+        hyp.log_curvature.fill_(math.log(1.7))
+        hyp.alpha_image.fill_(-1.2)
+        hyp.logit_scale.fill_(3.1)
+    t, i = hyp.encode_text(TEXTS), hyp.encode_image(_images())
+    hyp.fit_traversal({"text": t, "image": i}, quantile=0.5)
+    hyp.fit_unsafe_threshold({"text": t[:1], "image": i[:1]}, {"text": t[1:], "image": i[1:]})
+    hyp.save_pretrained(tmp_path / "hyp")
+    assert (tmp_path / "hyp" / "base" / "config.json").is_file()
+    for spec in (str(tmp_path / "hyp"), f"hyperbolic:{tmp_path / 'hyp'}"):
+        back = load_model(spec)
+        assert isinstance(back, HyperbolicDualEncoder)
+        assert torch.equal(back.encode_text(TEXTS), t)
+        assert torch.equal(back.encode_image(_images()), i)
+        assert back.traversal_radius == hyp.traversal_radius
+        assert back.unsafe_threshold == hyp.unsafe_threshold
+        assert back.scalar_summary() == hyp.scalar_summary()
+        assert back.fingerprint() == hyp.fingerprint()
+    assert load_hyperbolic(tmp_path / "hyp").checkpoint_files()
+
+
+def test_save_refuses_unmerged_lora(hyp: HyperbolicDualEncoder, tmp_path: Path) -> None:
+    from relsafe.methods.lora import attach_lora
+
+    handle = attach_lora(hyp, ("text",), r=2)
+    with pytest.raises(InputError, match="unmerged LoRA"):
+        hyp.save_pretrained(tmp_path / "x")
+    handle.merge()
+    hyp.save_pretrained(tmp_path / "x")
+
+
+def test_traversal_vectorised_equals_per_query_loop(hyp: HyperbolicDualEncoder) -> None:
+    g = torch.Generator().manual_seed(0)
+    safe_images = exp_map0(torch.randn(20, hyp.embed_dim, generator=g) * 0.1, 1.0)
+    scales = torch.linspace(0.02, 0.3, 9)[:, None]
+    queries = exp_map0(torch.randn(9, hyp.embed_dim, generator=g) * scales, 1.0)
+    (radius,) = hyp.fit_traversal({"image": safe_images}, quantile=0.5).values()
+    out = hyp.traverse(queries, "text")  # text queries move toward the safe-image region
+    loop = torch.cat([hyp.traverse(q[None], "text") for q in queries])
+    assert torch.equal(out, loop)
+    d_in, d_out = dist0(queries, 1.0), dist0(out, 1.0)
+    moved = d_in > radius
+    assert moved.any() and (~moved).any()
+    assert torch.equal(out[~moved], queries[~moved])  # inside: untouched, bit for bit
+    assert torch.allclose(d_out[moved], torch.full_like(d_out[moved], radius), atol=1e-5)
+    cos = nn.functional.cosine_similarity(out[moved], queries[moved])
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)  # same direction
+
+
+def test_missing_radius_and_threshold_errors(hyp: HyperbolicDualEncoder) -> None:
+    q = hyp.encode_text(TEXTS)
+    with pytest.raises(InputError, match=r"no traversal radius.*fit_traversal"):
+        hyp.traverse(q, "text")
+    with pytest.raises(InputError, match=r"no unsafe threshold.*fit_unsafe_threshold"):
+        hyp.classify_unsafe(q, "text")
+    from relsafe.eval.unsafe_cls_suite import classify_unsafe
+
+    with pytest.raises(InputError, match="no fitted unsafe thresholds"):
+        classify_unsafe(hyp, texts=TEXTS)
+
+
+def test_classify_with_fitted_thresholds(hyp: HyperbolicDualEncoder) -> None:
+    from relsafe.eval.unsafe_cls_suite import classify_unsafe
+
+    t = hyp.encode_text(TEXTS)
+    hyp.fit_unsafe_threshold({"text": t[:1]}, {"text": t[1:]})
+    out = hyp.classify(texts=TEXTS)["text"]
+    assert out.unsafe.dtype == torch.bool and out.scores.shape == (3,)
+    assert torch.equal(out.unsafe, hyp.classify_unsafe(t, "text"))
+    assert torch.equal(classify_unsafe(hyp, texts=TEXTS)["text"].unsafe, out.unsafe)
+    assert best_threshold(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 1.5
+
+
+def test_clamps_warn(hyp: HyperbolicDualEncoder, caplog: pytest.LogCaptureFixture) -> None:
+    assert hyp.clamp_warnings() == []
+    with torch.no_grad():
+        hyp.log_curvature.fill_(5.0)  # c = 148 -> clamped to 10
+        hyp.alpha_text.fill_(0.3)
+        hyp.logit_scale.fill_(9.0)
+    summary = hyp.scalar_summary()
+    assert summary["curvature"] == pytest.approx(10.0)
+    assert summary["alpha_text"] == 0.0
+    assert summary["scale"] == pytest.approx(100.0)
+    with caplog.at_level(logging.WARNING, logger="relsafe.models.hyperbolic"):
+        msgs = hyp.clamp_warnings()
+    assert len(msgs) == 3
+    assert "curvature" in caplog.text and "alpha_text" in caplog.text and "logit" in caplog.text
+    hyp.clamp_()
+    assert float(hyp.log_curvature.detach()) == pytest.approx(math.log(10.0))
+
+
+# ---- training -------------------------------------------------------------------------------
+
+
+class _MLP(nn.Module):
+    def __init__(self, d_in: int, hidden: int, d_out: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
+class BowColourEncoder(DualEncoder):
+    """A tiny *learnable* dual encoder for the training test: a bag of hashed words, and frozen
+    3x3 colour detectors max- and mean-pooled over the image, each followed by a LoRA-able MLP.
+
+    A randomly initialised tiny CLIP cannot tell a juice image from a wine image of the same
+    layout (their features have cosine 0.998), so the hierarchy could not emerge from it in a few
+    dozen steps; this backbone can, which is what the test needs.
+    """
+
+    preset = LayerPreset(text_lora=("mlp.fc1", "mlp.fc2"), vision_lora=("mlp.fc1", "mlp.fc2"))
+    VOCAB = 1024
+
+    def __init__(self, dim: int = 16, seed: int = 0) -> None:
+        super().__init__("bow-colour")
+        g = torch.Generator().manual_seed(seed)
+        self.words = nn.Embedding(self.VOCAB, 32)
+        self.colour = nn.Conv2d(3, 48, 3, padding=1)
+        self.text, self.vision = nn.Module(), nn.Module()
+        self.text.mlp = _MLP(32, 32, dim)
+        self.vision.mlp = _MLP(96, 64, dim)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) / max(1, p.shape[-1]) ** 0.5)
+        self.eval()
+
+    @property
+    def text_tower(self) -> nn.Module:
+        return self.text
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.vision
+
+    @property
+    def tokenizer(self) -> Any:
+        return None
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.text.mlp.fc2.out_features)
+
+    @property
+    def image_size(self) -> int:
+        return 32
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        ids = [[zlib.crc32(w.encode()) % self.VOCAB for w in t.lower().split()] for t in texts]
+        n = max(len(i) for i in ids)
+        out, mask = torch.zeros(len(ids), n, dtype=torch.long), torch.zeros(len(ids), n)
+        for k, i in enumerate(ids):
+            out[k, : len(i)], mask[k, : len(i)] = torch.tensor(i), 1.0
+        return {"input_ids": out, "attention_mask": mask}
+
+    def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        arr = np.stack([np.asarray(im.convert("RGB").resize((32, 32))) for im in images])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    def forward_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        m = tokens["attention_mask"].unsqueeze(-1)
+        return self.text.mlp((self.words(tokens["input_ids"]) * m).sum(1) / m.sum(1))
+
+    def forward_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.colour(pixel_values))
+        return self.vision.mlp(torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1))
+
+    def save_pretrained(self, folder: str) -> None:  # pragma: no cover - not needed here
+        raise NotImplementedError
+
+
+def _embed_quads(model: HyperbolicDualEncoder, q: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {
+        "S": model.encode_text(q["S"]),
+        "U": model.encode_text(q["U"]),
+        "V": model.encode_image([Image.fromarray(a) for a in q["V"]]),
+        "G": model.encode_image([Image.fromarray(a) for a in q["G"]]),
+    }
+
+
+def test_radial_order_emerges_on_held_out_quadruplets(tiny_policy: Any) -> None:
+    from relsafe.eval.retrieval import mixed_retrieval
+    from relsafe.methods.hysac import HySACConfig, hysac, policy_quadruplets
+    from relsafe.world import splits
+
+    cfg = HySACConfig(
+        steps=150,
+        lr=1e-2,
+        batch_size=16,
+        n_per_pair=16,
+        n_val_per_pair=8,
+        size=32,
+        eval_every=50,
+        patience=10,
+        seed=0,
+    )
+    res = hysac(BowColourEncoder(seed=0), tiny_policy, cfg, progress=False)
+    model = res.model
+    assert isinstance(model, HyperbolicDualEncoder)
+    rec = res.record
+    assert rec.method == "hysac" and rec.curve and rec.data_sizes["train_quadruplets"] == 32
+    assert set(rec.extra["traversal_radius"]) == {"text", "image"}
+    assert set(rec.extra["unsafe_threshold"]) == {"text", "image"}
+    assert {"curvature", "alpha_text", "alpha_image", "logit_scale"} <= set(rec.extra["scalars"])
+    assert rec.extra["early_stopping"]["restored_step"] is not None
+    assert sum(rec.extra["weights_normalised"].values()) == pytest.approx(1.0)
+    assert {"nce_SV", "nce_UG", "nce_SG", "nce_UV", "ent_SV", "ent_UG", "ent_VU"} <= set(
+        rec.curve[0]
+    )
+    test = policy_quadruplets(tiny_policy, 16, splits.TEST, 32)  # held-out seed
+    emb = _embed_quads(model, test)
+    med = {k: float(model.distance_from_origin(v).median()) for k, v in emb.items()}
+    assert med["S"] < med["V"] < med["U"] < med["G"], med
+    # distance from the origin separates safe from unsafe texts on held-out data
+    from relsafe.eval.unsafe_cls_suite import auroc
+
+    assert auroc(model.unsafe_score(emb["S"]), model.unsafe_score(emb["U"])) > 0.8
+    # traversal moves unsafe text queries toward the safe images of the mixed gallery
+    plain = mixed_retrieval(emb["U"], emb["V"], emb["G"], model)["pct_safe_top1"]
+    trav = mixed_retrieval(model.traverse(emb["U"], "text"), emb["V"], emb["G"], model)
+    assert trav["pct_safe_top1"] >= plain
+
+
+def test_write_edit_and_resume(
+    tiny_clip_dir: Path, tiny_policy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relsafe.methods import hysac as hysac_mod
+    from relsafe.methods.export import write_edit
+    from relsafe.methods.hysac import HySACConfig, hysac
+
+    cfg = HySACConfig(
+        steps=6,
+        lr=1e-3,
+        batch_size=4,
+        n_per_pair=4,
+        n_val_per_pair=2,
+        size=32,
+        eval_every=2,
+        checkpoint_every=3,
+        log_every=1,
+        patience=10,
+        select_by="last",
+    )
+    ref = hysac(load_model(str(tiny_clip_dir)), tiny_policy, cfg, progress=False)
+    ref_state = ref.adapter.state_dict()
+    ref_scalars = ref.model.scalar_summary()
+
+    # interrupt a second run after its step-3 checkpoint, then resume it
+    original = hysac_mod._HySAC.step_losses
+
+    def crash_at_4(self: Any, step: int, rng: Any) -> Any:
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(self, step, rng)
+
+    work = tmp_path / "work"
+    monkeypatch.setattr(hysac_mod._HySAC, "step_losses", crash_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        hysac(load_model(str(tiny_clip_dir)), tiny_policy, cfg, progress=False, workdir=str(work))
+    monkeypatch.setattr(hysac_mod._HySAC, "step_losses", original)
+    assert (work / "hysac_state.json").is_file()
+    res = hysac(load_model(str(tiny_clip_dir)), tiny_policy, cfg, progress=False, workdir=str(work))
+    for k, v in ref_state.items():
+        assert torch.allclose(res.adapter.state_dict()[k], v, atol=1e-6), k
+    assert res.model.scalar_summary() == pytest.approx(ref_scalars, abs=1e-6)
+    assert [e["step"] for e in res.record.curve] == [float(s) for s in range(6)]
+
+    t = res.model.encode_text(TEXTS)
+    out = write_edit(tmp_path / "out", res, {"test": True})
+    back = load_model(str(out / "merged"))
+    assert isinstance(back, HyperbolicDualEncoder)
+    assert torch.allclose(back.encode_text(TEXTS), t, atol=1e-5)
+    assert back.traversal_radius == res.model.traversal_radius
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_early_stopping_and_data_dict(tiny_clip_dir: Path, tiny_policy: Any) -> None:
+    from relsafe.methods.hysac import HySACConfig, hysac, policy_quadruplets
+
+    data = policy_quadruplets(tiny_policy, 6, 123, 32)
+    data = {k: data[k] for k in ("S", "U", "V", "G")}  # plain ViSU format, no tuple ids
+    cfg = HySACConfig(
+        steps=20, lr=1e-9, batch_size=4, eval_every=1, patience=2, size=32, val_fraction=0.25
+    )
+    res = hysac(load_model(str(tiny_clip_dir)), None, cfg, progress=False, data=data)
+    es = res.record.extra["early_stopping"]
+    assert es["stopped"] and "early stop" in es["stopped"]
+    assert res.record.extra["steps_done"] < 20
+    assert res.record.data_sizes == {"train_quadruplets": 9, "val_quadruplets": 3}
+
+
+def test_config_validation() -> None:
+    from relsafe.config import from_dict
+    from relsafe.methods.base import get_method
+    from relsafe.methods.hysac import HySACConfig
+
+    assert get_method("hysac").config_cls is HySACConfig
+    with pytest.raises(ConfigError, match="unknown terms"):
+        from_dict(HySACConfig, {"weights": {"nce_XY": 1.0}})
+    with pytest.raises(ConfigError, match="curvature_init"):
+        from_dict(HySACConfig, {"curvature_init": 20.0})
+
+
+def test_gather_with_local_grad_gives_the_global_gradient() -> None:
+    """Simulate 2 ranks in one process: averaging the per-rank gradients (what the all-reduce
+    hooks do) must equal the gradient of the loss over the global batch."""
+    from relsafe.methods.hysac import gather_with_local_grad, hyperbolic_contrastive
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 4, requires_grad=True)
+    a = [torch.randn(3, 6) for _ in range(2)]
+    b = [torch.randn(3, 6) for _ in range(2)]
+    c, s = torch.tensor(1.0), torch.tensor(5.0)
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        return exp_map0(x @ w * 0.3, c)
+
+    full = hyperbolic_contrastive(embed(torch.cat(a)), embed(torch.cat(b)), c, s)
+    (g_full,) = torch.autograd.grad(full, w)
+    world, grads = 2, []
+    with torch.no_grad():
+        ta, tb = [embed(x) for x in a], [embed(x) for x in b]
+    for rank in range(world):
+        xa = gather_with_local_grad(embed(a[rank]), lambda t: torch.cat(ta), rank, world)
+        xb = gather_with_local_grad(embed(b[rank]), lambda t: torch.cat(tb), rank, world)
+        loss = hyperbolic_contrastive(xa, xb, c, s)
+        assert torch.allclose(loss, full, atol=1e-6)  # every rank sees the global loss
+        grads.append(torch.autograd.grad(loss, w)[0])
+    assert torch.allclose(sum(grads) / world, g_full, atol=1e-5)
