@@ -515,6 +515,8 @@ def _save_checkpoint(
     params: dict[str, nn.Parameter],
     opt: torch.optim.Optimizer,
     history: list[dict[str, float]],
+    elapsed_s: float = 0.0,
+    buffers: dict[str, torch.Tensor] | None = None,
 ) -> None:
     from safetensors.torch import save_file
 
@@ -526,6 +528,8 @@ def _save_checkpoint(
     for i, st in osd["state"].items():
         for k, v in st.items():
             tensors[f"optim.{names[i]}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    for n, b in (buffers or {}).items():  # BatchNorm running statistics
+        tensors[f"buffer.{n}"] = b.detach().cpu().contiguous()
     tensors["rng.torch"] = torch.random.get_rng_state()
     groups = [{k: v for k, v in g.items() if k != "params"} for g in osd["param_groups"]]
     meta = {
@@ -533,6 +537,7 @@ def _save_checkpoint(
         "config": json.dumps(cfg.to_dict(), sort_keys=True),
         "param_groups": json.dumps(groups),
         "history": json.dumps(history[-200:]),
+        "elapsed_s": f"{elapsed_s:.3f}",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
@@ -547,8 +552,12 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    path: Path, cfg: PretrainConfig, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer
-) -> tuple[int, list[dict[str, float]]]:
+    path: Path,
+    cfg: PretrainConfig,
+    params: dict[str, nn.Parameter],
+    opt: torch.optim.Optimizer,
+    buffers: dict[str, torch.Tensor] | None = None,
+) -> tuple[int, list[dict[str, float]], float]:
     from safetensors import safe_open
 
     try:
@@ -592,8 +601,16 @@ def _load_checkpoint(
     for g, r in zip(groups, ref, strict=True):
         osd["param_groups"].append({**g, "params": r["params"]})
     opt.load_state_dict(osd)
+    with torch.no_grad():
+        for n, b in (buffers or {}).items():
+            if f"buffer.{n}" in tensors:
+                b.copy_(tensors[f"buffer.{n}"])
     torch.random.set_rng_state(tensors["rng.torch"])
-    return int(meta["step"]), json.loads(meta.get("history", "[]"))
+    return (
+        int(meta["step"]),
+        json.loads(meta.get("history", "[]")),
+        float(meta.get("elapsed_s", "0")),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -740,9 +757,10 @@ def pretrain(config: PretrainConfig | None = None, progress: bool = True) -> Any
         betas=(0.9, 0.98),
         eps=1e-6,
     )
-    start, history = 0, []
+    buffers = {f"vision.{n}": b for n, b in model.vision.named_buffers()}
+    start, history, prior_s = 0, [], 0.0
     if cfg.resume and ckpt_path.is_file():
-        start, history = _load_checkpoint(ckpt_path, cfg, params, opt)
+        start, history, prior_s = _load_checkpoint(ckpt_path, cfg, params, opt, buffers)
         log.info("resumed from %s at step %d", ckpt_path, start)
     elif cfg.resume:
         log.info("no checkpoint at %s; starting from scratch", ckpt_path)
@@ -774,7 +792,8 @@ def pretrain(config: PretrainConfig | None = None, progress: bool = True) -> Any
             history.append({"step": step + 1, **{k: round(v, 5) for k, v in running.items()}})
             log.info("step %d %s", step + 1, history[-1])
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(ckpt_path, step + 1, cfg, params, opt, history)
+            elapsed = prior_s + time.time() - t0
+            _save_checkpoint(ckpt_path, step + 1, cfg, params, opt, history, elapsed, buffers)
     bar.close()
     _recalibrate_batchnorm(model, cfg, world, bank)
     model.fold_vision_batchnorm()
@@ -783,7 +802,7 @@ def pretrain(config: PretrainConfig | None = None, progress: bool = True) -> Any
         p.requires_grad_(True)
     if wrapped:
         model.apply_text_lora(_remove_lora(model.text.encoder, wrapped))
-    train_s = time.time() - t0
+    train_s = prior_s + time.time() - t0  # includes the text bank; a resumed run adds its past
     model.save_pretrained(out_dir)
     record: dict[str, Any] = {
         "config": cfg.to_dict(),
