@@ -79,6 +79,19 @@ def test_wrapper_geometry_and_delegation(hyp: HyperbolicDualEncoder) -> None:
         hyp.similarity(t, t[:, :3])
 
 
+def test_similarity_chunks_large_galleries(
+    hyp: HyperbolicDualEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relsafe.models import hyperbolic
+
+    g = torch.Generator().manual_seed(1)
+    a = exp_map0(torch.randn(23, hyp.embed_dim, generator=g), 1.0)
+    b = exp_map0(torch.randn(7, hyp.embed_dim, generator=g), 1.0)
+    full = hyp.similarity(a, b)
+    monkeypatch.setattr(hyperbolic, "_SIM_CHUNK_ELEMS", 20)  # 2 rows per chunk
+    assert torch.equal(hyp.similarity(a, b), full)
+
+
 def test_nan_features_raise_with_tensor_name(hyp: HyperbolicDualEncoder) -> None:
     feats = torch.zeros(2, hyp.embed_dim)
     feats[1, 0] = float("nan")
@@ -168,6 +181,11 @@ def test_traversal_vectorised_equals_per_query_loop(hyp: HyperbolicDualEncoder) 
     assert torch.allclose(d_out[moved], torch.full_like(d_out[moved], radius), atol=1e-5)
     cos = nn.functional.cosine_similarity(out[moved], queries[moved])
     assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)  # same direction
+    # with both regions fitted, the default is the innermost one; target= picks explicitly
+    hyp.traversal_radius = {"text": 0.2, "image": 0.5}
+    for modality in ("text", "image"):
+        assert float(dist0(hyp.traverse(queries, modality), 1.0).max()) <= 0.2 + 1e-5
+    assert float(dist0(hyp.traverse(queries, "text", target="image"), 1.0).max()) > 0.2 + 1e-3
 
 
 def test_missing_radius_and_threshold_errors(hyp: HyperbolicDualEncoder) -> None:

@@ -76,6 +76,7 @@ CURVATURE_RANGE: tuple[float, float] = (0.1, 10.0)
 LOGIT_SCALE_RANGE: tuple[float, float] = (math.log(1 / 0.07), math.log(100.0))
 ALPHA_MAX = 0.0
 _SCALARS = ("log_curvature", "alpha_text", "alpha_image", "logit_scale")
+_SIM_CHUNK_ELEMS = 1 << 24  # similarity() computes at most this many distances per chunk
 
 
 def _check_modality(modality: str) -> str:
@@ -307,7 +308,13 @@ class HyperbolicDualEncoder(DualEncoder):
                 f"(were they made by the same model?)"
             )
         c = self.curvature.detach().to(a.device)
-        return -pairwise_dist(a.float(), b.float().to(a.device), c)
+        a, b = a.float(), b.float().to(a.device)
+        rows = max(1, _SIM_CHUNK_ELEMS // max(1, b.shape[0]))
+        needs_grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+        if a.shape[0] <= rows or needs_grad:
+            return -pairwise_dist(a, b, c)
+        # large galleries: bound the (rows, Nb) temporaries of pairwise_dist
+        return torch.cat([-pairwise_dist(a[i : i + rows], b, c) for i in range(0, len(a), rows)])
 
     def pair_similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Negative geodesic distance ``(N,)`` between matching rows."""
@@ -341,7 +348,7 @@ class HyperbolicDualEncoder(DualEncoder):
         """Fit the radius of each given modality's safe region: the ``quantile`` of the distances
         from the origin of that modality's *safe* embeddings (``(N, D)`` postprocessed: V for
         ``"image"``, S for ``"text"``). Stored on the model and saved with it; returns the radii.
-        :meth:`traverse` uses the radius of the query's *target* (gallery) modality."""
+        :meth:`traverse` uses the innermost fitted radius unless told which."""
         if not 0.0 < quantile <= 1.0:
             raise InputError(f"quantile must lie in (0, 1], got {quantile}")
         out = {}
@@ -357,30 +364,39 @@ class HyperbolicDualEncoder(DualEncoder):
 
     @torch.no_grad()
     def traverse(self, emb: torch.Tensor, modality: str, target: str | None = None) -> torch.Tensor:
-        """Safety traversal of query embeddings toward the safe region of the gallery modality.
+        """Safety traversal: move unsafe query embeddings toward the origin, into a safe region.
 
-        ``modality`` is the *query's* modality (as the ``visu`` suite passes it); the query moves
-        toward the safe region of the *target* modality, by default the other one (a text query
-        searching images uses the radius fitted on safe images V, an image query searching texts
-        the radius fitted on safe texts S); pass ``target`` to override. Vectorised over the batch:
-        ``v = log_map0(q)``; where ``|v| > r_target``, ``v`` is shrunk to norm ``r_target`` and
-        mapped back with ``exp_map0``; other queries are returned unchanged (bit for bit). The
-        radius and ``|v|`` are the same kind of quantity: the tangent norm at the origin *is* the
-        geodesic distance from the origin, so a traversed query lands at geodesic distance exactly
-        ``r_target`` along its own direction (the reference code instead compares a geodesic
-        radius with the Euclidean norm of the space part).
+        Vectorised over the batch: ``v = log_map0(q)``; where ``|v| > r``, ``v`` is shrunk to norm
+        ``r`` and mapped back with ``exp_map0``; queries already inside are returned unchanged (bit
+        for bit). ``r`` and ``|v|`` are the same kind of quantity: the tangent norm at the origin
+        *is* the geodesic distance from the origin, so a traversed query lands at geodesic distance
+        exactly ``r`` along its own direction (the reference code instead compares a geodesic
+        radius with the Euclidean norm of the space part, and moves one query at a time).
+
+        ``r`` is the radius of the safe region of ``target`` (fitted by :meth:`fit_traversal` on
+        safe texts S for ``"text"``, safe images V for ``"image"``). By default it is the
+        *innermost* fitted safe region, the smallest radius (in a trained model the safe-text
+        region, since HySAC orders S < V < U < G): the most generic safe content, which both
+        modalities' safe items surround. Measured on relsafe-mini after a short HySAC run, this
+        default redirected unsafe queries of both modalities, while the query's own-modality
+        region failed for image queries and the other modality's region for text queries (see
+        docs/hysac.md); pass ``target`` to choose one explicitly.
 
         Args:
-            emb: ``(N, D)`` postprocessed query embeddings of ``modality``.
-            modality: ``"text"`` or ``"image"``, the queries' modality.
-            target: the modality whose safe-region radius applies; default the other modality.
+            emb: ``(N, D)`` postprocessed query embeddings.
+            modality: ``"text"`` or ``"image"``, the queries' modality (as the ``visu`` suite
+                passes it; checked, and used by no default).
+            target: ``"text"`` / ``"image"``: whose safe-region radius applies; default the
+                innermost fitted one.
 
         Returns:
             ``(N, D)`` traversed embeddings, dtype of ``emb``.
         """
         _check_modality(modality)
         if target is None:
-            target = "image" if modality == "text" else "text"
+            if not self.traversal_radius:
+                self._radius(modality)  # raises the "fit it" error
+            target = min(self.traversal_radius, key=lambda m: self.traversal_radius[m])
         r = self._radius(target)
         if emb.ndim != 2:
             raise InputError(f"traverse takes (N, D) embeddings, got shape {tuple(emb.shape)}")

@@ -207,10 +207,11 @@ class MiniConfig:
     """``batch``: BatchNorm after every convolution (for training); ``folded``: the BatchNorm
     statistics folded into the convolutions (no batch-dependent layer left; what ships)."""
     stem_dim: int = 32
-    vision_dims: tuple[int, ...] = (32, 64, 128, 256)
-    vision_depths: tuple[int, ...] = (1, 2, 2, 2)
+    vision_dims: tuple[int, ...] = (48, 96, 128)
+    vision_depths: tuple[int, ...] = (1, 1, 1)
     mlp_ratio: int = 2
-    text_hidden: int = 0
+    text_hidden: int = 512
+    """Hidden width of the text projection MLP (0: a linear projection)."""
     text_max_length: int = 64
     text_lora_rank: int = 0
     text_lora_alpha: float = 16.0
@@ -633,9 +634,16 @@ class RelsafeMini(DualEncoder):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        wrapped = [k for k in state if ".base_layer." in k or ".lora_" in k]
+        if wrapped:
+            raise InputError(
+                f"relsafe-mini cannot save unmerged adapter layers ({wrapped[0]}, ...): merge them "
+                "into the base weights first (e.g. peft's merge_and_unload) or save the adapter alone"
+            )
         expected = self._expected_encoder_state()
         tensors: dict[str, torch.Tensor] = {}
-        for key, value in self.state_dict().items():
+        for key, value in state.items():
             if key.startswith(_ENCODER_PREFIX):
                 sub = key[len(_ENCODER_PREFIX) :]
                 ref = expected.get(sub)
