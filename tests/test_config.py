@@ -70,6 +70,11 @@ def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
     assert "bad.yaml" in str(e.value) and "line" in str(e.value)
 
 
+def test_exponent_floats_without_a_dot() -> None:
+    # YAML 1.1 reads 1e-3 as a string; a float field still accepts it
+    assert load_config(Outer, None, ["inner.lr=1e-3"]).inner.lr == 1e-3
+
+
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(Outer, "/nonexistent/c.yaml")

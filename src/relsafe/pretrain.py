@@ -5,6 +5,9 @@ What is trained
     by default (``lora_rank=0``), so every training caption's sentence embedding is computed once
     and cached; with ``lora_rank > 0`` a LoRA on MiniLM's attention layers is trained too and the
     text tower runs every step (slower), then the factors are merged and stored with the weights.
+    The image tower trains with BatchNorm; at the end its statistics are re-estimated exactly over
+    fresh training batches and folded into the convolutions, so the saved tower has no
+    batch-dependent layer.
 
 Objective
     CLIP InfoNCE in both directions with multi-positive targets (several images of one tuple can
@@ -22,8 +25,10 @@ Objective
 Data and seeds
     Images are rendered on the fly from RelWorld's training styles only. Everything a step draws
     (tuples, styles, captions, render seeds) comes from ``numpy.random.default_rng([seed, step,
-    _DATA_STREAM])``, so a run is a pure function of its config and a resumed run repeats the
-    uninterrupted one. Render seeds follow RelWorld's seed scheme (:mod:`relsafe.world.splits`):
+    _DATA_STREAM])`` and the initial weights from ``torch.manual_seed(seed)``, so a run is a pure
+    function of its config (on CPU, with a fixed thread count) and a resumed run repeats the
+    uninterrupted one. A pair in a batch (a tuple and a one-element swap) shares its render seed
+    and style: a minimal pair that differs only in the swapped element. Render seeds follow RelWorld's seed scheme (:mod:`relsafe.world.splits`):
     ``item_seeds(splits.PRETRAIN + seed, step * batch_size + i)``, a SeedSequence hash under the
     pretraining base seed, independent of the ``EDIT``/``VAL``/``TEST`` streams that every other
     use of the world draws from (``seed`` must stay below 1,000,000 so the base never reaches
@@ -32,7 +37,8 @@ Data and seeds
     wrappers are never seen.
 
 Checkpoints
-    One safetensors file (model, optimizer state, RNG state, JSON metadata) written atomically
+    One safetensors file (trainable tensors, BatchNorm statistics, optimizer state, RNG state, JSON
+    metadata incl. elapsed time) written atomically
     (temporary file then ``os.replace``) every ``checkpoint_every`` steps; ``resume=True`` continues
     from it. No pickle is ever loaded.
 """
