@@ -246,3 +246,21 @@ def test_bad_inputs(tiny_clip_dir: Path) -> None:
         from_dict(LoraEditConfig, {"stepz": 3})
     with pytest.raises(InputError, match="needs a safety policy"):
         relational_lora(load_model(str(tiny_clip_dir)), None, LoraEditConfig(steps=1))
+
+
+def test_text_layers_restricts_the_lora_to_the_top_layers(tiny_clip_dir: Path) -> None:
+    from relsafe.errors import ConfigError
+    from relsafe.methods.relational_lora import lora_targets
+
+    model = load_model(str(tiny_clip_dir))
+    every = lora_targets(model, LoraEditConfig(text_layers=0))
+    top = lora_targets(model, LoraEditConfig(text_layers=1))
+    assert lora_targets(model, LoraEditConfig(text_layers=0, text_head=None)) == every
+    layers = {int(t.split(".layers.")[1].split(".")[0]) for t in every}
+    assert len(layers) > 1
+    assert top and all(f".layers.{max(layers)}." in t for t in top)
+    assert set(top) < set(every)
+    with pytest.raises(ConfigError, match="text projection"):
+        lora_targets(model, LoraEditConfig(text_head=True))
+    with pytest.raises(ConfigError, match="text_layers"):
+        LoraEditConfig(text_layers=-1).validate()

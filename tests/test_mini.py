@@ -306,3 +306,40 @@ def test_pretrain_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> Non
     loaded = RelsafeMini.from_pretrained(tmp_path / "b")
     pix = _images(loaded, 2)
     assert np.array_equal(loaded.encode_image(pix).numpy(), resumed.encode_image(pix).numpy())
+
+
+# ---- frozen-prefix text forward (LoRA edits on the top layers) ---------------------------------
+
+
+def test_frozen_prefix_forward_equals_full_forward_with_a_top_layer_lora() -> None:
+    from relsafe.methods.lora import attach_lora
+    from relsafe.methods.relational_lora import LoraEditConfig, lora_targets
+    from relsafe.methods.text_prefix import TextPrefixCache
+
+    model = RelsafeMini(TINY, seed=0)
+    n = model.text_num_layers
+    targets = lora_targets(model, LoraEditConfig(text_layers=2, text_head=True))
+    assert {t.split(".layer.")[1].split(".")[0] for t in targets if ".layer." in t} == {
+        str(n - 2),
+        str(n - 1),
+    }
+    assert "text.proj.fc2" in targets
+    cache = TextPrefixCache(model, TEXTS, n - 2)
+    tok = model.tokenize(TEXTS)
+    with torch.no_grad():
+        plain = model.forward_text(tok)
+    handle = attach_lora(model, r=4, alpha=8, targets=targets, seed=0)
+    for name, p in handle.peft_model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(p, std=0.05)
+    full = model.forward_text(tok)
+    fast = cache.forward(TEXTS)
+    assert (full - plain).abs().max() > 1e-3  # the adapter is live ...
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)  # ... and both paths agree
+    # gradients reach the adapted layers through the cached path
+    fast.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in handle.parameters())
+    with pytest.raises(InputError, match="not in the frozen-prefix cache"):
+        cache.forward(["an unseen caption"])
+    with pytest.raises(InputError, match="text layer"):
+        model.text_hidden_at(tok, n + 1)

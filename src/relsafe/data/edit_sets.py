@@ -76,7 +76,7 @@ class SetSizes:
     images_per_forget_tuple: int = 24
     texts_per_retain_tuple: int = 8
     images_per_retain_tuple: int = 6
-    n_unrelated: int = 24
+    n_unrelated: int = 48
     context_fraction: float = 0.25  # share of forget/retain texts wrapped in a train context
     size: int = 64
     seed: int = 0

@@ -120,13 +120,22 @@ def attach_lora(
     dropout: float = 0.0,
     patterns: dict[str, Sequence[str]] | None = None,
     seed: int = 0,
+    targets: Sequence[str] | None = None,
 ) -> LoraHandle:
-    """Inject LoRA into ``model``'s towers and freeze everything else."""
+    """Inject LoRA into ``model``'s towers and freeze everything else.
+
+    ``targets`` (full module names relative to :func:`lora_root`) overrides ``towers``/``patterns``.
+    """
     from peft import LoraConfig, LoraModel
 
     if r <= 0:
         raise InputError(f"LoRA rank must be positive, got {r}")
-    targets = target_module_names(model, towers, patterns)
+    if targets is not None:
+        targets = sorted(set(targets))
+        if not targets:
+            raise InputError("no layers to adapt: the target list is empty")
+    else:
+        targets = target_module_names(model, towers, patterns)
     root = lora_root(model)
     for p in root.parameters():
         p.requires_grad_(False)

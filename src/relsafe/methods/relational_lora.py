@@ -44,9 +44,10 @@ from relsafe.config import to_dict
 from relsafe.data.edit_sets import EditSets, SetSizes, concept_sets, relational_sets
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
-from relsafe.methods.lora import attach_lora
+from relsafe.methods.lora import attach_lora, target_module_names
+from relsafe.methods.text_prefix import TextPrefixCache, layer_index, supports_prefix, top_layers
 from relsafe.methods.training import run_loop
-from relsafe.world.captions import canonical_caption
+from relsafe.world.captions import canonical_caption, object_caption, subject_caption
 from relsafe.world.vocab import default_vocabulary
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,12 @@ class LoraEditConfig:
     """Config of ``relational-lora`` and ``concept-erasure`` (YAML keys are these field names)."""
 
     towers: list[str] = field(default_factory=lambda: ["text"])
+    # adapt only the top N transformer layers of the text tower (0 = every layer of the preset);
+    # on backbones with a frozen-prefix forward (relsafe-mini) the frozen layers run once per text
+    text_layers: int = 2
+    # also adapt the text projection head (preset group ``text_proj``): None = where the backbone
+    # has one (relsafe-mini; HF CLIP's projection is outside its text tower), True = require it
+    text_head: bool | None = None
     objective: Objective = "redirect"
     rank: int = 8
     alpha: float = 16.0
@@ -74,6 +81,7 @@ class LoraEditConfig:
     w_separation: float = 1.0
     w_retain_distill: float = 1.0
     w_retain_align: float = 0.5
+    w_marginal_align: float = 0.5
     w_vision_forget: float = 1.0
     w_vision_retain: float = 1.0
     anchor_text: str = "a photo"
@@ -89,6 +97,8 @@ class LoraEditConfig:
             raise ConfigError(
                 f"towers must be a non-empty subset of ['text', 'vision'], got {self.towers}"
             )
+        if self.text_layers < 0:
+            raise ConfigError(f"text_layers must be >= 0 (0 = all), got {self.text_layers}")
         for name in ("rank", "steps", "batch_forget", "batch_retain", "batch_images"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -144,14 +154,49 @@ def _cos_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (1 - nn.functional.cosine_similarity(a, b, dim=-1)).mean()
 
 
+def lora_targets(model: Any, cfg: LoraEditConfig) -> list[str]:
+    """The module names the edit adapts: the preset's layers of each tower, narrowed by
+    ``text_layers`` and widened by ``text_head``."""
+    out: list[str] = []
+    if "text" in cfg.towers:
+        out += top_layers(target_module_names(model, ["text"]), cfg.text_layers)
+        pats = model.preset.extra.get("text_proj")
+        if cfg.text_head is True and not pats:
+            raise ConfigError(
+                f"text_head: {type(model).__name__}'s layer preset names no text projection "
+                "head (group 'text_proj'); set text_head: false or leave it unset"
+            )
+        if pats and cfg.text_head is not False:
+            out += target_module_names(model, ["text"], {"text": pats})
+    if "vision" in cfg.towers:
+        out += target_module_names(model, ["vision"])
+    return sorted(set(out))
+
+
 class _LoraEdit:
     """Holds the data, frozen references and loss terms of one edit."""
 
-    def __init__(self, model: Any, sets: EditSets, cfg: LoraEditConfig) -> None:
+    def __init__(
+        self, model: Any, sets: EditSets, cfg: LoraEditConfig, targets: list[str] | None = None
+    ) -> None:
         self.model, self.sets, self.cfg = model, sets, cfg
+        self.targets = targets if targets is not None else lora_targets(model, cfg)
         self.all_tuples = default_vocabulary().valid_tuples()
         self.tuple_index = {t: i for i, t in enumerate(self.all_tuples)}
         self.canon = [canonical_caption(t) for t in self.all_tuples]
+        vocab = default_vocabulary()
+        words = {role: list(vocab.words(role)) for role in ("subject", "object")}
+        self.marg_caps = {
+            "subject": [subject_caption(w) for w in words["subject"]],
+            "object": [object_caption(w) for w in words["object"]],
+        }
+        self.r_marg_labels = {
+            role: torch.tensor(
+                [words[role].index(getattr(t, role)) for t in sets.retain_image_tuples],
+                dtype=torch.long,
+            )
+            for role in words
+        }
         model.eval()
         # ---- frozen references, computed before any adapter exists ----------------------
         self.f_pix = _pixels(model, sets.forget_images)
@@ -184,9 +229,30 @@ class _LoraEdit:
         )
         self.train_text = "text" in cfg.towers
         self.train_vision = "vision" in cfg.towers
+        self.prefix: TextPrefixCache | None = None
+        if self.train_text and cfg.text_layers > 0 and supports_prefix(model):
+            text_names = set(target_module_names(model, ["text"], {"text": ("*",)}))
+            starts = [
+                i for t in self.targets if t in text_names and (i := layer_index(t)) is not None
+            ]
+            if starts:
+                self.prefix = TextPrefixCache(
+                    model,
+                    [
+                        *sets.forget_texts,
+                        *sets.forget_text_targets,
+                        *sets.retain_texts,
+                        *self.canon,
+                        *self.marg_caps["subject"],
+                        *self.marg_caps["object"],
+                    ],
+                    min(starts),
+                )
 
     # ---- forward helpers -----------------------------------------------------------------
     def T(self, texts: list[str]) -> torch.Tensor:
+        if self.prefix is not None:
+            return self.model.postprocess(self.prefix.forward(texts), "text")
         tok = {k: v.to(self.model.device) for k, v in self.model.tokenize(texts).items()}
         return self.model.postprocess(self.model.forward_text(tok), "text")
 
@@ -240,6 +306,14 @@ class _LoraEdit:
                 img = self.V(self.r_pix[ii]) if self.train_vision else self.V0_retain[ii]
                 logits = self.scale * self.model.similarity(img, canon)
                 out["retain_align"] = nn.functional.cross_entropy(logits, self.r_labels[ii])
+                if cfg.w_marginal_align > 0:
+                    terms = []
+                    for role, caps in self.marg_caps.items():
+                        m_logits = self.scale * self.model.similarity(img, self.T(caps))
+                        terms.append(
+                            nn.functional.cross_entropy(m_logits, self.r_marg_labels[role][ii])
+                        )
+                    out["marginal_align"] = sum(terms) / len(terms)
         if self.train_vision and len(self.f_pix):
             gi = rng.sample(range(len(self.f_pix)), min(cfg.batch_images, len(self.f_pix)))
             out["vision_forget"] = _cos_loss(self.V(self.f_pix[gi]), self.V0_ftarget[gi])
@@ -269,17 +343,18 @@ def _run_lora_edit(
         edit = _LoraEdit(model, sets, cfg)
         handle = attach_lora(
             model,
-            towers=cfg.towers,
             r=cfg.rank,
             alpha=cfg.alpha,
             dropout=cfg.dropout,
             seed=cfg.seed,
+            targets=edit.targets,
         )
         weights = {
             "forget": cfg.w_forget,
             "separation": cfg.w_separation,
             "retain_distill": cfg.w_retain_distill,
             "retain_align": cfg.w_retain_align,
+            "marginal_align": cfg.w_marginal_align,
             "vision_forget": cfg.w_vision_forget,
             "vision_retain": cfg.w_vision_retain,
         }
@@ -321,6 +396,7 @@ def _run_lora_edit(
             "counterparts": {u.id: c.id for u, c in sets.counterparts.items()},
             "lora_targets": handle.targets,
             "steps_done": loop.steps_done,
+            "frozen_text_prefix_layer": edit.prefix.layer if edit.prefix is not None else None,
             "resumed_from": loop.resumed_from,
         },
     )

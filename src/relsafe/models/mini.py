@@ -391,6 +391,15 @@ class TextHead(nn.Module):
         return self.fc2(x)
 
 
+class _PassThroughEmbeddings(nn.Module):
+    """Stands in for BERT's embedding layer when the input is already a hidden state."""
+
+    def forward(self, *args: Any, inputs_embeds: torch.Tensor | None = None, **kw: Any) -> Any:
+        if inputs_embeds is None:
+            raise InputError("the frozen-prefix text forward needs hidden states (inputs_embeds)")
+        return inputs_embeds
+
+
 class TextTower(nn.Module):
     """MiniLM (``encoder``), sentence-transformers pooling + normalisation, projection (``proj``)."""
 
@@ -560,6 +569,46 @@ class RelsafeMini(DualEncoder):
 
     def forward_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.vision(pixel_values.to(self.vision.proj.weight.dtype))
+
+    # ---- frozen-prefix text forward ----------------------------------------------------
+    # A LoRA edit that adapts only the top layers of MiniLM can run the frozen lower layers
+    # once per text and train on the cached hidden states (see relsafe.methods.text_prefix).
+    @property
+    def text_num_layers(self) -> int:
+        """Number of transformer layers in the text encoder."""
+        return len(self.text.encoder.encoder.layer)
+
+    @torch.no_grad()
+    def text_hidden_at(self, tokens: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+        """Hidden states ``(N, L, width)`` entering transformer layer ``layer`` (0 = embeddings)."""
+        self._check_layer(layer)
+        out = self.text.encoder(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            token_type_ids=tokens.get("token_type_ids"),
+            output_hidden_states=True,
+        )
+        return out.hidden_states[layer]
+
+    def forward_text_from_hidden(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, layer: int
+    ) -> torch.Tensor:
+        """Finish :meth:`forward_text` from :meth:`text_hidden_at`'s output (differentiable)."""
+        self._check_layer(layer)
+        enc = self.text.encoder
+        embeddings, layers = enc.embeddings, enc.encoder.layer
+        enc.embeddings = _PassThroughEmbeddings()
+        enc.encoder.layer = nn.ModuleList(list(layers)[layer:])
+        try:
+            out = enc(inputs_embeds=hidden, attention_mask=attention_mask)
+        finally:
+            enc.embeddings, enc.encoder.layer = embeddings, layers
+        pooled = F.normalize(mean_pool(out.last_hidden_state, attention_mask), dim=-1)
+        return self.text.proj(pooled)
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer <= self.text_num_layers:
+            raise InputError(f"text layer must be in [0, {self.text_num_layers}], got {layer}")
 
     def forward(self, pixel_values: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """CLIP-style logits ``(N_images, N_texts)``: scaled cosine similarities."""
