@@ -88,16 +88,24 @@ def test_images(
     size: int = 64,
     seed: int = 0,
     tuples: Sequence[ORO] | None = None,
+    split: str = "test",
 ) -> ImageSet:
     """``n_per_tuple`` test images of each tuple for an image-side ``attack`` (text attacks and
-    ``none`` use the canonical images of the training styles)."""
+    ``none`` use the canonical images of the training styles).
+
+    ``split="val"`` draws them from the ``VAL`` base seed instead, for choosing hyperparameters
+    without touching the test images."""
+    if split not in ("test", "val"):
+        raise InputError(f"split must be 'test' or 'val', got {split!r}")
     return _test_images(
-        attack, n_per_tuple, size, seed, tuple(tuples or default_vocabulary().valid_tuples())
+        attack, n_per_tuple, size, seed, tuple(tuples or default_vocabulary().valid_tuples()), split
     )
 
 
 @lru_cache(maxsize=16)
-def _test_images(attack: str, n: int, size: int, seed: int, tuples: tuple[ORO, ...]) -> ImageSet:
+def _test_images(
+    attack: str, n: int, size: int, seed: int, tuples: tuple[ORO, ...], split: str = "test"
+) -> ImageSet:
     if n <= 0:
         raise InputError(f"n_per_tuple must be positive, got {n}")
     kind, _, arg = attack.partition(":")
@@ -110,7 +118,7 @@ def _test_images(attack: str, n: int, size: int, seed: int, tuples: tuple[ORO, .
         raise InputError(f"unknown attack {attack!r}; attacks: {all_attacks()}")
     labels = np.repeat(np.arange(len(tuples)), n)
     reps = np.tile(np.arange(n), len(tuples))
-    base = splits.TEST + seed
+    base = splits.ALL[split] + seed
     seeds = [item_seeds(base, int(i))[0] for i in range(len(labels))]
     img = np.zeros((len(labels), size, size, 3), np.uint8)
     for k, style in enumerate(styles):

@@ -44,8 +44,13 @@ class RelationalConfig:
     text_variants: int = 3  # independent paraphrase/context caption sets averaged per attack
     ood_styles: list[str] = field(default_factory=lambda: list(OOD_STYLES))
     corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
+    # "val": canonical captions on VAL images only (the attack "none"), for choosing a method's
+    # hyperparameters; held-out phrasings, contexts and styles stay out of it
+    split: str = "test"
 
     def validate(self) -> None:
+        if self.split not in ("test", "val"):
+            raise ConfigError(f"split must be 'test' or 'val', got {self.split!r}")
         if self.n_per_tuple <= 0 or self.text_variants <= 0:
             raise ConfigError("n_per_tuple and text_variants must be positive")
         bad = [s for s in self.ood_styles if s not in OOD_STYLES]
@@ -56,6 +61,8 @@ class RelationalConfig:
             raise ConfigError(f"corruptions {bad} not in {list(CORRUPTIONS)}")
 
     def attacks(self) -> list[str]:
+        if self.split == "val":
+            return ["none"]
         return [
             "none",
             "paraphrase",
@@ -134,7 +141,7 @@ def relational_suite(ctx: SuiteContext, cfg: RelationalConfig) -> list[Row]:
     hit_sums: dict[str, list[float]] = {}
     base_emb = None
     for attack in cfg.attacks():
-        imgs = test_images(attack, cfg.n_per_tuple, cfg.size, cfg.seed)
+        imgs = test_images(attack, cfg.n_per_tuple, cfg.size, cfg.seed, split=cfg.split)
         if attack.partition(":")[0] in ("none", "paraphrase", "context"):
             if base_emb is None:
                 base_emb = engine.embed_images(imgs.images)
@@ -233,7 +240,9 @@ def drift_rows(ctx: SuiteContext, reference: Any, cfg: RelationalConfig) -> list
     policy = ctx.policy
     keep = [*policy.all_neighbours(), *policy.unrelated()]
     texts = class_captions("none", keep)
-    imgs = test_images("none", cfg.n_per_tuple, cfg.size, cfg.seed, tuples=keep).images
+    imgs = test_images(
+        "none", cfg.n_per_tuple, cfg.size, cfg.seed, tuples=keep, split=cfg.split
+    ).images
     ref_engine = EmbeddingEngine(
         reference, cache_dir=getattr(ctx.engine, "cache_dir", None), progress=False
     )
