@@ -466,7 +466,10 @@ class _Recorder:
             del module
             if name in self.stats:
                 raise InputError(f"layer {name} ran twice in one forward pass; UWM expects once")
-            self.stats[name] = token_stats(args[0], self.mask if self.use_mask else None)
+            x = args[0]
+            # a pooled input (B, d), e.g. a text head after mean pooling, has no tokens to mask
+            mask = self.mask if self.use_mask and x.ndim == 3 else None
+            self.stats[name] = token_stats(x, mask)
 
         return fn
 
