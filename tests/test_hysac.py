@@ -470,3 +470,97 @@ def test_gather_with_local_grad_gives_the_global_gradient() -> None:
         assert torch.allclose(loss, full, atol=1e-6)  # every rank sees the global loss
         grads.append(torch.autograd.grad(loss, w)[0])
     assert torch.allclose(sum(grads) / world, g_full, atol=1e-5)
+
+
+def test_keep_top_layers() -> None:
+    from relsafe.methods.text_prefix import top_layers as _keep_top
+
+    names = ["t.layer.0.q", "t.layer.1.q", "t.layer.2.q", "t.layer.2.k", "t.proj"]
+    assert _keep_top(names, 1) == ["t.layer.2.q", "t.layer.2.k", "t.proj"]
+    assert _keep_top(names, 2) == names[1:]
+    assert _keep_top(names, 0) == names
+    assert _keep_top(["mlp.fc1", "mlp.fc2"], 1) == ["mlp.fc1", "mlp.fc2"]  # no layer numbers
+    assert _keep_top(["v.stages.0.mlp.fc1", "v.stages.1.mlp.fc1"], 1) == ["v.stages.1.mlp.fc1"]
+
+
+def test_frozen_prefix_caches_compute_the_full_forward() -> None:
+    """Default HySAC on relsafe-mini adapts MiniLM's last layer, the last CNN stage's MLP and both
+    projections; training from the cached frozen activations must be the same function (values
+    and LoRA gradients) as the full forward, with the adapter non-zero."""
+    from relsafe.methods.hysac import (
+        HySACConfig,
+        VisionPrefixCache,
+        _text_prefix_layer,
+        lora_targets,
+    )
+    from relsafe.methods.lora import attach_lora
+    from relsafe.methods.text_prefix import TextPrefixCache
+
+    hyp = HyperbolicDualEncoder(load_model("relsafe-mini"))
+    targets = lora_targets(hyp, HySACConfig())
+    assert all(".layer.5." in t or t.startswith("text.proj.") for t in targets["text"])
+    assert {"text.proj.fc1", "text.proj.fc2"} <= set(targets["text"])
+    assert targets["vision"] == [
+        "vision.encoder.stages.2.mlp.fc1",
+        "vision.encoder.stages.2.mlp.fc2",
+        "vision.proj",
+    ]
+    assert _text_prefix_layer(hyp, targets["text"]) == 5
+    assert VisionPrefixCache.stage_for(hyp, targets["vision"]) == 2
+    wide = lora_targets(hyp, HySACConfig(vision_layers=2, text_layers=2))
+    assert VisionPrefixCache.stage_for(hyp, wide["vision"]) == 1
+    assert _text_prefix_layer(hyp, wide["text"]) == 4
+    handle = attach_lora(hyp, r=4, alpha=4.0, targets=[*targets["text"], *targets["vision"]])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in lora_root_params(hyp):
+            if "lora_B" in n:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    texts = ["a photo of a child drinking wine", "a dog eating bread", "a kid holding a toy"]
+    pix = torch.randn(3, 3, 64, 64, generator=g)
+    tp = TextPrefixCache(hyp.base, texts, 5)
+    vp = VisionPrefixCache(hyp.vision_tower, 2)
+
+    def grads(out: torch.Tensor) -> list[torch.Tensor]:
+        return torch.autograd.grad(out.square().sum(), handle.parameters(), allow_unused=True)
+
+    full_t = hyp.forward_text(hyp.tokenize(texts))
+    fast_t = tp.forward(texts)
+    assert torch.allclose(full_t, fast_t, atol=1e-5)
+    full_i = hyp.forward_image(pix)
+    fast_i = vp.forward(vp.hidden(pix))
+    assert torch.allclose(full_i, fast_i, atol=1e-5)
+    assert not torch.allclose(full_i, hyp.base.vision.proj.base_layer(hyp.base.vision.encoder(pix)))
+    for a, b in zip(grads(full_i), grads(fast_i), strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+    nonzero = [x for x in grads(fast_t) if x is not None and x.abs().sum() > 0]
+    assert len(nonzero) == 2 * len(targets["text"])  # A and B of every text target
+
+
+def lora_root_params(model: HyperbolicDualEncoder) -> list[tuple[str, nn.Parameter]]:
+    from relsafe.methods.lora import lora_root
+
+    return [(n, p) for n, p in lora_root(model).named_parameters() if "lora_" in n]
+
+
+def test_hysac_on_mini_trains_from_the_caches() -> None:
+    """A few steps of default HySAC on relsafe-mini run from the frozen-prefix caches, and what it
+    fits from cached validation embeddings matches the plainly embedded (LoRA-attached) model."""
+    from relsafe.methods.hysac import HySACConfig, hysac, policy_quadruplets
+    from relsafe.policy import load_policy
+    from relsafe.world import splits
+
+    policy = load_policy("default")
+    cfg = HySACConfig(steps=3, batch_size=4, n_per_pair=2, n_val_per_pair=2, eval_every=2)
+    res = hysac(load_model("relsafe-mini"), policy, cfg, progress=False)
+    ex = res.record.extra
+    assert ex["frozen_prefix"]["text_layer"] == 5 and ex["frozen_prefix"]["vision_stage"] == 2
+    assert res.adapter.num_parameters() > 0 and ex["steps_done"] == 3
+    assert set(ex["val_traversal"]) >= {"U->[V;G]", "U->[V;G] traversal"}
+    val = policy_quadruplets(policy, 2, splits.VAL, 64)
+    emb = _embed_quads(res.model, val)
+    for k, v in emb.items():
+        d = float(res.model.distance_from_origin(v).median())
+        assert d == pytest.approx(ex["val_median_distance_from_origin"][k], rel=1e-4, abs=1e-6), k

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 
 from relsafe.errors import InputError
 from relsafe.eval.unsafe_cls_suite import (
@@ -102,13 +103,14 @@ def test_suite_rows_on_euclidean_model(tiny_clip: Any, tiny_policy: Any) -> None
     image_attacks = {r.attack for r in rows if r.slice.startswith("image")}
     assert text_attacks == {"none", "paraphrase"}
     assert image_attacks == {"none", "ood:sketch", "ood:night"}
+    per_class = ("fpr_safe", "tpr_unsafe", "median_safe", "median_unsafe")
     for r in rows:
         assert r.suite == "unsafe_cls" and r.method == "orig"
-        if r.metric != "threshold":
+        if r.metric in ("auroc", "accuracy", "fpr_safe", "tpr_unsafe"):
             assert 0.0 <= r.value <= 1.0
-        assert r.n == (3 * 2 if r.metric in ("fpr_safe", "tpr_unsafe") else 3 * 2 * 2)
+        assert r.n == (3 * 2 if r.metric in per_class else 3 * 2 * 2)
     metrics = {r.metric for r in rows}
-    assert metrics == {"auroc", "accuracy", "fpr_safe", "tpr_unsafe", "threshold"}
+    assert metrics == {"auroc", "accuracy", "fpr_safe", "tpr_unsafe", "threshold", *per_class[2:]}
 
 
 def test_suite_uses_the_hyperbolic_models_own_threshold(
@@ -128,6 +130,23 @@ def test_suite_uses_the_hyperbolic_models_own_threshold(
     assert thr["text|score:radius"] == pytest.approx(hyp.unsafe_threshold["text"])
     assert thr["image|score:radius"] == pytest.approx(hyp.unsafe_threshold["image"])
     assert "text|score:probe" in thr
+    # median rows are the medians of the radius scores (distance from the origin) of TEST items
+    from relsafe.methods.hysac import policy_quadruplets
+    from relsafe.world import splits
+
+    q = policy_quadruplets(tiny_policy, 3, splits.TEST, 32)
+    med = {
+        (r.slice, r.metric): r.value
+        for r in rows
+        if r.metric.startswith("median_") and r.attack == "none" and "radius" in r.slice
+    }
+    with torch.no_grad():
+        s_d = hyp.distance_from_origin(hyp.encode_text(q["S"])).double().median()
+        g_d = hyp.distance_from_origin(hyp.encode_image(list(map(Image.fromarray, q["G"]))))
+    assert med[("text|score:radius", "median_safe")] == pytest.approx(float(s_d), rel=1e-4)
+    assert med[("image|score:radius", "median_unsafe")] == pytest.approx(
+        float(g_d.double().median()), rel=1e-4
+    )
     with pytest.raises(InputError, match="hyperbolic"):
         run_suite(
             "unsafe_cls",

@@ -229,6 +229,30 @@ def test_single_and_mixed_galleries_hand_example() -> None:
     assert ("mixed:U->V+G", "r@5") in got and ("single:S->V", "pct_safe_top1") not in got
 
 
+def test_tuple_level_recall_uses_the_right_labels() -> None:
+    """S = U = [0, 5, 90] deg, V = G = [4, 100, 92]. Item 1's nearest gallery item is item 0
+    (index miss). Safe tuples [a, a, b]: items 0 and 1 show the same safe content, so S1 -> V0 is
+    a tuple-level hit; unsafe tuples all differ, so U1 -> G0 is a miss at both levels."""
+    emb = {
+        "S": _unit(0, 5, 90),
+        "V": _unit(4, 100, 92),
+        "U": _unit(0, 5, 90),
+        "G": _unit(4, 100, 92),
+    }
+    valid = {k: torch.ones(3, dtype=torch.bool) for k in emb}
+    groups = {"safe": torch.tensor([0, 0, 1]), "unsafe": torch.tensor([0, 1, 2])}
+    rows = visu_rows(emb, valid, cosine_similarity, model="m", method="x", ks=(1,), groups=groups)
+    got = {(r.slice, r.metric): r.value for r in rows}
+    assert got[("single:S->V", "r@1")] == pytest.approx(2 / 3)
+    assert got[("single:S->V", "tuple_r@1")] == 1.0
+    assert got[("single:U->V", "tuple_r@1")] == 1.0  # U_i ~ V_j when they share the safe tuple
+    assert got[("single:U->G", "r@1")] == pytest.approx(2 / 3)
+    assert got[("single:U->G", "tuple_r@1")] == pytest.approx(2 / 3)  # unsafe labels
+    assert ("mixed:U->V+G", "tuple_r@1") not in got
+    plain = visu_rows(emb, valid, cosine_similarity, model="m", method="x", ks=(1,))
+    assert not any(r.metric.startswith("tuple_") for r in plain)
+
+
 def test_missing_images_use_available_items_and_transform() -> None:
     emb = {"S": _unit(0, 90, 45), "V": _unit(10, 100, 50), "U": _unit(40, 140, 60), "G": None}
     valid = {
@@ -293,7 +317,9 @@ def test_suite_traversal(tiny_clip) -> None:
     rows = visu_suite(SuiteContext(wt, "tiny", "hysac", engine, policy), cfg)
     none = {(r.slice, r.metric) for r in rows if r.attack == "none"}
     trav = {(r.slice, r.metric) for r in rows if r.attack == "traversal"}
-    assert none == trav and len(none) == 8 * 4 + 8 * 5
+    # single-set rows: r@K and tuple_r@K (RelWorld knows the tuples); mixed rows: r@K + pct
+    assert none == trav and len(none) == 8 * 8 + 8 * 5
+    assert ("single:S->V", "tuple_r@1") in none and ("mixed:U->V+G", "tuple_r@1") not in none
     assert set(wt.calls) == {"text", "image"}
     # zero queries tie with every gallery item: pessimistic ties give R@1 = 0
     assert all(r.value == 0.0 for r in rows if r.attack == "traversal" and r.metric == "r@1")

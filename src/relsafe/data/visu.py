@@ -94,7 +94,8 @@ class VisuData:
     ``V`` / ``G`` hold PIL images or file paths, with ``None`` where an image is missing or
     corrupt; the whole list is ``None`` when the source gives no images of that kind.
     ``image_problems`` counts ``{"V": {"missing": n, "corrupt": n}, "G": {...}}`` and ``problems``
-    keeps the first messages.
+    keeps the first messages. ``safe_tags`` (RelWorld only, else None) are the safe tuple ids of
+    S/V, as ``tags`` are the unsafe tuple ids of U/G there: items that show the same content.
     """
 
     S: list[str]
@@ -105,11 +106,12 @@ class VisuData:
     source: str = "<memory>"
     image_problems: dict[str, dict[str, int]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    safe_tags: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.S)
-        for name in ("U", "tags"):
-            if len(getattr(self, name)) != n:
+        for name in ("U", "tags", "safe_tags"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise InputError(
                     f"VisuData: {name} has {len(getattr(self, name))} items, S has {n}"
                 )
@@ -147,6 +149,7 @@ class VisuData:
             G=None if self.G is None else [self.G[i] for i in idx],
             tags=[self.tags[i] for i in idx],
             source=self.source,
+            safe_tags=None if self.safe_tags is None else [self.safe_tags[i] for i in idx],
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -190,7 +193,8 @@ class VisuData:
             size: image side. styles: default the training styles. caption_split: ``"train"``
                 or ``"heldout"`` phrasings.
 
-        ``tags`` are the unsafe tuple ids (``child|drinking|wine``).
+        ``tags`` are the unsafe tuple ids (``child|drinking|wine``), ``safe_tags`` the safe ones
+        (``child|drinking|juice``).
         """
         from relsafe.world import splits
         from relsafe.world.dataset import quadruplets
@@ -212,6 +216,7 @@ class VisuData:
             G=[q.unsafe_image for q in quads],
             tags=[q.unsafe_tuple.id for q in quads],
             source=f"relworld:{getattr(policy, 'name', 'policy')}",
+            safe_tags=[q.safe_tuple.id for q in quads],
         )
 
 

@@ -196,5 +196,7 @@ def summarize(rows: list, max_rows: int = 40) -> str:
     head = [r for r in rows if r.slice == "all"] or rows[:max_rows]
     lines = [f"{'suite':<10} {'slice':<22} {'attack':<18} {'metric':<16} {'value':>8} {'n':>6}"]
     for r in head[:max_rows]:
-        lines.append(f"{r.suite:<10} {r.slice[:22]:<22} {r.attack[:18]:<18} {r.metric:<16} {r.value:>8.4f} {r.n:>6}")
+        lines.append(
+            f"{r.suite:<10} {r.slice[:22]:<22} {r.attack[:18]:<18} {r.metric:<16} {r.value:>8.4f} {r.n:>6}"
+        )
     return "\n".join(lines)

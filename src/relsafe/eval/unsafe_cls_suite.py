@@ -9,7 +9,10 @@ ones (U texts, G images) positives. Per modality and scorer:
   inputs;
 * ``fpr_safe``: share of the safe inputs predicted unsafe (``n`` = number of safe inputs);
 * ``tpr_unsafe``: share of the unsafe inputs predicted unsafe;
-* ``threshold``: the threshold used.
+* ``threshold``: the threshold used;
+* ``median_safe`` / ``median_unsafe``: the median score of the safe / unsafe inputs. For the
+  ``radius`` scorer these are the median distances from the origin of S and U (text) and V and G
+  (image), one space for both modalities, so the four give HySAC's radial order S < V < U < G.
 
 Scorers (row slice ``<modality>|score:<scorer>``, e.g. ``text|score:radius``):
 
@@ -433,6 +436,8 @@ def unsafe_cls_suite(ctx: SuiteContext, cfg: UnsafeClsConfig) -> list[Row]:
                 ("fpr_safe", rates["fpr_safe"], len(safe)),
                 ("tpr_unsafe", rates["tpr_unsafe"], len(unsafe)),
                 ("threshold", t, len(val["S"]) + len(val["U"])),
+                ("median_safe", float(s_sc.double().median()), len(safe)),
+                ("median_unsafe", float(u_sc.double().median()), len(unsafe)),
             ):
                 rows.append(
                     Row(ctx.model_label, ctx.method, "unsafe_cls", slice_, attack, metric, value, n)

@@ -4,7 +4,13 @@ Two gallery definitions, always named in the row's slice:
 
 * **single-set** (validation style), slice ``single:<Q>-><X>``: queries Q_i against the N items of
   one set X; item i is the only match. Text to image: ``S->V``, ``S->G``, ``U->V``, ``U->G``;
-  image to text: ``V->S``, ``G->S``, ``V->U``, ``G->U``. Metrics ``r@K``.
+  image to text: ``V->S``, ``G->S``, ``V->U``, ``G->U``. Metrics ``r@K``. When the tuple ids are
+  known (RelWorld, which repeats each tuple with other phrasings and renderings), also
+  ``tuple_r@K``: a hit is any item showing the content of item i, i.e. of the same unsafe tuple
+  for ``U<->G`` and of the same safe tuple for every other direction (a juice caption matches
+  every juice image and every wine/beer image whose counterpart is juice). With 16 quadruplets
+  per pair and 5 distinct safe tuples, index-level ``r@1`` of ``S->V`` is near chance (~0.05) for
+  any model, so ``tuple_r@1`` is the one that shows whether safe retrieval still works.
 * **mixed 2N** (paper style), slice ``mixed:<Q>-><A>+<B>``: queries Q_i against the gallery
   ``[A; B]`` (A first) whose match is the *safe* item i (V_i for text queries, S_i for image
   queries). Text queries U and S against ``V+G`` and ``G+V``; image queries G and V against
@@ -99,6 +105,7 @@ def visu_rows(
     attack: str = "none",
     ks: list[int] | tuple[int, ...] = DEFAULT_KS,
     transform: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+    groups: dict[str, torch.Tensor] | None = None,
 ) -> list[Row]:
     """Single-set and mixed-gallery rows from embeddings of S, U, V, G.
 
@@ -108,6 +115,8 @@ def visu_rows(
         valid: ``kind -> (N,) bool``: which rows exist (all True for texts).
         similarity: the model or a callable ``(a, b) -> (Na, Nb)``.
         transform: applied to the queries only, ``(emb, modality) -> emb`` (traversal).
+        groups: optional ``{"safe": (N,), "unsafe": (N,)}`` int tuple labels; adds ``tuple_r@K``
+            to the single-set rows (``unsafe`` labels for ``U<->G``, ``safe`` for the rest).
     """
     rows: list[Row] = []
     ks = tuple(ks)
@@ -135,11 +144,14 @@ def visu_rows(
             continue
         gal = embeddings[gk]
         assert gal is not None
-        emit(
-            f"single:{qk}->{gk}",
-            retrieval_metrics(query(qk, idx), gal[idx], similarity, ks=ks),
-            int(idx.numel()),
-        )
+        q = query(qk, idx)
+        metrics = retrieval_metrics(q, gal[idx], similarity, ks=ks)
+        if groups is not None:
+            lab = groups["unsafe" if {qk, gk} == {"U", "G"} else "safe"][idx]
+            same = lab[:, None] == lab[None, :]
+            tup = retrieval_metrics(q, gal[idx], similarity, targets=same, ks=ks)
+            metrics.update({f"tuple_{k}": v for k, v in tup.items()})
+        emit(f"single:{qk}->{gk}", metrics, int(idx.numel()))
     for qk, first, second in MIXED_DIRECTIONS:
         idx = items(qk, first, second)
         if idx is None:
@@ -160,6 +172,11 @@ def visu_rows(
             int(idx.numel()),
         )
     return rows
+
+
+def _labels(ids: list[str]) -> torch.Tensor:
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(i, len(index)) for i in ids], dtype=torch.long)
 
 
 def _embed_images(engine: Any, imgs: list[Any] | None, n: int, dim: int) -> tuple[Any, Any]:
@@ -204,7 +221,10 @@ def visu_suite(ctx: SuiteContext, cfg: VisuSuiteConfig) -> list[Row]:
     ones = torch.ones(n, dtype=torch.bool)
     emb = {"S": s_emb, "U": u_emb, "V": v_emb, "G": g_emb}
     valid = {"S": ones, "U": ones, "V": v_ok, "G": g_ok}
-    common = dict(model=ctx.model_label, method=ctx.method, ks=cfg.ks)
+    groups = None
+    if data.safe_tags is not None:
+        groups = {"safe": _labels(data.safe_tags), "unsafe": _labels(data.tags)}
+    common = dict(model=ctx.model_label, method=ctx.method, ks=cfg.ks, groups=groups)
     rows = visu_rows(emb, valid, ctx.model, attack="none", **common)  # type: ignore[arg-type]
     if cfg.traversal:
         assert callable(traverse)

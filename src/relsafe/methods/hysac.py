@@ -19,19 +19,25 @@ Losses (``x`` below are the hyperbolic embeddings of a batch of ``B`` quadruplet
   the origin, unsafe content further out), exactly the reference's ``entailmentLoss_A(S, V)``,
   ``entailmentLoss_A(U, G)`` and ``entailmentLoss_D(V, U)``.
 
-The seven weights (default 1 each) are normalised once to sum to 1. Optimiser: AdamW, lr 1e-4,
-weight decay 0.2 on the LoRA factors and none on the scalars (``scalar_lr`` may set their own
-learning rate); scalars are clamped in place before every step (curvature in [0.1, 10], alphas
-<= 0, logit scale in [log(1/0.07), log(100)]). The alphas start at ``log(1/sqrt(D))`` (MERU/HySAC,
-which assumes CLIP-like feature norms of about ``sqrt(D)``); ``alpha_init: unit_norm`` instead sets
-each modality's alpha so that its raw features have mean norm 1 on the training data, the intent of
-that initialisation, for backbones whose text and image feature norms differ a lot. Contrastive
-terms are multi-positive when quadruplets carry tuple ids (RelWorld repeats tuples: two captions of
-one tuple are not negatives of each other; see :data:`CONTRASTIVE_LABELS`).
+The seven weights (default 1 each) are normalised once to sum to 1. Optimiser: AdamW, lr 1e-3
+(600 steps: a short CPU schedule; METHODS.md's 1e-4 suits the paper's long one), weight decay 0.2
+on the LoRA factors and none on the scalars (``scalar_lr`` may set their own learning rate);
+scalars are clamped in place before every step (curvature in [0.1, 10], alphas <= 0, logit scale
+in [log(1/0.07), log(100)]). ``alpha_init: unit_norm`` (default) sets each modality's alpha so that
+its raw features have mean norm 1 on the training data, the intent of MERU/HySAC's
+``log(1/sqrt(D))`` (``alpha_init: sqrt_dim``), which assumes CLIP-like feature norms of about
+``sqrt(D)``; relsafe-mini's text and image norms differ ~8x. Contrastive terms are multi-positive
+when quadruplets carry tuple ids (RelWorld repeats tuples: two captions of one tuple are not
+negatives of each other; see :data:`CONTRASTIVE_LABELS`).
 
-LoRA layers: the backbone preset's ``text_lora`` / ``vision_lora`` (or ``lora_patterns`` per tower),
-plus its projection heads (``include_projections``) and patch embedding
-(``include_patch_embedding``) where the preset names them, plus ``extra_lora_patterns``.
+LoRA layers (:func:`lora_targets`): the backbone preset's ``text_lora`` / ``vision_lora`` (or
+``lora_patterns`` per tower) narrowed to the top ``text_layers`` / ``vision_layers`` numbered
+layers (default 1 each; 0 = all), plus its projection heads (``include_projections``) and patch
+embedding (``include_patch_embedding``) where the preset names them, plus ``extra_lora_patterns``.
+With ``cache_frozen`` (default) the frozen layers below run once per training/validation item: the
+text tower through :class:`~relsafe.methods.text_prefix.TextPrefixCache` where the backbone has
+the hooks (relsafe-mini), relsafe-mini's CNN through :class:`VisionPrefixCache`; the same function,
+several times cheaper per step.
 
 **Validation and early stopping** (``VAL`` seed quadruplets, train phrasings and training styles):
 every ``eval_every`` steps (and at step 0 and at the end) the model embeds the validation set and
@@ -75,6 +81,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -89,7 +96,13 @@ from relsafe.config import to_dict
 from relsafe.errors import CheckpointError, ConfigError, InputError
 from relsafe.geometry.lorentz import exterior_angle, half_aperture, pairwise_dist
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
-from relsafe.methods.lora import LoraHandle, attach_lora
+from relsafe.methods.lora import LoraHandle, attach_lora, lora_root, target_module_names
+from relsafe.methods.text_prefix import (
+    TextPrefixCache,
+    layer_index,
+    supports_prefix,
+    top_layers,
+)
 from relsafe.methods.training import run_loop
 from relsafe.models.hyperbolic import HyperbolicDualEncoder
 from relsafe.world import splits
@@ -122,19 +135,26 @@ class HySACConfig:
     include_projections: bool = True
     extra_lora_patterns: dict[str, list[str]] = field(default_factory=dict)
     lora_patterns: dict[str, list[str]] = field(default_factory=dict)
-    lr: float = 1e-4
+    # adapt only the top ``text_layers`` / ``vision_layers`` numbered layers (transformer layers,
+    # CNN stages) of the towers' LoRA patterns (0 = all); heads and un-numbered layers are kept
+    text_layers: int = 1
+    vision_layers: int = 1
+    # run the frozen layers below the adapted ones once per training/validation item and train
+    # from the cached activations (relsafe-mini's text and image towers; the same function)
+    cache_frozen: bool = True
+    lr: float = 1e-3
     scalar_lr: float | None = None
     weight_decay: float = 0.2
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 32
     n_per_pair: int = 64
     n_val_per_pair: int = 16
     size: int = 64
     curvature_init: float = 1.0
-    alpha_init: Literal["sqrt_dim", "unit_norm"] = "sqrt_dim"
+    alpha_init: Literal["sqrt_dim", "unit_norm"] = "unit_norm"
     aperture_k: float = 0.1
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    eval_every: int = 25
+    eval_every: int = 50
     patience: int = 4
     min_delta: float = 1e-4
     select_by: Literal["loss", "recall_sum", "last"] = "loss"
@@ -153,6 +173,8 @@ class HySACConfig:
             )
         if any(v < 0 for v in self.weights.values()) or sum(self.weights.values()) <= 0:
             raise ConfigError("weights must be non-negative and not all zero")
+        if self.text_layers < 0 or self.vision_layers < 0:
+            raise ConfigError("text_layers and vision_layers must be >= 0 (0 = all layers)")
         for name in ("rank", "batch_size", "n_per_pair", "n_val_per_pair", "eval_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -486,6 +508,122 @@ def _install_grad_allreduce(params: list[nn.Parameter], world: int) -> list[Any]
     return [p.register_post_accumulate_grad_hook(hook) for p in params]
 
 
+# ---- LoRA targets and frozen-prefix caches ------------------------------------------------------
+
+
+def lora_targets(model: HyperbolicDualEncoder, cfg: HySACConfig) -> dict[str, list[str]]:
+    """Module names (relative to the LoRA root) that HySAC adapts, per tower: the preset's LoRA
+    layers (or ``lora_patterns``) narrowed to the top ``text_layers`` / ``vision_layers``, plus the
+    projection heads and patch embedding where the preset names them, plus ``extra_lora_patterns``."""
+    extra = model.preset.extra
+    out: dict[str, list[str]] = {}
+    for tower, key, top in (
+        ("text", "text", cfg.text_layers),
+        ("vision", "vision", cfg.vision_layers),
+    ):
+        pats = cfg.lora_patterns.get(key) or model.preset.patterns(f"{key}_lora")
+        names = top_layers(target_module_names(model, [tower], {tower: tuple(pats)}), top)
+        more: list[str] = []
+        if cfg.include_projections:
+            more += list(extra.get(f"{key}_proj", ()))
+        if cfg.include_patch_embedding and tower == "vision":
+            more += list(extra.get("vision_patch", ()))
+        more += list(cfg.extra_lora_patterns.get(key, ()))
+        if more:
+            names += target_module_names(model, [tower], {tower: tuple(more)})
+        out[tower] = sorted(set(names))
+    return out
+
+
+def _tower_names(model: HyperbolicDualEncoder, tower: nn.Module, targets: list[str]) -> list[str]:
+    """``targets`` (names relative to the LoRA root) as names relative to ``tower``."""
+    root = dict(lora_root(model).named_modules())
+    in_tower = {id(m): n for n, m in tower.named_modules()}
+    return [in_tower[id(root[t])] for t in targets if t in root and id(root[t]) in in_tower]
+
+
+_MINI_STAGE_MLP = re.compile(r"^encoder\.stages\.(\d+)\.mlp\.fc[12]$")
+
+
+class VisionPrefixCache:
+    """relsafe-mini's CNN image tower (stem -> stages (convs, residual token MLP) -> mean-pool,
+    LayerNorm -> ``proj``) split where the LoRA starts: when only the MLPs of stages ``>= stage``
+    and the projection are adapted, everything below (the stem, the earlier stages, the
+    convolutions of stage ``stage``) is frozen, so :meth:`hidden` runs it once per image and
+    :meth:`forward` finishes the tower from there, differentiably. Same function as
+    ``model.forward_image`` (the tests check it)."""
+
+    def __init__(self, tower: nn.Module, stage: int) -> None:
+        self.tower, self.stage = tower, int(stage)
+
+    @staticmethod
+    def stage_for(model: HyperbolicDualEncoder, targets: list[str]) -> int | None:
+        """The first adapted stage when ``model`` is a relsafe-mini whose adapted vision layers
+        are all stage MLPs or the projection (``len(stages)``: the projection only); else None."""
+        from relsafe.models.mini import CNNEncoder
+
+        tower = model.vision_tower
+        if not isinstance(getattr(tower, "encoder", None), CNNEncoder):
+            return None
+        if not isinstance(getattr(tower, "proj", None), nn.Linear):
+            return None
+        names = _tower_names(model, tower, targets)
+        if len(names) != len(targets):
+            return None
+        stages = [len(tower.encoder.stages)]
+        for n in names:
+            m = _MINI_STAGE_MLP.match(n)
+            if m:
+                stages.append(int(m.group(1)))
+            elif n != "proj":
+                return None
+        return min(stages)
+
+    @torch.no_grad()
+    def hidden(self, pix: torch.Tensor, bs: int = 128) -> torch.Tensor:
+        """Frozen activations ``(N, ...)`` where the adapted part of the tower starts."""
+        enc = self.tower.encoder
+        dtype = enc.norm.weight.dtype
+        device = enc.norm.weight.device
+        out = []
+        for i in range(0, len(pix), bs):
+            x = enc.stem(pix[i : i + bs].to(device=device, dtype=dtype))
+            for s in enc.stages[: self.stage]:
+                x = s(x)
+            if self.stage < len(enc.stages):
+                x = enc.stages[self.stage].convs(x)
+            else:
+                x = enc.norm(x.mean(dim=(2, 3)))
+            out.append(x.detach().cpu())
+        return torch.cat(out)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Raw projected image features ``(N, D)`` from :meth:`hidden`'s output."""
+        enc = self.tower.encoder
+        x = hidden.to(enc.norm.weight.device)
+        if self.stage < len(enc.stages):
+            n, c, h, w = x.shape
+            y = enc.stages[self.stage].mlp(x.flatten(2).transpose(1, 2))
+            x = x + y.transpose(1, 2).reshape(n, c, h, w)
+            for s in enc.stages[self.stage + 1 :]:
+                x = s(x)
+            x = enc.norm(x.mean(dim=(2, 3)))
+        return self.tower.proj(x)
+
+
+def _text_prefix_layer(model: HyperbolicDualEncoder, targets: list[str]) -> int | None:
+    """The lowest adapted transformer layer of the text tower when every adapted text module is
+    in a numbered layer above 0 or outside the transformer (the head); else None."""
+    names = _tower_names(model, model.text_tower, targets)
+    nums = [layer_index(n) for n in names]
+    if len(nums) != len(targets) or not any(i is not None for i in nums):
+        return None
+    if any(i is None and not n.startswith("proj") for n, i in zip(names, nums, strict=True)):
+        return None  # an adapted module outside the numbered layers and the head
+    first = min(i for i in nums if i is not None)
+    return first if first > 0 else None
+
+
 # ---- the method ---------------------------------------------------------------------------------
 
 
@@ -511,6 +649,26 @@ def _unit_norm_alphas(
     return out
 
 
+@torch.no_grad()
+def _traversal_check(
+    model: HyperbolicDualEncoder, emb: Mapping[str, torch.Tensor]
+) -> dict[str, float]:
+    """Share of queries whose top-1 is safe in the mixed galleries of the validation embeddings,
+    without and with traversal (a record entry: what the fitted radii do on held-in data)."""
+    from relsafe.eval.retrieval import mixed_retrieval
+
+    def pct(q: torch.Tensor, safe: torch.Tensor, unsafe: torch.Tensor) -> float:
+        return float(mixed_retrieval(q, safe, unsafe, model)["pct_safe_top1"])
+
+    return {
+        "U->[V;G]": pct(emb["U"], emb["V"], emb["G"]),
+        "U->[V;G] traversal": pct(model.traverse(emb["U"], "text"), emb["V"], emb["G"]),
+        "S->[V;G] traversal": pct(model.traverse(emb["S"], "text"), emb["V"], emb["G"]),
+        "G->[S;U]": pct(emb["G"], emb["S"], emb["U"]),
+        "G->[S;U] traversal": pct(model.traverse(emb["G"], "image"), emb["S"], emb["U"]),
+    }
+
+
 class _EarlyStop(Exception):
     """Raised from inside the training loop when patience runs out."""
 
@@ -531,6 +689,8 @@ class _HySAC:
     ) -> None:
         self.model, self.handle, self.train, self.val, self.cfg = model, handle, train, val, cfg
         self.dist, self.workdir, self.fingerprint = dist, workdir, fingerprint
+        self.text_prefix: TextPrefixCache | None = None
+        self.vision_prefix: VisionPrefixCache | None = None
         total = sum(cfg.weights.values())
         self.weights = {k: v / total for k, v in cfg.weights.items()}  # normalised once
         self.history: list[dict[str, float]] = []
@@ -545,14 +705,33 @@ class _HySAC:
         gen = torch.Generator().manual_seed(cfg.seed)
         self.val_order = torch.randperm(len(val), generator=gen)
 
+    # -- frozen-prefix caches --
+    def use_caches(self, text_layer: int | None, vision_stage: int | None) -> None:
+        """Run the frozen lower layers once: texts from ``text_layer`` on (TextPrefixCache), images
+        from ``vision_stage`` on (their V/G pixels are replaced by the cached activations)."""
+        m = self.model
+        if text_layer is not None:
+            texts = [*self.train.S, *self.train.U, *self.val.S, *self.val.U]
+            self.text_prefix = TextPrefixCache(m.base, texts, text_layer)
+        if vision_stage is not None:
+            vp = VisionPrefixCache(m.vision_tower, vision_stage)
+            for d in (self.train, self.val):
+                d.V, d.G = vp.hidden(d.V), vp.hidden(d.G)
+            self.vision_prefix = vp
+
     # -- embedding --
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         m = self.model
+        if self.text_prefix is not None:
+            return m.postprocess(self.text_prefix.forward(texts), "text")
         tok = {k: v.to(m.device) for k, v in m.tokenize(texts).items()}
         return m.postprocess(m.forward_text(tok), "text")
 
     def embed_pixels(self, pix: torch.Tensor) -> torch.Tensor:
+        """``pix``: pixels, or the cached activations when a vision prefix cache is in use."""
         m = self.model
+        if self.vision_prefix is not None:
+            return m.postprocess(self.vision_prefix.forward(pix), "image")
         return m.postprocess(m.forward_image(pix.to(m.device)), "image")
 
     @torch.no_grad()
@@ -806,25 +985,19 @@ def hysac(
             _unit_norm_alphas(hmodel, train)
         alpha_start = {m: float(hmodel.alpha(m).detach()) for m in ("text", "image")}
         base_fp = hmodel.fingerprint()
-        extra = hmodel.preset.extra
-        text_pats = tuple(cfg.lora_patterns.get("text", hmodel.preset.text_lora))
-        vision_pats = tuple(cfg.lora_patterns.get("vision", hmodel.preset.vision_lora))
-        if cfg.include_projections:
-            text_pats += tuple(extra.get("text_proj", ()))
-            vision_pats += tuple(extra.get("vision_proj", ()))
-        if cfg.include_patch_embedding:
-            vision_pats += tuple(extra.get("vision_patch", ()))
-        text_pats += tuple(cfg.extra_lora_patterns.get("text", ()))
-        vision_pats += tuple(cfg.extra_lora_patterns.get("vision", ()))
-        patterns = {"text": text_pats, "vision": vision_pats}
+        targets = lora_targets(hmodel, cfg)
+        text_layer = vision_stage = None
+        if cfg.cache_frozen and supports_prefix(hmodel.base):
+            text_layer = _text_prefix_layer(hmodel, targets["text"])
+        if cfg.cache_frozen:
+            vision_stage = VisionPrefixCache.stage_for(hmodel, targets["vision"])
         handle = attach_lora(
             hmodel,
-            ("text", "vision"),
             r=cfg.rank,
             alpha=cfg.lora_alpha,
             dropout=cfg.dropout,
-            patterns=patterns,
             seed=cfg.seed,
+            targets=[*targets["text"], *targets["vision"]],
         )
         scalars = hmodel.scalar_parameters()
         for p in scalars:
@@ -839,6 +1012,8 @@ def hysac(
         if wd is not None and dist is not None and dist.world > 1:
             wd = wd / f"rank{dist.rank}"
         run = _HySAC(hmodel, handle, train, val, cfg, dist, wd, fp)
+        with Timer() as cache_timer:
+            run.use_caches(text_layer, vision_stage)
         hooks = []
         if dist is not None and dist.world > 1:
             hooks = _install_grad_allreduce([*handle.parameters(), *scalars], dist.world)
@@ -891,12 +1066,13 @@ def hysac(
             p.requires_grad_(False)
         hmodel.eval()
         handle.train_mode(False)
-        emb = run.embed_all(val)
+        emb = run.embed_all(run.val)
         radii = hmodel.fit_traversal({"text": emb["S"], "image": emb["V"]}, cfg.traversal_quantile)
         thresholds = hmodel.fit_unsafe_threshold(
             {"text": emb["S"], "image": emb["V"]}, {"text": emb["U"], "image": emb["G"]}
         )
         medians = {k: float(hmodel.distance_from_origin(v).median()) for k, v in emb.items()}
+        val_traversal = _traversal_check(hmodel, emb)
         warnings += hmodel.clamp_warnings()
         if dist is not None and dist.world > 1:
             dist.accelerator.wait_for_everyone()
@@ -915,6 +1091,11 @@ def hysac(
         warnings=warnings,
         extra={
             "lora_targets": handle.targets,
+            "frozen_prefix": {
+                "text_layer": text_layer,
+                "vision_stage": vision_stage,
+                "cache_s": cache_timer.elapsed,
+            },
             "weights_normalised": run.weights,
             "steps_done": steps_done,
             "early_stopping": {
@@ -932,6 +1113,7 @@ def hysac(
             "traversal_radius": radii,
             "unsafe_threshold": thresholds,
             "val_median_distance_from_origin": medians,
+            "val_traversal": val_traversal,
             "scalars": hmodel.scalar_summary(),
             "alpha_start": alpha_start,
             "scalar_curve": run.scalar_curve,
