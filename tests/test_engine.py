@@ -286,3 +286,32 @@ def test_generator_inputs_are_hashed_after_materialising(
     assert not torch.allclose(a, b)
     torch.testing.assert_close(b, eng.embed_images(png_paths[2:4]))  # a list hits b's entry
     assert eng.stats["cache_hits"] == 1
+
+
+def test_one_tower_edit_keeps_the_other_modality_cached(
+    tiny_clip_dir: Path, pixels: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = load_model(str(tiny_clip_dir))
+    calls = _count_calls(model, monkeypatch)
+    eng = EmbeddingEngine(model, device="cpu", cache_dir=tmp_path, progress=False)
+    img0, txt0 = eng.embed_images(pixels), eng.embed_texts(TEXTS)
+    assert (calls["image"], calls["text"]) == (1, 1)
+    # a text-tower edit (what a text-only safety edit does): texts recompute, images hit the cache
+    with torch.no_grad():
+        next(model.text_tower.parameters()).add_(0.5)
+    txt1 = eng.embed_texts(TEXTS)
+    assert torch.equal(eng.embed_images(pixels), img0)
+    assert (calls["image"], calls["text"]) == (1, 2) and not torch.allclose(txt1, txt0)
+    # a vision-tower edit invalidates the images and leaves the texts cached
+    with torch.no_grad():
+        next(model.vision_tower.parameters()).add_(0.5)
+    eng.embed_images(pixels)
+    assert torch.equal(eng.embed_texts(TEXTS), txt1)
+    assert (calls["image"], calls["text"]) == (2, 2)
+    # a tensor outside both towers (the logit scale) counts for both modalities
+    fp = (model.fingerprint("text"), model.fingerprint("image"))
+    with torch.no_grad():
+        model.logit_scale.add_(0.1)
+    assert model.fingerprint("text") != fp[0] and model.fingerprint("image") != fp[1]
+    with pytest.raises(InputError, match="modality"):
+        model.fingerprint("audio")

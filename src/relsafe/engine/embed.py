@@ -219,15 +219,15 @@ class EmbeddingEngine:
         # hash what was actually embedded (a generator is consumed by _image_source)
         return self._run("image", n, lambda: hash_images(data), produce)
 
-    def model_fingerprint(self) -> str:
-        """``model.fingerprint()`` plus what it leaves out but outputs depend on.
+    def model_fingerprint(self, modality: str | None = None) -> str:
+        """``model.fingerprint(modality)`` plus what it leaves out but outputs depend on.
 
         The base fingerprint hashes the ``state_dict``; non-persistent buffers (such as the HF
         backend's image mean/std), the image size and the tokenizer's identity are folded in too,
         so a model that preprocesses differently never reads another's cache entries. Recomputed
         on every call: an in-place weight edit always changes it.
         """
-        h = hashlib.sha256(self.model.fingerprint().encode())
+        h = hashlib.sha256(self.model.fingerprint(modality).encode())
         state = set(self.model.state_dict())
         for name, buf in sorted(self.model.named_buffers(), key=lambda kv: kv[0]):
             if name in state:
@@ -343,7 +343,11 @@ class EmbeddingEngine:
         key = None
         if self.cache is not None:
             key = cache_key(
-                self.model_fingerprint(), modality, input_hash(), self.dtype_name, self.device.type
+                self.model_fingerprint(modality),
+                modality,
+                input_hash(),
+                self.dtype_name,
+                self.device.type,
             )
             hit = self.cache.load(key, n)
             if hit is not None:

@@ -198,15 +198,41 @@ class DualEncoder(nn.Module, ABC):
         return torch.cat(out)
 
     # ---- identity ----------------------------------------------------------------------
-    def fingerprint(self) -> str:
+    def fingerprint(self, modality: str | None = None) -> str:
         """SHA-256 over class, geometry, image size and every parameter and buffer (persistent or
-        not, so preprocessing constants count): changes whenever the outputs could."""
+        not, so preprocessing constants count): changes whenever the outputs could.
+
+        With ``modality`` (``"text"`` or ``"image"``), tensors that belong only to the *other*
+        tower are left out, so an edit of one tower keeps the other modality's cached embeddings
+        valid (a text-only safety edit re-embeds no images). Tensors outside both towers (logit
+        scale, shared projections, wrapper scalars) count for both.
+        """
         h = hashlib.sha256()
         h.update(
             f"{type(self).__module__}.{type(self).__qualname__}|{self.geometry}|{self.image_size}".encode()
         )
-        tensors = dict(self.state_dict())
-        tensors.update({f"buffer:{n}": b for n, b in self.named_buffers()})
+        if modality is None:
+            tensors = dict(self.state_dict())
+            tensors.update({f"buffer:{n}": b for n, b in self.named_buffers()})
+        else:
+            if modality not in ("text", "image"):
+                raise InputError(f"modality must be 'text' or 'image', got {modality!r}")
+            this, other = (
+                (self.text_tower, self.vision_tower)
+                if modality == "text"
+                else (self.vision_tower, self.text_tower)
+            )
+
+            def ids(m: nn.Module) -> set[int]:
+                return {id(t) for t in (*m.parameters(), *m.buffers())}
+
+            skip = ids(other) - ids(this)
+            h.update(f"|modality={modality}".encode())
+            tensors = {
+                n: t
+                for n, t in (*self.named_parameters(), *self.named_buffers())
+                if id(t) not in skip
+            }
         for name, t in sorted(tensors.items()):
             h.update(name.encode())
             h.update(str(t.dtype).encode())

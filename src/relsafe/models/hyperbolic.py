@@ -477,9 +477,9 @@ class HyperbolicDualEncoder(DualEncoder):
         return out
 
     # ---- identity and persistence ----------------------------------------------------------
-    def fingerprint(self) -> str:
+    def fingerprint(self, modality: str | None = None) -> str:
         """The base fingerprint (parameters incl. the scalars) plus radii and thresholds."""
-        h = hashlib.sha256(super().fingerprint().encode())
+        h = hashlib.sha256(super().fingerprint(modality).encode())
         h.update(
             json.dumps(
                 {"r": self.traversal_radius, "t": self.unsafe_threshold, "k": self.aperture_k},
