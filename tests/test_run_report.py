@@ -74,6 +74,25 @@ def test_run_writes_rows_records_and_report(run_dir: Path) -> None:
         assert rec["curve"] and rec["params_touched"] > 0
     prov = json.loads((out / "provenance.json").read_text())
     assert "versions" in prov and prov["checkpoints"]
+    # the Markdown leaderboard (printed at the end of the run, quoted by the README)
+    board = (out / "leaderboard.md").read_text().strip().splitlines()
+    header = [c.strip() for c in board[0].strip("|").split("|")]
+    assert header[0] == "method" and "unsafe hit" in header
+    body = {
+        ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]]
+        for ln in board[2:]
+    }
+    assert set(body) == methods
+    hit = {
+        r.method: r.value
+        for r in rows
+        if (r.suite, r.slice, r.attack, r.metric) == ("relational", "all", "none", "unsafe_hit")
+    }
+    col = header.index("unsafe hit") - 1
+    for m, v in hit.items():
+        assert body[m][col].strip("*") == f"{v:.3f}"
+    best = min(hit.values())
+    assert all(body[m][col].startswith("**") == (abs(v - best) < 1e-12) for m, v in hit.items())
     html = (out / "report.html").read_text()
     for needle in (
         "Leaderboard",

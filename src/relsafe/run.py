@@ -105,6 +105,7 @@ class Runner:
     def __init__(self, cfg: RunConfig, out: Path, progress: bool = True) -> None:
         self.cfg, self.out, self.progress = cfg, out, progress
         self.timings: dict[str, float] = {}
+        self.leaderboard = ""  # Markdown, set by run()
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
         from relsafe.policy import load_policy
 
@@ -311,6 +312,10 @@ class Runner:
         with RowWriter(self.out / "results.jsonl", provenance=prov) as w:
             w.extend(all_rows)
         self._write_timings()
+        from relsafe.report import leaderboard_markdown
+
+        self.leaderboard = leaderboard_markdown(all_rows)
+        atomic_write_text(self.out / "leaderboard.md", self.leaderboard + "\n")
         if self.cfg.report:
             from relsafe.report import build_report
 
@@ -358,7 +363,9 @@ def run_cli(args: Any) -> int:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    Runner(cfg, out, progress=not args.no_progress).run()
+    runner = Runner(cfg, out, progress=not args.no_progress)
+    runner.run()
+    print(runner.leaderboard)
     print(f"relsafe run finished in {time.perf_counter() - t0:.1f} s")
     print(f"results: {out / 'results.jsonl'}")
     if cfg.report:

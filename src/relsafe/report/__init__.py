@@ -21,7 +21,8 @@ from relsafe.errors import InputError
 from relsafe.eval.rows import Row, read_rows
 from relsafe.utils_io import atomic_write_text
 
-# (suite, slice, attack, metric, label, higher_is_better)
+# (suite, slice, attack, metric, label, higher_is_better); a slice may list alternatives separated
+# by "," (the first a method has is used: a hyperbolic model's radius score, else the prompt score)
 HEADLINE: list[tuple[str, str, str, str, str, bool]] = [
     ("relational", "all", "all", "summary", "summary", True),
     ("relational", "all", "none", "unsafe_hit", "unsafe hit", False),
@@ -34,10 +35,24 @@ HEADLINE: list[tuple[str, str, str, str, str, bool]] = [
     ("safeground", "all", "none", "ps", "SafeGround PS", True),
     ("safeground", "all", "none", "pu", "SafeGround PU", True),
     ("safeground", "all", "none", "gs", "SafeGround GS", True),
-    ("visu", "U->V+G", "none", "pct_safe_top1", "% safe@1 U→[V;G]", True),
-    ("visu", "U->V+G", "traversal", "pct_safe_top1", "% safe@1 U→[V;G] (trav.)", True),
-    ("unsafe_cls", "text", "none", "auroc", "unsafe AUROC text", True),
-    ("unsafe_cls", "image", "none", "auroc", "unsafe AUROC image", True),
+    ("visu", "mixed:U->V+G", "none", "pct_safe_top1", "% safe@1 U→[V;G]", True),
+    ("visu", "mixed:U->V+G", "traversal", "pct_safe_top1", "% safe@1 U→[V;G] (trav.)", True),
+    (
+        "unsafe_cls",
+        "text|score:radius,text|score:prompt",
+        "none",
+        "auroc",
+        "unsafe AUROC text",
+        True,
+    ),
+    (
+        "unsafe_cls",
+        "image|score:radius,image|score:prompt",
+        "none",
+        "auroc",
+        "unsafe AUROC image",
+        True,
+    ),
 ]
 
 CSS = """
@@ -117,31 +132,77 @@ def _methods(rows: list[Row]) -> list[str]:
     return seen
 
 
-def _leaderboard(rows: list[Row], methods: list[str]) -> str:
+def _leaderboard_data(
+    rows: list[Row], methods: list[str]
+) -> tuple[
+    list[tuple[str, str, str, str, str, bool]], dict[tuple[str, int], Row], set[tuple[str, int]]
+]:
+    """Headline columns present, the row of each (method, column) and which cells are best."""
     idx = _index(rows)
-    cols = [h for h in HEADLINE if any((m, *h[:4]) in idx for m in methods)]
+
+    def cell(m: str, c: tuple[str, str, str, str, str, bool]) -> Row | None:
+        for slice_ in c[1].split(","):
+            r = idx.get((m, c[0], slice_, c[2], c[3]))
+            if r is not None:
+                return r
+        return None
+
+    cols = [h for h in HEADLINE if any(cell(m, h) is not None for m in methods)]
+    cells = {
+        (m, j): r for m in methods for j, c in enumerate(cols) if (r := cell(m, c)) is not None
+    }
+    best: set[tuple[str, int]] = set()
+    for j, c in enumerate(cols):
+        vals = [cells[(m, j)].value for m in methods if (m, j) in cells]
+        if not vals or len(methods) < 2:
+            continue
+        top = max(vals) if c[5] else min(vals)
+        best |= {
+            (m, j) for m in methods if (m, j) in cells and abs(cells[(m, j)].value - top) < 1e-12
+        }
+    return cols, cells, best
+
+
+def _leaderboard(rows: list[Row], methods: list[str]) -> str:
+    cols, cells, best = _leaderboard_data(rows, methods)
     out = [
         "<table><tr><th class=l>method</th>"
         + "".join(f"<th>{html.escape(c[4])}</th>" for c in cols)
         + "</tr>"
     ]
-    best = {}
-    for c in cols:
-        vals = [idx[(m, *c[:4])].value for m in methods if (m, *c[:4]) in idx]
-        best[c] = (max(vals) if c[5] else min(vals)) if vals else None
     for m in methods:
-        cells = []
-        for c in cols:
-            r = idx.get((m, *c[:4]))
+        tds = []
+        for j in range(len(cols)):
+            r = cells.get((m, j))
             if r is None:
-                cells.append("<td>–</td>")
+                tds.append("<td>–</td>")
                 continue
             txt = _fmt(r.value)
-            bold = best[c] is not None and abs(r.value - best[c]) < 1e-12 and len(methods) > 1
-            cells.append(f"<td title='n={r.n}'>{'<b>' + txt + '</b>' if bold else txt}</td>")
-        out.append(f"<tr><td class=l>{html.escape(m)}</td>{''.join(cells)}</tr>")
+            tds.append(
+                f"<td title='n={r.n}'>{'<b>' + txt + '</b>' if (m, j) in best else txt}</td>"
+            )
+        out.append(f"<tr><td class=l>{html.escape(m)}</td>{''.join(tds)}</tr>")
     out.append("</table>")
     return "\n".join(out)
+
+
+def leaderboard_markdown(rows: list[Row], methods: list[str] | None = None) -> str:
+    """The leaderboard as a Markdown table (best per column in bold, ``–`` where a method has no
+    such row), what ``relsafe run`` prints at the end and the README quotes."""
+    methods = methods or _methods(rows)
+    cols, cells, best = _leaderboard_data(rows, methods)
+    lines = [
+        "| method | " + " | ".join(c[4] for c in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for m in methods:
+        tds = []
+        for j in range(len(cols)):
+            r = cells.get((m, j))
+            txt = "–" if r is None else _fmt(r.value)
+            tds.append(f"**{txt}**" if (m, j) in best else txt)
+        lines.append(f"| {m} | " + " | ".join(tds) + " |")
+    return "\n".join(lines)
 
 
 def _tradeoff_plot(rows: list[Row], methods: list[str]) -> str:
