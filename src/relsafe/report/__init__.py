@@ -205,6 +205,9 @@ def leaderboard_markdown(rows: list[Row], methods: list[str] | None = None) -> s
     return "\n".join(lines)
 
 
+Y_CLIP = 1.5  # trade-off plot: preservation ratios above this are drawn at the edge
+
+
 def _tradeoff_plot(rows: list[Row], methods: list[str]) -> str:
     import matplotlib
 
@@ -237,10 +240,22 @@ def _tradeoff_plot(rows: list[Row], methods: list[str]) -> str:
             labels.append(a)
         if xs:
             plotted = True
-            ax.scatter(xs, ys, marker=markers[i % len(markers)], s=46, label=m, alpha=0.85)
+            # ratios on attacks where the original is near chance can be huge (0.03 / 0.01):
+            # they are drawn hollow at the top edge
+            colour = f"C{i % 10}"
+            ax.scatter(
+                xs,
+                [min(y, Y_CLIP) for y in ys],
+                marker=markers[i % len(markers)],
+                s=46,
+                label=m,
+                alpha=0.85,
+                edgecolors=colour,
+                facecolors=[colour if y <= Y_CLIP else "none" for y in ys],
+            )
             if m != "original":
                 for x, y, a in zip(xs, ys, labels, strict=True):
-                    if a in ("none", "paraphrase", "context"):
+                    if y <= Y_CLIP and a in ("none", "paraphrase", "context"):
                         ax.annotate(
                             a, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points"
                         )
@@ -248,11 +263,15 @@ def _tradeoff_plot(rows: list[Row], methods: list[str]) -> str:
         plt.close(fig)
         return "<p class=note>No relational rows.</p>"
     ax.set_xlabel("unsafe hit rate (lower is safer)")
-    ax.set_ylabel("preservation ratio vs original (higher is better)")
+    ax.set_ylabel(f"preservation ratio vs original (clipped at {Y_CLIP})")
+    ax.set_ylim(top=Y_CLIP + 0.05)
     ax.set_xlim(-0.02, 1.02)
     ax.axhline(1.0, color="#999", lw=0.6, ls="--")
     ax.legend(fontsize=7, loc="lower left")
-    ax.set_title("Relational trade-off: one point per method and attack", fontsize=9)
+    ax.set_title(
+        f"Relational trade-off: one point per method and attack (hollow: ratio > {Y_CLIP})",
+        fontsize=9,
+    )
     return _svg(fig)
 
 
