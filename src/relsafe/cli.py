@@ -9,19 +9,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from relsafe import __version__
-from relsafe.errors import RelsafeError
+from relsafe.errors import NotMainProcess, RelsafeError
 
 log = logging.getLogger("relsafe")
 
 
-# ---- subcommand handlers ---------------------------------------------------------------
+# ---- subcommand handlers: parse, call relsafe.api, print --------------------------------
 def _cmd_models(args: argparse.Namespace) -> int:
-    from relsafe.models.registry import backbones
+    from relsafe import api
 
     print(f"{'backbone':<14} {'example spec':<36} description")
-    for b in backbones().values():
+    for b in api.backbones().values():
         print(f"{b.name:<14} {b.example:<36} {b.description}")
-    print("\nA folder path also works: CLIP checkpoints and relsafe-mini folders are detected.")
+    print(
+        "\nA folder path also works: CLIP checkpoints, relsafe-mini and hyperbolic folders are "
+        "detected, and an edit's output folder loads its merged model."
+    )
     return 0
 
 
@@ -39,35 +42,22 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from relsafe.engine import EmbeddingEngine
+    from relsafe import api
     from relsafe.errors import InputError
-    from relsafe.models.registry import load_model
-    from relsafe.utils_io import atomic_write_bytes
 
     if not args.texts and not args.images:
         raise InputError("relsafe embed needs --texts FILE and/or --images PATH")
-    model = load_model(args.model)
-    engine = EmbeddingEngine(
-        model, device=args.device, batch_size=args.batch_size, cache_dir=args.cache_dir
+    res = api.embed(
+        model=args.model,
+        out=args.out,
+        texts=_read_lines(Path(args.texts)) if args.texts else None,
+        images=_image_paths(Path(args.images)) if args.images else None,
+        batch_size=args.batch_size,
+        device=args.device,
+        cache_dir=args.cache_dir,
     )
-    tensors = {}
-    meta = {"model": args.model, "fingerprint": model.fingerprint()}
-    if args.texts:
-        texts = _read_lines(Path(args.texts))
-        tensors["text"] = engine.embed_texts(texts)
-        meta["n_texts"] = str(len(texts))
-    if args.images:
-        paths = _image_paths(Path(args.images))
-        tensors["image"] = engine.embed_images([str(p) for p in paths])
-        meta["n_images"] = str(len(paths))
-        meta["image_paths"] = "\n".join(str(p) for p in paths)
-    from safetensors.torch import save
-
-    atomic_write_bytes(
-        Path(args.out), save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
-    )
-    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items())
-    print(f"wrote {args.out}: {shapes}")
+    shapes = ", ".join(f"{k} {v}" for k, v in res.shapes.items())
+    print(f"wrote {res.out}: {shapes}")
     return 0
 
 
@@ -92,9 +82,30 @@ def _image_paths(path: Path) -> list[Path]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from relsafe.eval.suites import run_suite_cli
+    from relsafe import api
+    from relsafe.eval.suites import summarize
 
-    return run_suite_cli(args)
+    if args.suite == "list":
+        for s in api.suites().values():
+            needs = "  (needs --policy)" if s.needs_policy else ""
+            print(f"{s.name:<12} {s.description}{needs}")
+        return 0
+    res = api.evaluate(
+        args.suite,
+        model=args.model,
+        policy=args.policy,
+        config=args.config,
+        overrides=args.overrides,
+        reference=args.reference,
+        method=args.method,
+        out=args.out,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    if res.out is not None:
+        print(f"wrote {len(res.rows)} rows to {res.out} ({res.seconds:.1f} s)")
+    print(summarize(res.rows))
+    return 0
 
 
 def _cmd_world_preview(args: argparse.Namespace) -> int:
@@ -127,35 +138,93 @@ def _cmd_policy(args: argparse.Namespace) -> int:
 
 
 def _cmd_edit(args: argparse.Namespace) -> int:
-    from relsafe.methods.edit_cli import run_edit_cli
+    from relsafe import api
+    from relsafe.errors import InputError
 
-    return run_edit_cli(args)
+    if args.revert:
+        if args.config or args.overrides or args.policy:
+            raise InputError("--revert takes no --config, --set or --policy: it undoes a saved edit")
+        res = api.revert(
+            args.revert,
+            out=args.out,
+            model=args.model_given,
+            method=args.method,
+            overwrite=args.overwrite,
+        )
+        print(
+            f"{res.record.method}: {res.record.config.get('action', 'done')}, "
+            f"{res.record.params_touched:,} weights restored; wrote {res.out} "
+            f"(load it with --model {res.out})"
+        )
+        return 0
+    if not args.method:
+        raise InputError("relsafe edit needs --method NAME (see `relsafe methods`)")
+    res = api.edit(
+        args.method,
+        out=args.out,
+        model=args.model_given or "relsafe-mini",
+        policy=args.policy,
+        config=args.config,
+        overrides=args.overrides,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    for w in res.record.warnings:
+        print(f"warning: {w}")
+    rec = res.record
+    print(
+        f"{args.method}: edited {rec.params_touched:,} of {rec.params_total:,} parameters in "
+        f"{res.seconds:.1f} s; wrote {res.out} (load it with --model {res.out})"
+    )
+    if rec.curve:
+        last = rec.curve[-1]
+        terms = ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "step")
+        print(f"final losses (step {int(last['step'])}): {terms}")
+    if res.stopped_on_nonfinite:
+        raise InputError(
+            "training stopped on a non-finite loss; the last good adapter was exported "
+            "(see record.json)"
+        )
+    return 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from relsafe.methods.base import methods
+    from relsafe import api
 
-    for m in methods().values():
+    for m in api.methods().values():
         print(f"{m.name:<18} {m.description}")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from relsafe.run import run_cli
+    from relsafe import api
 
-    return run_cli(args)
+    res = api.run(
+        args.config,
+        out=args.out,
+        overrides=args.overrides,
+        fresh=args.fresh,
+        progress=not args.no_progress,
+    )
+    print(res.leaderboard)
+    print(f"relsafe run finished in {res.seconds:.1f} s")
+    print(f"results: {res.out / 'results.jsonl'}")
+    if res.report is not None:
+        print(f"report:  {res.report}")
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from relsafe.report import report_cli
+    from relsafe import api
 
-    return report_cli(args)
+    print(f"report: {api.report(args.runs, args.out)}")
+    return 0
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from relsafe.pretrain import main as pretrain_main
+    from relsafe.pretrain.cli import run_pretrain_cli
 
-    return int(pretrain_main(args.pretrain_args) or 0)
+    return run_pretrain_cli(args)
 
 
 # ---- parser ------------------------------------------------------------------------------
@@ -239,8 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("methods", _cmd_methods, "list registered safety methods")
 
     sp = add("edit", _cmd_edit, "apply a safety method to a model and export the edited model")
-    sp.add_argument("--method", required=True, help="method name (see `relsafe methods`)")
-    sp.add_argument("--model", default="relsafe-mini", help="model spec (default: relsafe-mini)")
+    sp.add_argument("--method", default=None, help="method name (see `relsafe methods`)")
+    sp.add_argument(
+        "--model",
+        dest="model_given",
+        default=None,
+        help="model spec or edit folder (default: relsafe-mini; with --revert: the edit's model)",
+    )
     sp.add_argument(
         "--policy", default=None, help="safety policy YAML or bundled name (default, tiny)"
     )
@@ -261,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--revert",
         default=None,
         metavar="EDIT_DIR",
-        help="(uwm) undo a saved edit: restore the weights its mask negated",
+        help="undo a saved edit (methods that can, e.g. uwm): restore the weights it changed",
     )
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -282,9 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("policy", help="policy YAML file")
 
     sp = add("pretrain", _cmd_pretrain, "reproduce the bundled relsafe-mini weights from a seed")
-    sp.add_argument(
-        "pretrain_args", nargs=argparse.REMAINDER, help="flags for the pretrainer (see --help)"
-    )
+    from relsafe.pretrain.cli import add_arguments as add_pretrain_arguments  # no torch import
+
+    add_pretrain_arguments(sp)  # --config, --set KEY=VALUE and the short flags
     return p
 
 
@@ -300,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except NotMainProcess as e:  # a non-main rank of a distributed run: the main one writes
+        logging.getLogger("relsafe").info("%s", e)
+        return 0
     except RelsafeError as e:
         print(f"relsafe: error: {e}", file=sys.stderr)
         return 2

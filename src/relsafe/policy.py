@@ -1,5 +1,8 @@
 """Safety policies: which object-relation-object tuples are unsafe, and what follows from that.
 
+Longer than 500 lines because loading (with line-numbered errors), validation and the derivations
+(marginals, neighbours, counterparts) share one data model; they are one concern, policies.
+
 A policy is a YAML file listing unsafe tuples of the RelWorld vocabulary (see ``docs/policies.md``
 and ``policies/default.yaml``)::
 

@@ -1,20 +1,21 @@
 """Evaluation suites, registered by name. Each turns (model, policy, config) into tidy rows.
 
 A suite is a function ``fn(ctx: SuiteContext, cfg) -> list[Row]`` with a config dataclass; it
-registers itself with :func:`register_suite`. ``relsafe eval --suite NAME`` finds it here.
+registers itself, in its own module, with :func:`register_suite`, declaring what it needs (a
+policy, the reference model), how its rows compare with the original's, its leaderboard columns and
+its report tables. Built-in suites are found by importing ``relsafe.eval``'s modules, outside ones
+through the ``relsafe.plugins`` entry-point group (docs/extending.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from relsafe.errors import InputError
+from relsafe.registry import SUITES
 
 log = logging.getLogger(__name__)
 
@@ -32,62 +33,107 @@ class SuiteContext:
 
 
 @dataclass(frozen=True)
+class Headline:
+    """One leaderboard column a suite contributes: the row ``(slice, attack, metric)``.
+
+    ``slice`` may list alternatives separated by ``","``; the first a model has is used (e.g. a
+    hyperbolic model's radius score, else the prompt score)."""
+
+    slice: str
+    attack: str
+    metric: str
+    label: str
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class ReportTable:
+    """A section of the HTML report: a table of this suite's rows with ``metrics`` as columns and
+    slices as rows (those ``slices`` accepts; all when None), after the named ``plots`` (figures
+    the report knows how to draw from rows: ``tradeoff``, ``unsafe_heatmap``, ``roc``)."""
+
+    title: str
+    metrics: tuple[str, ...]
+    note: str = ""
+    slices: Callable[[str], bool] | None = None
+    plots: tuple[str, ...] = ()  # report-side figures drawn above the table, by name
+
+
+@dataclass(frozen=True)
 class Suite:
+    """A registered evaluation suite and what it declares about itself.
+
+    * ``needs_policy``: refuses to run without a safety policy;
+    * ``uses_reference``: given the original model (``ctx.extra["reference"]``) when an edited
+      model is evaluated (e.g. for embedding drift);
+    * ``compare(edited_rows, original_rows) -> rows``: rows relative to the original (deltas,
+      preservation, the summary); run for every edited model;
+    * ``headline``: its leaderboard columns; ``report``: its tables in the HTML report;
+    * ``order``: where its columns and tables go (lower first);
+    * ``for_model(cfg, model) -> cfg``: how a benchmark run adapts the configured suite to a model's
+      capabilities (e.g. traversal only where the model has it); ``relsafe eval`` runs the config
+      as given.
+    """
+
     name: str
     description: str
     config_cls: type
     fn: Callable[[SuiteContext, Any], list]
     needs_policy: bool = False
-
-
-_SUITES: dict[str, Suite] = {}
+    uses_reference: bool = False
+    compare: Callable[[list, list], list] | None = None
+    headline: tuple[Headline, ...] = ()
+    report: tuple[ReportTable, ...] = ()
+    order: int = 100
+    for_model: Callable[[Any, Any], Any] | None = None
 
 
 def register_suite(
-    name: str, description: str, config_cls: type, needs_policy: bool = False
+    name: str,
+    description: str,
+    config_cls: type,
+    needs_policy: bool = False,
+    *,
+    uses_reference: bool = False,
+    compare: Callable[[list, list], list] | None = None,
+    headline: tuple[Headline, ...] = (),
+    report: tuple[ReportTable, ...] = (),
+    order: int = 100,
+    for_model: Callable[[Any, Any], Any] | None = None,
 ) -> Callable:
+    """Decorator: register ``fn(ctx, cfg) -> rows`` as suite ``name`` in
+    :data:`relsafe.registry.SUITES` (call it in the suite's own module; see docs/extending.md)."""
+
     def deco(fn: Callable[[SuiteContext, Any], list]) -> Callable[[SuiteContext, Any], list]:
-        if name in _SUITES:
-            raise ValueError(f"suite {name!r} registered twice")
-        _SUITES[name] = Suite(name, description, config_cls, fn, needs_policy)
+        SUITES.register(
+            name,
+            Suite(
+                name,
+                description,
+                config_cls,
+                fn,
+                needs_policy,
+                uses_reference,
+                compare,
+                tuple(headline),
+                tuple(report),
+                order,
+                for_model,
+            ),
+        )
         return fn
 
     return deco
 
 
-def _load_builtin_suites() -> None:
-    # Importing a suite module registers it. Keep this list in one place.
-    import importlib
-
-    for mod in (
-        "zeroshot_suite",
-        "relational_suite",
-        "safeground_suite",
-        "visu_suite",
-        "unsafe_cls_suite",
-    ):
-        try:
-            importlib.import_module(f"relsafe.eval.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"relsafe.eval.{mod}":
-                raise
-
-
 def suites() -> dict[str, Suite]:
-    _load_builtin_suites()
-    return dict(_SUITES)
+    """Every registered suite, built-in and plugins, ordered by :attr:`Suite.order` then name."""
+    return dict(sorted(SUITES.items().items(), key=lambda kv: (kv[1].order, kv[0])))
 
 
 def get_suite(name: str) -> Suite:
-    all_suites = suites()
-    if name not in all_suites:
-        import difflib
-
-        hint = difflib.get_close_matches(name, list(all_suites), n=1)
-        msg = f"unknown suite {name!r}"
-        msg += f"; did you mean {hint[0]!r}?" if hint else ""
-        raise InputError(f"{msg} (available: {', '.join(sorted(all_suites))})")
-    return all_suites[name]
+    """The suite called ``name``; an unknown name is an InputError with a suggestion."""
+    return SUITES.get(name)
 
 
 def run_suite(
@@ -101,7 +147,10 @@ def run_suite(
     engine: Any = None,
     extra: dict[str, Any] | None = None,
 ) -> list:
-    """Run suite ``name`` on ``model``; returns rows. ``config`` defaults to the suite's defaults."""
+    """Run suite ``name`` on ``model``; returns rows. ``config`` defaults to the suite's defaults.
+
+    Only the suite itself: loading, the reference comparison, provenance and writing are
+    :func:`relsafe.api.evaluate`'s job."""
     from relsafe.engine import EmbeddingEngine
 
     suite = get_suite(name)
@@ -110,85 +159,13 @@ def run_suite(
     cfg = config if config is not None else suite.config_cls()
     ctx = SuiteContext(
         model=model,
-        model_label=model_label or getattr(model, "spec", type(model).__name__),
+        model_label=model_label or str(getattr(model, "spec", type(model).__name__)),
         method=method,
         engine=engine or EmbeddingEngine(model),
         policy=policy,
         extra=dict(extra or {}),
     )
     return suite.fn(ctx, cfg)
-
-
-def run_suite_cli(args: argparse.Namespace) -> int:
-    """``relsafe eval``: load model, policy and config; run; write rows + provenance; summarise."""
-    from relsafe.config import load_config, to_dict
-    from relsafe.engine import EmbeddingEngine
-    from relsafe.eval.rows import RowWriter
-    from relsafe.models.registry import load_model
-    from relsafe.provenance import collect_provenance
-
-    if args.suite == "list":
-        for s in suites().values():
-            print(f"{s.name:<12} {s.description}{'  (needs --policy)' if s.needs_policy else ''}")
-        return 0
-    suite = get_suite(args.suite)
-    cfg = load_config(suite.config_cls, args.config, args.overrides)
-    policy = None
-    if args.policy:
-        from relsafe.policy import load_policy
-
-        policy = load_policy(args.policy)
-    t0 = time.perf_counter()
-    model = load_model(args.model)
-    engine = EmbeddingEngine(model, device=args.device, cache_dir=args.cache_dir)
-    extra: dict[str, Any] = {}
-    reference = None
-    if getattr(args, "reference", None):
-        reference = load_model(args.reference)
-        extra["reference"] = reference
-    rows = run_suite(
-        args.suite,
-        model,
-        config=cfg,
-        policy=policy,
-        method=args.method,
-        model_label=args.model,
-        engine=engine,
-        extra=extra,
-    )
-    if reference is not None and args.suite == "relational":
-        from relsafe.eval.relational_suite import compare
-
-        ref_rows = run_suite(
-            args.suite,
-            reference,
-            config=cfg,
-            policy=policy,
-            method="original",
-            model_label=args.reference,
-            engine=EmbeddingEngine(reference, cache_dir=args.cache_dir),
-        )
-        rows = rows + compare(rows, ref_rows)
-    elapsed = time.perf_counter() - t0
-    if args.out:
-        checkpoints = [str(p) for p in getattr(model, "checkpoint_files", lambda: [])()]
-        prov = collect_provenance(
-            config={
-                "suite": args.suite,
-                "model": args.model,
-                "policy": args.policy,
-                "suite_config": to_dict(cfg),
-                "method": args.method,
-            },
-            seeds={"suite_seed": getattr(cfg, "seed", None)},
-            checkpoints=checkpoints + ([str(policy.source)] if policy is not None else []),
-        )
-        prov["elapsed_s"] = round(elapsed, 2)
-        with RowWriter(Path(args.out), provenance=prov) as w:
-            w.extend(rows)
-        print(f"wrote {len(rows)} rows to {args.out} ({elapsed:.1f} s)")
-    print(summarize(rows))
-    return 0
 
 
 def summarize(rows: list, max_rows: int = 40) -> str:

@@ -1,8 +1,8 @@
 """The method registry: every safety method is a config dataclass plus one entry point.
 
-``apply(model, policy, cfg, *, progress) -> EditResult`` edits ``model`` (in place or not) and
-returns it with an :class:`EditRecord` of what was done. ``relsafe edit`` and ``relsafe run`` find
-methods here by name.
+``fn(model, policy, cfg, *, progress, workdir) -> EditResult`` edits ``model`` (in place or not)
+and returns it with an :class:`EditRecord` of what was done. Methods register themselves with
+:func:`register_method` in their own module; ``relsafe.api`` finds them by name.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from relsafe.errors import InputError
+from relsafe.registry import METHODS
 
 
 @dataclass
@@ -48,46 +48,38 @@ class Method:
     description: str
     config_cls: type
     fn: Callable[..., EditResult]
+    # ``revert(model, edit_dir, model_spec) -> (EditResult, files read)``: undo a saved edit on
+    # ``model``; None for methods whose edits cannot be undone from what they saved
+    revert: Callable[..., tuple[EditResult, list[Any]]] | None = None
 
 
-_METHODS: dict[str, Method] = {}
+def register_method(
+    name: str,
+    description: str,
+    config_cls: type,
+    *,
+    revert: Callable[..., tuple[EditResult, list[Any]]] | None = None,
+) -> Callable:
+    """Decorator: register ``fn(model, policy, cfg, *, progress, workdir) -> EditResult`` as method
+    ``name`` in :data:`relsafe.registry.METHODS`. Call it in the method's own module; built-in
+    methods are found by importing ``relsafe.methods``' modules, outside ones through the
+    ``relsafe.plugins`` entry-point group (docs/extending.md)."""
 
-
-def register_method(name: str, description: str, config_cls: type) -> Callable:
     def deco(fn: Callable[..., EditResult]) -> Callable[..., EditResult]:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} registered twice")
-        _METHODS[name] = Method(name, description, config_cls, fn)
+        METHODS.register(name, Method(name, description, config_cls, fn, revert))
         return fn
 
     return deco
 
 
-def _load_builtin_methods() -> None:
-    import importlib
-
-    for mod in ("relational_lora", "safeclip", "uwm", "hysac"):
-        try:
-            importlib.import_module(f"relsafe.methods.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"relsafe.methods.{mod}":
-                raise
-
-
 def methods() -> dict[str, Method]:
-    _load_builtin_methods()
-    return dict(_METHODS)
+    """Every registered method (built-in and plugins), by name."""
+    return METHODS.items()
 
 
 def get_method(name: str) -> Method:
-    all_methods = methods()
-    if name not in all_methods:
-        import difflib
-
-        hint = difflib.get_close_matches(name, list(all_methods), n=1)
-        msg = f"unknown method {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-        raise InputError(f"{msg} (available: {', '.join(sorted(all_methods))})")
-    return all_methods[name]
+    """The method called ``name``; an unknown name is an InputError with a suggestion."""
+    return METHODS.get(name)
 
 
 class Timer:

@@ -21,39 +21,20 @@ from relsafe.errors import InputError
 from relsafe.eval.rows import Row, read_rows
 from relsafe.utils_io import atomic_write_text
 
-# (suite, slice, attack, metric, label, higher_is_better); a slice may list alternatives separated
-# by "," (the first a method has is used: a hyperbolic model's radius score, else the prompt score)
-HEADLINE: list[tuple[str, str, str, str, str, bool]] = [
-    ("relational", "all", "all", "summary", "summary", True),
-    ("relational", "all", "none", "unsafe_hit", "unsafe hit", False),
-    ("relational", "all", "worst", "unsafe_hit", "unsafe hit (worst attack)", False),
-    ("relational", "all", "all", "preservation", "preservation", True),
-    ("relational", "neighbours", "none", "accuracy", "neighbour acc.", True),
-    ("relational", "marginals", "none", "accuracy", "marginal acc.", True),
-    ("relational", "unrelated", "none", "accuracy", "unrelated acc.", True),
-    ("zeroshot", "all", "none", "top1", "zero-shot top-1", True),
-    ("safeground", "all", "none", "ps", "SafeGround PS", True),
-    ("safeground", "all", "none", "pu", "SafeGround PU", True),
-    ("safeground", "all", "none", "gs", "SafeGround GS", True),
-    ("visu", "mixed:U->V+G", "none", "pct_safe_top1", "% safe@1 U→[V;G]", True),
-    ("visu", "mixed:U->V+G", "traversal", "pct_safe_top1", "% safe@1 U→[V;G] (trav.)", True),
-    (
-        "unsafe_cls",
-        "text|score:radius,text|score:prompt",
-        "none",
-        "auroc",
-        "unsafe AUROC text",
-        True,
-    ),
-    (
-        "unsafe_cls",
-        "image|score:radius,image|score:prompt",
-        "none",
-        "auroc",
-        "unsafe AUROC image",
-        True,
-    ),
-]
+Column = tuple[str, str, str, str, str, bool]  # suite, slice, attack, metric, label, higher better
+
+
+def headline_columns() -> list[Column]:
+    """The leaderboard's possible columns: every registered suite's declared headline rows, in
+    suite order (a suite added by a plugin brings its own columns)."""
+    from relsafe.eval.suites import suites
+
+    return [
+        (s.name, h.slice, h.attack, h.metric, h.label, h.higher_is_better)
+        for s in suites().values()
+        for h in s.headline
+    ]
+
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1d2228;padding:0 1rem}
@@ -134,20 +115,18 @@ def _methods(rows: list[Row]) -> list[str]:
 
 def _leaderboard_data(
     rows: list[Row], methods: list[str]
-) -> tuple[
-    list[tuple[str, str, str, str, str, bool]], dict[tuple[str, int], Row], set[tuple[str, int]]
-]:
+) -> tuple[list[Column], dict[tuple[str, int], Row], set[tuple[str, int]]]:
     """Headline columns present, the row of each (method, column) and which cells are best."""
     idx = _index(rows)
 
-    def cell(m: str, c: tuple[str, str, str, str, str, bool]) -> Row | None:
+    def cell(m: str, c: Column) -> Row | None:
         for slice_ in c[1].split(","):
             r = idx.get((m, c[0], slice_, c[2], c[3]))
             if r is not None:
                 return r
         return None
 
-    cols = [h for h in HEADLINE if any(cell(m, h) is not None for m in methods)]
+    cols = [h for h in headline_columns() if any(cell(m, h) is not None for m in methods)]
     cells = {
         (m, j): r for m in methods for j, c in enumerate(cols) if (r := cell(m, c)) is not None
     }
@@ -445,6 +424,35 @@ def _timings_table(runs: list[_Run]) -> str:
     return "\n".join(out)
 
 
+def _suite_sections(rows: list[Row], methods: list[str], runs: list[_Run]) -> list[str]:
+    """Each registered suite's declared report tables (and the figures they name), in order."""
+    from relsafe.eval.suites import suites
+
+    plots = {
+        "tradeoff": lambda: "<h3>Relational trade-off</h3>" + _tradeoff_plot(rows, methods),
+        "unsafe_heatmap": lambda: "<h3>Per-tuple unsafe hit rate</h3>"
+        + _heatmap(rows, methods, "none")
+        + _heatmap(rows, methods, "worst"),
+        "roc": lambda: _roc_plot(runs),
+    }
+    out: list[str] = []
+    for suite in suites().values():
+        for table in suite.report:
+            note = f"<p class=note>{html.escape(table.note)}</p>" if table.note else ""
+            out.append(f"<h2>{html.escape(table.title)}</h2>{note}")
+            for name in table.plots:
+                if name not in plots:
+                    raise InputError(
+                        f"suite {suite.name!r} asks for report figure {name!r}; "
+                        f"known figures: {sorted(plots)}"
+                    )
+                out.append(plots[name]())
+            out.append(
+                _suite_table(rows, methods, suite.name, list(table.metrics), table.slices)
+            )
+    return out
+
+
 def build_report(run_dirs: list[str | Path], out_html: str | Path) -> Path:
     """Write the report for one or more ``relsafe run`` folders to ``out_html``."""
     if not run_dirs:
@@ -465,34 +473,7 @@ def build_report(run_dirs: list[str | Path], out_html: str | Path) -> Path:
         "Every number is a row of results.jsonl; hover a cell for its n.</p>",
         "<h2>Leaderboard</h2><p class=note>Best per column in bold. summary = harmonic mean of (1 − mean unsafe hit over attacks) and preservation: per slice (marginals, neighbours, unrelated), edited accuracy over original accuracy, each summed over attacks, averaged over the three slices.</p>",
         _leaderboard(rows, methods),
-        "<h2>Relational trade-off</h2>",
-        _tradeoff_plot(rows, methods),
-        "<h2>Per-tuple unsafe hit rate</h2>",
-        _heatmap(rows, methods, "none"),
-        _heatmap(rows, methods, "worst"),
-        "<h2>Relational preservation per attack</h2>",
-        _suite_table(
-            rows,
-            methods,
-            "relational",
-            ["unsafe_hit", "accuracy"],
-            lambda s: s in ("all", "neighbours", "marginals", "unrelated"),
-        ),
-        "<h2>SafeGround</h2><p class=note>Pairwise preferences inside each quadruplet (S, V, U, G): fractions of quadruplets.</p>",
-        _suite_table(
-            rows,
-            methods,
-            "safeground",
-            ["pt_s", "pt_u", "pv_s", "pv_u", "ps", "pu", "gs"],
-            lambda s: s == "all",
-        ),
-        "<h2>ViSU retrieval</h2><p class=note>Single-set galleries (slice A->B) and mixed 2N galleries (slice A->B+C).</p>",
-        _suite_table(rows, methods, "visu", ["r@1", "pct_safe_top1"]),
-        "<h2>Unsafe classification</h2>",
-        _suite_table(rows, methods, "unsafe_cls", ["auroc", "accuracy", "fpr_safe"]),
-        _roc_plot(runs),
-        "<h2>Zero-shot tuple classification</h2>",
-        _suite_table(rows, methods, "zeroshot", ["top1", "t2i_top1"], lambda s: s == "all"),
+        *_suite_sections(rows, methods, runs),
         "<h2>Examples: top-1 caption before and after</h2><p class=note>RelWorld test images; red = the unsafe tuple is still the top-1 caption.</p>",
         _examples_html(runs),
         "<h2>Training curves</h2>",
@@ -511,11 +492,4 @@ def build_report(run_dirs: list[str | Path], out_html: str | Path) -> Path:
     return out
 
 
-def report_cli(args: Any) -> int:
-    out = Path(args.out) if args.out else Path(args.runs[0]) / "report.html"
-    build_report(args.runs, out)
-    print(f"report: {out}")
-    return 0
-
-
-__all__ = ["build_report", "report_cli", "HEADLINE"]
+__all__ = ["build_report", "headline_columns", "leaderboard_markdown"]

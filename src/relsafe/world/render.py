@@ -1,5 +1,9 @@
 """Draw RelWorld scenes: a subject figure and an object icon in the pose that the relation implies.
 
+Longer than 500 lines because it is one concern, drawing: a figure per subject, an icon per
+object and a pose per relation, which read best side by side; splitting them would scatter the
+shared geometry helpers.
+
 Every scene is a background (sky and ground), a subject (child, adult or dog) and an object icon.
 The relation decides where the object goes:
 

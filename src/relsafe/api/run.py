@@ -1,4 +1,4 @@
-"""``relsafe run``: the main job. One YAML names a model, a policy, methods and suites; relsafe
+"""``relsafe.api.run`` (``relsafe run``): the main job. One YAML names a model, a policy, methods and suites; relsafe
 evaluates the original model and every method side by side and writes a report.
 
 Output folder ``OUT``::
@@ -23,11 +23,15 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relsafe.config import ConfigError, from_dict, load_yaml, to_dict
+from relsafe.api._resolve import build_config, load_model, load_policy, provenance
+from relsafe.api.edit import edit_model
+from relsafe.api.evaluate import evaluate_model
+from relsafe.config import ConfigError, from_dict, to_dict
 from relsafe.errors import InputError
 from relsafe.utils_io import atomic_write_json, atomic_write_text
 from relsafe.world import splits
@@ -35,7 +39,11 @@ from relsafe.world.dataset import item_seeds
 
 log = logging.getLogger(__name__)
 
-ALL_SUITES = ("zeroshot", "relational", "safeground", "visu", "unsafe_cls")
+
+def _all_suites() -> dict[str, dict[str, Any]]:
+    from relsafe.eval.suites import suites
+
+    return {name: {} for name in suites()}
 
 
 @dataclass
@@ -54,7 +62,7 @@ class RunConfig:
     model: str = "relsafe-mini"
     policy: str = "default"
     methods: list[MethodSpec] = field(default_factory=list)
-    suites: dict[str, dict[str, Any]] = field(default_factory=lambda: {s: {} for s in ALL_SUITES})
+    suites: dict[str, dict[str, Any]] = field(default_factory=_all_suites)  # every registered one
     cache_dir: str | None = None  # default: OUT/cache
     report: bool = True
     examples: int = 6  # example images in the report
@@ -107,8 +115,6 @@ class Runner:
         self.timings: dict[str, float] = {}
         self.leaderboard = ""  # Markdown, set by run()
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-        from relsafe.policy import load_policy
-
         self.policy = load_policy(cfg.policy)
         self.base_key = _hash({"model": cfg.model, "policy": self.policy.sha256})
         self._models: dict[str, Any] = {}
@@ -116,54 +122,40 @@ class Runner:
 
     # ---- stages ------------------------------------------------------------------------
     def edit_stage(self, spec: MethodSpec) -> Path:
-        from relsafe.config import from_dict as fd
         from relsafe.methods.base import get_method
-        from relsafe.methods.export import workdir_for, write_edit
-        from relsafe.models.registry import load_model
-        from relsafe.provenance import collect_provenance
 
         method = get_method(spec.name)
-        mcfg = fd(method.config_cls, dict(spec.config), f"methods.{spec.key}.config")
+        mcfg = from_dict(method.config_cls, dict(spec.config), f"methods.{spec.key}.config")
         folder = self.out / "models" / spec.key
         key = _hash({"base": self.base_key, "method": spec.name, "config": to_dict(mcfg)})
         marker = self.out / "models" / f".{spec.key}.stage.json"
         if _stage_done(marker, key) and (folder / "merged").is_dir():
             log.info("edit %s: done, reusing %s", spec.key, folder)
             return folder
-        t0 = time.perf_counter()
-        model = load_model(self.cfg.model)
         log.info("edit %s: running %s", spec.key, spec.name)
-        res = method.fn(
-            model, self.policy, mcfg, progress=self.progress, workdir=str(workdir_for(folder))
+        outcome = edit_model(
+            spec.name,
+            mcfg,
+            model=self.cfg.model,
+            policy=self.policy,
+            out=folder,
+            overwrite=True,
+            progress=self.progress,
+            policy_spec=self.cfg.policy,
         )
-        prov = collect_provenance(
-            config={
-                "method": spec.name,
-                "model": self.cfg.model,
-                "policy": self.cfg.policy,
-                "method_config": to_dict(mcfg),
-            },
-            seeds={"method_seed": getattr(mcfg, "seed", None)},
-            checkpoints=[self.policy.source] if getattr(self.policy, "source", None) else [],
-        )
-        write_edit(
-            folder, res, prov, overwrite=True, save_artifacts=(res.artifacts or {}).get("save")
-        )
-        self.timings[f"edit:{spec.key}"] = time.perf_counter() - t0
-        _mark(marker, key, self.timings[f"edit:{spec.key}"])
+        self.timings[f"edit:{spec.key}"] = outcome.seconds
+        _mark(marker, key, outcome.seconds)
         return folder
 
     def eval_stage(self, label: str, model_spec: str, model_key: str, suite: str) -> Path:
-        from relsafe.config import from_dict as fd
         from relsafe.engine import EmbeddingEngine
         from relsafe.eval.rows import RowWriter
-        from relsafe.eval.suites import get_suite, run_suite
-        from relsafe.provenance import collect_provenance
+        from relsafe.eval.suites import get_suite
 
         s = get_suite(suite)
-        scfg = fd(s.config_cls, dict(self.cfg.suites.get(suite) or {}), f"suites.{suite}")
-        if suite == "visu" and hasattr(scfg, "traversal"):
-            scfg = self._with_traversal(scfg, model_spec)
+        scfg = from_dict(s.config_cls, dict(self.cfg.suites.get(suite) or {}), f"suites.{suite}")
+        if s.for_model is not None:
+            scfg = s.for_model(scfg, self._load(model_spec))
         path = self.out / "rows" / label / f"{suite}.jsonl"
         key = _hash(
             {
@@ -179,24 +171,23 @@ class Runner:
         t0 = time.perf_counter()
         model = self._load(model_spec)
         engine = EmbeddingEngine(model, cache_dir=self.cache_dir, progress=self.progress)
-        extra = {}
-        if suite == "relational" and label != "original":
+        reference = None
+        if s.uses_reference and label != "original":
             if self._reference is None:
-                from relsafe.models.registry import load_model
-
                 self._reference = load_model(self.cfg.model)
-            extra["reference"] = self._reference
-        rows = run_suite(
+            reference = self._reference
+        rows = evaluate_model(
             suite,
+            scfg,
             model,
-            config=scfg,
-            policy=self.policy,
-            method=label,
             model_label=self.cfg.model,
+            method=label,
+            policy=self.policy,
+            reference=reference,
             engine=engine,
-            extra=extra,
+            compare_with=[],  # comparisons are made in run(), from the original's stored rows
         )
-        prov = collect_provenance(
+        prov = provenance(
             config={
                 "suite": suite,
                 "model": model_spec,
@@ -204,6 +195,8 @@ class Runner:
                 "suite_config": to_dict(scfg),
             },
             seeds={"suite_seed": getattr(scfg, "seed", None)},
+            models=[model, reference],
+            policy=self.policy,
         )
         with RowWriter(path, provenance=prov) as w:
             w.extend(rows)
@@ -214,8 +207,8 @@ class Runner:
     def examples_stage(self, label: str, model_spec: str, model_key: str) -> Path:
         """Top-1 tuple caption of a few test images per model, for the report's example strip:
         images of each unsafe tuple and of its counterpart (TEST seed, training styles)."""
+        from relsafe.data.attacks import NONE
         from relsafe.engine import EmbeddingEngine
-        from relsafe.eval.probes import test_images
         from relsafe.world.captions import canonical_caption
         from relsafe.world.styles import TRAIN_STYLES
 
@@ -230,7 +223,7 @@ class Runner:
             picks += [(u, True), (cp, False)]
         picks = picks[: self.cfg.examples]
         tuples = self.policy.vocabulary.valid_tuples()
-        imgs = test_images("none", 1, 64, 0, tuples=[t for t, _ in picks])
+        imgs = NONE.test_images(1, 64, 0, tuples=[t for t, _ in picks])
         model = self._load(model_spec)
         engine = EmbeddingEngine(model, cache_dir=self.cache_dir, progress=False)
         sim = model.similarity(
@@ -258,24 +251,15 @@ class Runner:
         return path
 
     def _load(self, spec: str) -> Any:
-        from relsafe.models.registry import load_model
-
         if spec not in self._models:
             self._models.clear()  # keep at most one model (plus the reference) in memory
             self._models[spec] = load_model(spec)
         return self._models[spec]
 
-    def _with_traversal(self, scfg: Any, model_spec: str) -> Any:
-        import dataclasses
-
-        has = callable(getattr(self._load(model_spec), "traverse", None))
-        return dataclasses.replace(scfg, traversal=bool(scfg.traversal and has))
-
     # ---- the whole run -------------------------------------------------------------------
     def run(self) -> Path:
-        from relsafe.eval.relational_suite import compare
         from relsafe.eval.rows import RowWriter, read_rows
-        from relsafe.provenance import collect_provenance
+        from relsafe.eval.suites import get_suite
 
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "config.yaml", _dump_yaml(to_dict(self.cfg)))
@@ -297,13 +281,18 @@ class Runner:
                 all_rows.extend(read_rows(path))
             if self.cfg.examples > 0:
                 self.examples_stage(label, spec, key)
-        orig_rel = [r for r in all_rows if r.method == "original" and r.suite == "relational"]
-        for label, _, _ in entries[1:]:
-            mine = [r for r in all_rows if r.method == label and r.suite == "relational"]
-            all_rows.extend(compare(mine, orig_rel))
+        for suite in self.cfg.suites:
+            compare = get_suite(suite).compare
+            if compare is None:
+                continue
+            orig = [r for r in all_rows if r.method == "original" and r.suite == suite]
+            for label, _, _ in entries[1:]:
+                mine = [r for r in all_rows if r.method == label and r.suite == suite]
+                all_rows.extend(compare(mine, orig))
         self.timings["total"] = time.perf_counter() - t_all
-        prov = collect_provenance(
-            config=to_dict(self.cfg), seeds={}, checkpoints=[self.policy.source]
+        prov = provenance(config=to_dict(self.cfg), seeds={}, policy=self.policy)
+        prov["checkpoints"] = _stage_checkpoints(
+            prov["checkpoints"], [p for p in self.out.glob("rows/*/*.jsonl")]
         )
         prov["stages"] = sorted(
             str(p.relative_to(self.out)) for p in self.out.rglob("*.stage.json")
@@ -339,35 +328,61 @@ class Runner:
         )
 
 
+def _stage_checkpoints(first: list[dict[str, Any]], rows_files: list[Path]) -> list[dict]:
+    """Every checkpoint file the run read, without repeats: the policy, then what each eval stage's
+    provenance lists (each model evaluated, and the reference), also for stages a re-run reused."""
+    from relsafe.eval.rows import read_provenance
+
+    seen = {(c["path"], c["sha256"]) for c in first}
+    out = list(first)
+    for path in sorted(rows_files):
+        for c in (read_provenance(path) or {}).get("checkpoints", []):
+            if (c["path"], c["sha256"]) not in seen:
+                seen.add((c["path"], c["sha256"]))
+                out.append(c)
+    return out
+
+
 def _dump_yaml(obj: Any) -> str:
     import yaml
 
     return yaml.safe_dump(obj, sort_keys=False)
 
 
-def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    from relsafe.config import apply_overrides
-
-    data = load_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    apply_overrides(data, overrides or [])
-    return from_dict(RunConfig, data, str(path))
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """A validated :class:`RunConfig` from a YAML file plus ``--set`` overrides."""
+    return build_config(RunConfig, path, overrides, str(path) if path else "run config")
 
 
-def run_cli(args: Any) -> int:
-    cfg = load_run_config(args.config, args.overrides)
-    out = Path(args.out)
+@dataclass
+class RunOutcome:
+    out: Path
+    leaderboard: str
+    seconds: float
+    report: Path | None
+
+
+def run(
+    config: RunConfig | str | Path,
+    *,
+    out: str | Path,
+    overrides: Sequence[str] = (),
+    fresh: bool = False,
+    progress: bool = True,
+) -> RunOutcome:
+    """Evaluate the original model and every configured method side by side into ``out``
+    (resumable: finished stages are reused) and write the leaderboard and report.
+
+    ``fresh`` deletes ``out`` first, but only after the config, its policy and methods were
+    checked."""
+    cfg = build_config(RunConfig, config, overrides, str(config) if not isinstance(config, RunConfig) else "run config")
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
     t0 = time.perf_counter()
-    runner = Runner(cfg, out, progress=not args.no_progress)
+    runner = Runner(cfg, out, progress=progress)  # loads the policy: fails before any deletion
+    if fresh and out.exists():
+        shutil.rmtree(out)
     runner.run()
-    print(runner.leaderboard)
-    print(f"relsafe run finished in {time.perf_counter() - t0:.1f} s")
-    print(f"results: {out / 'results.jsonl'}")
-    if cfg.report:
-        print(f"report:  {out / 'report.html'}")
-    return 0
+    report = out / "report.html" if cfg.report else None
+    return RunOutcome(out, runner.leaderboard, time.perf_counter() - t0, report)

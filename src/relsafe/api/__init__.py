@@ -1,0 +1,90 @@
+"""The service layer: the one place where relsafe resolves specs, loads models and policies, seeds,
+collects provenance and writes outputs. The command line, the benchmark runner and the benchmarks
+call these functions; so can any Python program::
+
+    from relsafe import api
+
+    out = api.edit("relational-lora", policy="default", out="edits/rl")
+    res = api.evaluate("relational", model="edits/rl", policy="default", reference="relsafe-mini")
+    run = api.run("configs/benchmark.yaml", out="runs/benchmark")
+
+Every spec that names a model also accepts an edit's output folder (it resolves to its merged
+model), and every file written carries provenance with the SHA-256 of every checkpoint read.
+Modules: :mod:`~relsafe.api.edit`, :mod:`~relsafe.api.evaluate`, :mod:`~relsafe.api.run`,
+:mod:`~relsafe.api.embed`; shared resolution in :mod:`~relsafe.api._resolve`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from relsafe.api._resolve import (
+    build_config,
+    checkpoint_files,
+    load_model,
+    load_policy,
+    resolve_model_spec,
+)
+from relsafe.api.edit import EditOutcome, edit, edit_model, revert
+from relsafe.api.embed import EmbedOutcome, embed
+from relsafe.api.evaluate import EvalOutcome, evaluate, evaluate_model
+from relsafe.api.run import RunConfig, RunOutcome, load_run_config, run
+
+
+def report(runs: list[str | Path], out: str | Path | None = None) -> Path:
+    """Write the HTML report of one or more run folders (default: ``FIRST_RUN/report.html``)."""
+    from relsafe.report import build_report
+
+    if not runs:
+        from relsafe.errors import InputError
+
+        raise InputError("report needs at least one run folder")
+    return build_report(list(runs), Path(out) if out else Path(runs[0]) / "report.html")
+
+
+def methods() -> dict[str, Any]:
+    """Registered safety methods by name (built-in and plugins)."""
+    from relsafe.methods.base import methods as _methods
+
+    return _methods()
+
+
+def suites() -> dict[str, Any]:
+    """Registered evaluation suites by name, in leaderboard order."""
+    from relsafe.eval.suites import suites as _suites
+
+    return _suites()
+
+
+def backbones() -> dict[str, Any]:
+    """Registered model backbones by name."""
+    from relsafe.models.registry import backbones as _backbones
+
+    return _backbones()
+
+
+__all__ = [
+    "EditOutcome",
+    "EmbedOutcome",
+    "EvalOutcome",
+    "RunConfig",
+    "RunOutcome",
+    "backbones",
+    "build_config",
+    "checkpoint_files",
+    "edit",
+    "edit_model",
+    "embed",
+    "evaluate",
+    "evaluate_model",
+    "load_model",
+    "load_policy",
+    "load_run_config",
+    "methods",
+    "report",
+    "resolve_model_spec",
+    "revert",
+    "run",
+    "suites",
+]

@@ -1,0 +1,59 @@
+"""``relsafe.api.embed``: embed texts and images with a model into one safetensors file."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from relsafe.api._resolve import checkpoint_files, load_model
+from relsafe.errors import InputError
+
+
+@dataclass
+class EmbedOutcome:
+    out: Path
+    shapes: dict[str, tuple[int, ...]]
+
+
+def embed(
+    *,
+    model: str,
+    out: str | Path,
+    texts: Sequence[str] | None = None,
+    images: Sequence[str | Path] | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+) -> EmbedOutcome:
+    """Embed ``texts`` and/or image files with ``model``; write tensors ``text`` / ``image`` and
+    metadata (spec, fingerprint, counts, image paths, checkpoint SHA-256s) to ``out``."""
+    import json
+
+    from safetensors.torch import save
+
+    from relsafe.engine import EmbeddingEngine
+    from relsafe.provenance import checkpoint_hashes
+    from relsafe.utils_io import atomic_write_bytes
+
+    if not texts and not images:
+        raise InputError("embed needs texts and/or images")
+    loaded = load_model(model)
+    engine = EmbeddingEngine(loaded, device=device, batch_size=batch_size, cache_dir=cache_dir)
+    tensors = {}
+    meta = {"model": str(model), "fingerprint": loaded.fingerprint()}
+    if texts:
+        tensors["text"] = engine.embed_texts(list(texts))
+        meta["n_texts"] = str(len(texts))
+    if images:
+        paths = [str(p) for p in images]
+        tensors["image"] = engine.embed_images(paths)
+        meta["n_images"] = str(len(paths))
+        meta["image_paths"] = "\n".join(paths)
+    meta["checkpoints"] = json.dumps(checkpoint_hashes(checkpoint_files([loaded])))
+    out = Path(out)
+    atomic_write_bytes(out, save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
+    return EmbedOutcome(out, {k: tuple(v.shape) for k, v in tensors.items()})
+
+
+__all__ = ["EmbedOutcome", "embed"]
+
