@@ -131,7 +131,7 @@ def test_suite_uses_the_hyperbolic_models_own_threshold(
     assert thr["image|score:radius"] == pytest.approx(hyp.unsafe_threshold["image"])
     assert "text|score:probe" in thr
     # median rows are the medians of the radius scores (distance from the origin) of TEST items
-    from relsafe.methods.hysac import policy_quadruplets
+    from relsafe.data.quadruplets import policy_quadruplets
     from relsafe.world import splits
 
     q = policy_quadruplets(tiny_policy, 3, splits.TEST, 32)

@@ -194,29 +194,23 @@ class VisuData:
                 or ``"heldout"`` phrasings.
 
         ``tags`` are the unsafe tuple ids (``child|drinking|wine``), ``safe_tags`` the safe ones
-        (``child|drinking|juice``).
+        (``child|drinking|juice``). Built by :func:`relsafe.data.quadruplets.build_quadruplets`.
         """
+        from relsafe.data.quadruplets import build_quadruplets
         from relsafe.world import splits
-        from relsafe.world.dataset import quadruplets
-        from relsafe.world.styles import TRAIN_STYLES
 
         seed = splits.TEST if split_seed is None else int(split_seed)
-        quads = quadruplets(
-            list(policy.pairs()),
-            n_per_pair,
-            tuple(styles) if styles is not None else TRAIN_STYLES,
-            caption_split,
-            seed,
-            size,
+        q = build_quadruplets(
+            policy, n_per_pair, seed, size=size, styles=styles, caption_split=caption_split
         )
         return cls(
-            S=[q.safe_text for q in quads],
-            U=[q.unsafe_text for q in quads],
-            V=[q.safe_image for q in quads],
-            G=[q.unsafe_image for q in quads],
-            tags=[q.unsafe_tuple.id for q in quads],
-            source=f"relworld:{getattr(policy, 'name', 'policy')}",
-            safe_tags=[q.safe_tuple.id for q in quads],
+            S=q.S,
+            U=q.U,
+            V=q.V,
+            G=q.G,
+            tags=q.unsafe_ids,
+            source=q.source,
+            safe_tags=q.safe_ids,
         )
 
 

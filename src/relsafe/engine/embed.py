@@ -27,12 +27,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from relsafe.data.images import image_source, load_image_file, source_pixels
 from relsafe.engine.cache import EmbeddingCache, cache_key, hash_images, hash_texts
 from relsafe.errors import InputError
 
@@ -104,23 +104,6 @@ def progress_enabled(progress: bool) -> bool:
     """Progress bars are on when asked for, unless the environment says ``CI=true``."""
     ci = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
     return bool(progress) and not ci
-
-
-def load_image_file(path: str | os.PathLike[str], index: int | None = None) -> Any:
-    """Open, fully decode and convert one image file to RGB.
-
-    Raises :class:`InputError` naming the file when it is missing, unreadable, truncated or not
-    an image.
-    """
-    from PIL import Image
-
-    where = f"image #{index}: " if index is not None else ""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im if im.mode == "RGB" else im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"{where}cannot read image file {str(path)!r}: {e}") from e
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -255,81 +238,27 @@ class EmbeddingEngine:
     def _image_source(
         self, images: Any
     ) -> tuple[int, Callable[[slice], torch.Tensor], list[Any] | np.ndarray | torch.Tensor]:
-        """Validate ``images``; return ``(N, batch producer, the materialised input)``."""
-        from PIL import Image
+        """Validate ``images``; return ``(N, batch producer, the materialised input)``.
 
+        Validation and decoding are :mod:`relsafe.data.images`' (the one image-input path); files
+        are opened lazily by the producer, one batch at a time.
+        """
         model = self.model
-        if isinstance(images, str | os.PathLike | Image.Image):
-            raise InputError("embed_images takes a list of images or paths, got a single one")
-        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
-            images = images.detach().cpu().numpy()
-        if isinstance(images, np.ndarray):
-            if images.dtype == np.uint8:
-                if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
-                    raise InputError(
-                        f"a uint8 image array must be a non-empty (N, H, W, 3) RGB batch, "
-                        f"got shape {images.shape}"
-                    )
-                arr = images
-
-                def produce_arr(sl: slice) -> torch.Tensor:
-                    pils = [Image.fromarray(a) for a in arr[sl]]
-                    return self._pin(model.preprocess(pils))
-
-                return len(arr), produce_arr, arr
-            if not np.issubdtype(images.dtype, np.floating):
-                raise InputError(
-                    f"an image array must be uint8 (N, H, W, 3) or float (N, 3, S, S), "
-                    f"got dtype {images.dtype}"
-                )
-            images = torch.from_numpy(images)
-        if isinstance(images, torch.Tensor):
-            if not images.is_floating_point():
-                raise InputError(f"a pixel tensor must be float (N, 3, S, S), got {images.dtype}")
-            size = int(model.image_size)
-            if images.ndim != 4 or images.shape[0] == 0 or images.shape[1] != 3:
-                raise InputError(
-                    f"expected a non-empty preprocessed (N, 3, {size}, {size}) pixel batch, "
-                    f"got shape {tuple(images.shape)}"
-                )
-            if tuple(images.shape[2:]) != (size, size):
-                raise InputError(
-                    f"pixel batch is {tuple(images.shape[2:])} but the model takes {size}x{size}; "
-                    "pass PIL images or paths to have them preprocessed"
-                )
-            pix = images
+        src = image_source(
+            images, what="embed_images", image_size=int(model.image_size), array_items=False
+        )
+        if isinstance(src, torch.Tensor):
+            pix = src
 
             def produce_pix(sl: slice) -> torch.Tensor:
                 return self._pin(pix[sl].float()) if pix.device.type == "cpu" else pix[sl]
 
             return len(pix), produce_pix, pix
-        try:
-            items = list(images)
-        except TypeError as e:
-            raise InputError(
-                f"embed_images cannot use a {type(images).__name__}; pass a list of PIL images or "
-                "paths, a uint8 (N, H, W, 3) array or a float (N, 3, S, S) tensor"
-            ) from e
-        if not items:
-            raise InputError("embed_images got an empty list of images")
-        for i, item in enumerate(items):
-            if isinstance(item, str | os.PathLike):
-                if not Path(item).is_file():
-                    raise InputError(f"image #{i}: image file not found: {str(item)!r}")
-            elif not isinstance(item, Image.Image):
-                raise InputError(
-                    f"image #{i} is {type(item).__name__}; expected a PIL image or a file path"
-                )
 
-        def produce_list(sl: slice) -> torch.Tensor:
-            start = sl.start or 0
-            pils = [
-                load_image_file(it, start + j) if isinstance(it, str | os.PathLike) else it
-                for j, it in enumerate(items[sl])
-            ]
-            return self._pin(model.preprocess(pils))
+        def produce(sl: slice) -> torch.Tensor:
+            return self._pin(source_pixels(model, src, sl))
 
-        return len(items), produce_list, items
+        return len(src), produce, src
 
     # ---- running -------------------------------------------------------------------------
     def _run(

@@ -241,7 +241,7 @@ def _is_hyperbolic(model: Any) -> bool:
 def _val_embeddings(
     engine: Any, policy: Any, n_per_pair: int, size: int, seed: int
 ) -> dict[str, torch.Tensor]:
-    from relsafe.methods.hysac import policy_quadruplets
+    from relsafe.data.quadruplets import policy_quadruplets
 
     q = policy_quadruplets(policy, n_per_pair, splits.VAL + seed, size)
     return {
@@ -395,7 +395,7 @@ def _scorer_list(model: Any, scorers: Sequence[str]) -> list[str]:
     needs_policy=True,
 )
 def unsafe_cls_suite(ctx: SuiteContext, cfg: UnsafeClsConfig) -> list[Row]:
-    from relsafe.methods.hysac import policy_quadruplets
+    from relsafe.data.quadruplets import policy_quadruplets
 
     if ctx.policy is None:
         raise InputError("the unsafe_cls suite needs a policy (--policy)")

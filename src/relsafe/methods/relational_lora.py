@@ -107,16 +107,9 @@ class LoraEditConfig:
 
 
 def _pixels(model: Any, arr: np.ndarray) -> torch.Tensor:
-    from PIL import Image
+    from relsafe.data.images import to_pixels
 
-    if len(arr) == 0:
-        return torch.zeros(0, 3, model.image_size, model.image_size)
-    return torch.cat(
-        [
-            model.preprocess([Image.fromarray(a) for a in arr[i : i + 256]])
-            for i in range(0, len(arr), 256)
-        ]
-    )
+    return to_pixels(model, arr, allow_empty=True)
 
 
 @torch.no_grad()

@@ -25,15 +25,16 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from relsafe.config import to_dict
+from relsafe.data.images import to_pixels
+from relsafe.data.quadruplets import build_quadruplets
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
 from relsafe.methods.lora import attach_lora
-from relsafe.methods.relational_lora import _frozen_image, _frozen_text, _pixels
+from relsafe.methods.relational_lora import _frozen_image, _frozen_text
 from relsafe.methods.training import run_loop
 from relsafe.world import splits
 
@@ -81,24 +82,11 @@ def _info_nce(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def quadruplet_arrays(policy: Any, cfg: SafeClipConfig) -> dict[str, Any]:
-    """S, V, U, G for the policy's pairs from RelWorld (train phrasings and styles, EDIT seed)."""
-    from relsafe.world.dataset import quadruplets
-    from relsafe.world.styles import TRAIN_STYLES
-
-    quads = quadruplets(
-        list(policy.pairs()),
-        cfg.n_per_pair,
-        TRAIN_STYLES,
-        "train",
-        splits.EDIT + cfg.seed,
-        cfg.size,
-    )
-    return {
-        "S": [q.safe_text for q in quads],
-        "U": [q.unsafe_text for q in quads],
-        "V": np.stack([np.asarray(q.safe_image) for q in quads]),
-        "G": np.stack([np.asarray(q.unsafe_image) for q in quads]),
-    }
+    """S, V, U, G for the policy's pairs from RelWorld (train phrasings and styles, EDIT seed):
+    :func:`relsafe.data.quadruplets.build_quadruplets` in the ViSU array form, without ids."""
+    return build_quadruplets(
+        policy, cfg.n_per_pair, splits.EDIT + cfg.seed, size=cfg.size
+    ).as_arrays(ids=False)
 
 
 @register_method(
@@ -126,7 +114,8 @@ def safeclip(
         raise InputError("safeclip needs equal, non-empty S, U, V, G lists")
     with Timer() as timer:
         model.eval()
-        pix_V, pix_G = _pixels(model, data["V"]), _pixels(model, data["G"])
+        pix_V = to_pixels(model, data["V"], what="data['V']")
+        pix_G = to_pixels(model, data["G"], what="data['G']")
         T0_S = _frozen_text(model, list(data["S"]))
         V0_V = _frozen_image(model, pix_V)
         patterns = None

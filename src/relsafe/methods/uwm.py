@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from relsafe.config import to_dict
+from relsafe.data.images import to_pil
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import EditRecord, EditResult, register_method
 
@@ -233,23 +234,11 @@ def calibration_data(policy: Any, cfg: UWMConfig, data: Any = None) -> Calibrati
     if data is None:
         if policy is None:
             raise InputError("uwm needs a safety policy (--policy) or calibration data (data=...)")
+        from relsafe.data.quadruplets import build_quadruplets
         from relsafe.world import splits
-        from relsafe.world.dataset import quadruplets
-        from relsafe.world.styles import TRAIN_STYLES
 
-        pairs = list(policy.pairs())
-        if not pairs:
-            raise InputError("the policy has no (unsafe, counterpart) pairs to calibrate on")
-        quads = quadruplets(
-            pairs, cfg.n_per_pair, TRAIN_STYLES, "train", splits.EDIT + cfg.seed, cfg.size
-        )
-        return CalibrationData(
-            S=[q.safe_text for q in quads],
-            U=[q.unsafe_text for q in quads],
-            V=[q.safe_image for q in quads],
-            G=[q.unsafe_image for q in quads],
-            source=f"relworld:{getattr(policy, 'name', 'policy')}",
-        )
+        q = build_quadruplets(policy, cfg.n_per_pair, splits.EDIT + cfg.seed, size=cfg.size)
+        return CalibrationData(S=q.S, U=q.U, V=q.V, G=q.G, source=q.source)
     S, U = _as_list(_field(data, "S")), _as_list(_field(data, "U"))
     V, G = _as_list(_field(data, "V")), _as_list(_field(data, "G"))
     dropped = 0
@@ -300,25 +289,6 @@ def _check_pairs(cal: CalibrationData, tower: str) -> int:
                 if not isinstance(t, str) or not t:
                     raise InputError(f"calibration text {name}[{i}] is {t!r}, not a non-empty str")
     return n_s
-
-
-def _to_pil(item: Any, where: str) -> Any:
-    from PIL import Image
-
-    from relsafe.engine.embed import load_image_file
-
-    if isinstance(item, Image.Image):
-        return item
-    if isinstance(item, str | os.PathLike):
-        try:
-            return load_image_file(item)
-        except InputError as e:
-            raise InputError(f"{where}: {e}") from e
-    if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3:
-        return Image.fromarray(item)
-    raise InputError(
-        f"{where} is {type(item).__name__}; expected a PIL image, a file path or uint8 (H, W, 3)"
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,7 +493,7 @@ def _prepare(model: Any, data: CalibrationData, tower: str, lo: int, hi: int) ->
     b = hi - lo
     items = list(data.V[lo:hi]) + list(data.G[lo:hi])
     pils = [
-        _to_pil(it, f"calibration image {'V' if k < b else 'G'}[{lo + k % b}]")
+        to_pil(it, f"calibration image {'V' if k < b else 'G'}[{lo + k % b}]")
         for k, it in enumerate(items)
     ]
     return model.preprocess(pils)

@@ -1,0 +1,139 @@
+"""The one builder of ViSU-style quadruplets (S, V, U, G) from a safety policy.
+
+A quadruplet is (safe text S, safe image V, unsafe text U, unsafe image G) for one
+``(unsafe tuple, safe counterpart)`` pair of the policy, rendered by RelWorld
+(:func:`relsafe.world.dataset.quadruplets`: the two images share their seed, the two texts their
+template and phrasing choices). Every user of RelWorld quadruplets builds them here:
+
+* methods train or calibrate on ``splits.EDIT + seed`` (UWM, Safe-CLIP, HySAC) and validate on
+  ``splits.VAL + seed`` (HySAC);
+* suites evaluate on ``splits.TEST`` (+ seed), with held-out phrasings or OOD styles as attacks.
+
+What legitimately differs between callers is a parameter: the base seed (which split), the number
+per pair, the styles, the caption split and the output form: :class:`Quadruplets` (PIL images in
+memory, e.g. for :class:`relsafe.data.visu.VisuData` and UWM's calibration) or, via
+:meth:`Quadruplets.as_arrays` / :func:`policy_quadruplets`, the ViSU-format dict with stacked
+``uint8 (N, H, W, 3)`` image arrays that the fine-tuning methods take. The records, their order and
+every seed are those of :func:`relsafe.world.dataset.quadruplets`: record ``j`` of pair ``p`` uses
+style ``styles[j % len(styles)]`` and seeds from ``(base_seed, p * n_per_pair + j)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from relsafe.errors import InputError
+
+__all__ = ["Quadruplets", "build_quadruplets", "policy_quadruplets"]
+
+
+@dataclass
+class Quadruplets:
+    """Aligned quadruplets: ``S[i]``, ``V[i]``, ``U[i]``, ``G[i]`` belong together.
+
+    ``V`` / ``G`` are RGB PIL images; ``safe_ids[i]`` is the tuple id shown by ``S[i]`` / ``V[i]``
+    (``child|drinking|juice``), ``unsafe_ids[i]`` the one shown by ``U[i]`` / ``G[i]``
+    (``child|drinking|wine``). ``source`` is ``relworld:<policy name>``.
+    """
+
+    S: list[str]
+    V: list[Any]
+    U: list[str]
+    G: list[Any]
+    safe_ids: list[str]
+    unsafe_ids: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.S)
+
+    def image_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(V, G)`` as stacked ``uint8 (N, H, W, 3)`` arrays."""
+        return (
+            np.stack([np.asarray(im) for im in self.V]),
+            np.stack([np.asarray(im) for im in self.G]),
+        )
+
+    def as_arrays(self, ids: bool = True) -> dict[str, Any]:
+        """The ViSU-format dict the fine-tuning methods take: ``S``, ``U`` (lists of str), ``V``,
+        ``G`` (``uint8 (N, H, W, 3)`` arrays) and, with ``ids``, ``safe_id`` / ``unsafe_id``."""
+        V, G = self.image_arrays()
+        out: dict[str, Any] = {"S": list(self.S), "U": list(self.U), "V": V, "G": G}
+        if ids:
+            out["safe_id"] = list(self.safe_ids)
+            out["unsafe_id"] = list(self.unsafe_ids)
+        return out
+
+
+def build_quadruplets(
+    policy: Any,
+    n_per_pair: int,
+    base_seed: int,
+    *,
+    size: int = 64,
+    styles: Sequence[str] | None = None,
+    caption_split: str = "train",
+) -> Quadruplets:
+    """RelWorld quadruplets of ``policy.pairs()``, pair by pair, images in memory.
+
+    Args:
+        policy: a :class:`relsafe.policy.Policy` (anything with ``pairs()`` and ``name``).
+        n_per_pair: quadruplets per ``(unsafe, counterpart)`` pair.
+        base_seed: the split's base seed, e.g. ``splits.EDIT + seed`` (training, calibration),
+            ``splits.VAL + seed`` (validation) or ``splits.TEST`` (evaluation).
+        size: image side in pixels.
+        styles: rendering styles, cycled per record; ``None`` takes the training styles.
+        caption_split: ``"train"`` or ``"heldout"`` phrasings.
+
+    Raises:
+        InputError: the policy has no pairs, or a bad count, seed, size, style or caption split.
+    """
+    from relsafe.world.dataset import quadruplets
+    from relsafe.world.styles import TRAIN_STYLES
+
+    pairs = list(policy.pairs())
+    name = getattr(policy, "name", "policy")
+    if not pairs:
+        raise InputError(
+            f"policy {name!r} has no (unsafe, counterpart) pairs to build quadruplets from"
+        )
+    quads = quadruplets(
+        pairs,
+        n_per_pair,
+        tuple(styles) if styles is not None else TRAIN_STYLES,
+        caption_split,
+        base_seed,
+        size,
+    )
+    return Quadruplets(
+        S=[q.safe_text for q in quads],
+        V=[q.safe_image for q in quads],
+        U=[q.unsafe_text for q in quads],
+        G=[q.unsafe_image for q in quads],
+        safe_ids=[q.safe_tuple.id for q in quads],
+        unsafe_ids=[q.unsafe_tuple.id for q in quads],
+        source=f"relworld:{name}",
+    )
+
+
+def policy_quadruplets(
+    policy: Any,
+    n_per_pair: int,
+    base_seed: int,
+    size: int = 64,
+    caption_split: str = "train",
+    styles: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """RelWorld quadruplets of ``policy.pairs()`` as a ViSU-format dict: ``S``, ``U``, ``V``, ``G``
+    (``uint8 (N, H, W, 3)`` arrays) plus ``safe_id`` / ``unsafe_id``, the tuple ids of each.
+
+    The arguments are those of :func:`build_quadruplets` (positional ``size`` and
+    ``caption_split`` for the callers that pass them so).
+    """
+    return build_quadruplets(
+        policy, n_per_pair, base_seed, size=size, styles=styles, caption_split=caption_split
+    ).as_arrays()
