@@ -17,3 +17,8 @@ class ConfigError(InputError):
 
 class CheckpointError(InputError):
     """A model folder or weight file is missing, corrupt, or not what it claims to be."""
+
+
+class NotMainProcess(RelsafeError):
+    """Raised on the non-main processes of a multi-process run once their part is done: only the
+    main process writes outputs, so the command line exits 0 on this, without an error message."""
