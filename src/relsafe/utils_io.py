@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "atomic_dir",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "fsync_dir",
+    "recover_atomic_dir",
     "sha256_file",
 ]
 
@@ -80,3 +83,82 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = _CHUNK) -> str:
         while block := f.read(chunk_size):
             h.update(block)
     return h.hexdigest()
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (new, renamed or removed names) to disk; a no-op where the OS
+    cannot open folders (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _dir_siblings(dest: Path, kind: str) -> list[Path]:
+    """Leftover ``.<name>.<kind>-*`` folders that :func:`atomic_dir` makes beside ``dest``."""
+    if not dest.parent.is_dir():
+        return []
+    return [p for p in dest.parent.glob(f".{dest.name}.{kind}-*") if p.is_dir()]
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; on clean exit it replaces ``path`` whole.
+
+    For sets of files that must change together (a checkpoint's weights and its state), so a
+    reader never sees files from two different writes side by side. The files written into the
+    folder are fsynced, then the folder is renamed into place. An existing ``path`` is first
+    renamed aside to ``.<name>.old-*`` and removed afterwards; if the process dies between those
+    two renames, :func:`recover_atomic_dir` puts the old folder back. On an exception the
+    temporary folder is removed and ``path`` is left untouched. Leftovers of earlier interrupted
+    writes are removed after a successful one.
+    """
+    import shutil
+
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    recover_atomic_dir(dest)
+    tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp = dest.with_name(f".{dest.name}.tmp-{tag}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        aside = dest.with_name(f".{dest.name}.old-{tag}")
+        if dest.exists():
+            os.replace(dest, aside)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+        for stale in [aside, *_dir_siblings(dest, "old"), *_dir_siblings(dest, "tmp")]:
+            shutil.rmtree(stale, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_atomic_dir(path: str | os.PathLike[str]) -> bool:
+    """Undo an :func:`atomic_dir` write that died between its two renames.
+
+    When ``path`` is missing but a ``.<name>.old-*`` folder (the previous complete version) is
+    beside it, the newest such folder is moved back to ``path``. Returns True if it did.
+    Incomplete ``.<name>.tmp-*`` folders are never promoted.
+    """
+    dest = Path(path)
+    if dest.exists():
+        return False
+    olds = sorted(_dir_siblings(dest, "old"), key=lambda p: p.stat().st_mtime)
+    if not olds:
+        return False
+    os.replace(olds[-1], dest)
+    fsync_dir(dest.parent)
+    return True
