@@ -6,14 +6,14 @@ not, see ``weights``) and the loop does the rest:
 * the total is ``sum(weights[k] * term[k])``; each term is logged separately into the record's curve;
 * a non-finite loss stops training, restores the last good adapter state and says so (in the
   record's warnings and the log), never silently continues;
-* with ``workdir`` set, a checkpoint (adapter weights, optimiser state, step, RNG state, curve) is
-  written atomically every ``checkpoint_every`` steps, and a later call with the same workdir
-  resumes from it.
+* with ``workdir`` set, a checkpoint (adapter weights, optimiser state, step, RNG states, curve) is
+  written every ``checkpoint_every`` steps as one :mod:`relsafe.checkpoints` folder
+  (``<workdir>/checkpoint/``, safetensors + JSON, replaced whole), and a later call with the same
+  workdir resumes from it and continues bit-identically.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -24,9 +24,17 @@ from typing import Any
 
 import torch
 
+from relsafe.checkpoints import (
+    RngState,
+    checkpoint_exists,
+    load_optimizer_state,
+    read_meta,
+)
+from relsafe.checkpoints import load_checkpoint as load_training_checkpoint
+from relsafe.checkpoints import save_checkpoint as save_training_checkpoint
 from relsafe.engine.embed import progress_enabled
+from relsafe.errors import CheckpointError
 from relsafe.methods.lora import LoraHandle
-from relsafe.utils_io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +47,9 @@ class LoopResult:
     resumed_from: int = 0
 
 
-def _ckpt_paths(workdir: Path) -> tuple[Path, Path, Path]:
-    return workdir / "adapter.safetensors", workdir / "optimizer.pt", workdir / "state.json"
+CHECKPOINT_DIR = "checkpoint"
+"""The checkpoint folder inside ``workdir`` (a :mod:`relsafe.checkpoints` folder)."""
+_LEGACY_FILES = ("optimizer.pt", "adapter.safetensors", "state.json")
 
 
 def save_checkpoint(
@@ -52,25 +61,14 @@ def save_checkpoint(
     rng: random.Random,
     fingerprint: str,
 ) -> None:
-    """Write adapter, optimiser and loop state atomically (state.json last, so it marks a complete set)."""
-    import io
-
-    from safetensors.torch import save
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    a_path, o_path, s_path = _ckpt_paths(workdir)
-    atomic_write_bytes(a_path, save(handle.state_dict()))
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    atomic_write_bytes(o_path, buf.getvalue())
-    state = {
-        "step": step,
-        "curve": curve,
-        "rng": repr(rng.getstate()),
-        "torch_rng": torch.get_rng_state().tolist(),
-        "fingerprint": fingerprint,
-    }
-    atomic_write_json(s_path, state)
+    """Write adapter, optimiser, RNG states and loop state as one folder, replaced whole."""
+    save_training_checkpoint(
+        Path(workdir) / CHECKPOINT_DIR,
+        handle.state_dict(),
+        optimizer=opt.state_dict(),
+        rng=RngState.capture(python=rng),
+        meta={"step": step, "curve": curve, "fingerprint": fingerprint},
+    )
 
 
 def load_checkpoint(
@@ -80,25 +78,30 @@ def load_checkpoint(
     rng: random.Random,
     fingerprint: str,
 ) -> tuple[int, list[dict[str, float]]] | None:
-    """Restore a checkpoint written by :func:`save_checkpoint`; None when there is none."""
-    import ast
+    """Restore a checkpoint written by :func:`save_checkpoint`; None when there is none.
 
-    from safetensors.torch import load_file
-
-    a_path, o_path, s_path = _ckpt_paths(workdir)
-    if not s_path.is_file():
+    A checkpoint made with another config or model (``fingerprint``) is ignored with a warning;
+    one in the earlier pickle-based layout (``optimizer.pt``) is refused.
+    """
+    folder = Path(workdir) / CHECKPOINT_DIR
+    if not checkpoint_exists(folder):
+        legacy = [n for n in _LEGACY_FILES if (Path(workdir) / n).is_file()]
+        if legacy:
+            raise CheckpointError(
+                f"{workdir}: holds a checkpoint in the earlier format ({', '.join(legacy)}), "
+                "which this relsafe cannot resume; delete those files to start afresh"
+            )
         return None
-    state = json.loads(s_path.read_text())
-    if state.get("fingerprint") != fingerprint:
+    if read_meta(folder).get("fingerprint") != fingerprint:
         log.warning(
             "checkpoint in %s was made with another config or model; starting afresh", workdir
         )
         return None
-    handle.load_state_dict(load_file(str(a_path)))
-    opt.load_state_dict(torch.load(o_path, weights_only=True))
-    rng.setstate(ast.literal_eval(state["rng"]))
-    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-    return int(state["step"]), list(state["curve"])
+    ck = load_training_checkpoint(folder, expect=handle.state_dict())
+    handle.load_state_dict(ck.tensors)
+    load_optimizer_state(opt, ck.optimizer, str(folder))
+    ck.rng.restore(python=rng, where=str(folder))
+    return int(ck.meta["step"]), list(ck.meta["curve"])
 
 
 def run_loop(
