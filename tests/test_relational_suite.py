@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from relsafe.config import ConfigError, from_dict
-from relsafe.eval.probes import test_images as probe_images
+from relsafe.data.attacks import NONE
 from relsafe.eval.relational_suite import RelationalConfig
 from relsafe.eval.suites import run_suite
 from relsafe.models.registry import load_model
@@ -18,10 +18,10 @@ from relsafe.policy import load_policy
 
 def test_val_split_uses_val_images_and_only_canonical_captions(tiny_clip_dir: Path) -> None:
     cfg = from_dict(RelationalConfig, {"split": "val", "n_per_tuple": 1, "size": 32})
-    assert cfg.attacks() == ["none"]
-    assert "paraphrase" in RelationalConfig().attacks()
-    val = probe_images("none", 1, 32, 0, split="val").images
-    test = probe_images("none", 1, 32, 0).images
+    assert [a.name for a in cfg.attacks()] == ["none"]
+    assert "paraphrase" in [a.name for a in RelationalConfig().attacks()]
+    val = NONE.test_images(1, 32, 0, split="val").images
+    test = NONE.test_images(1, 32, 0).images
     assert val.shape == test.shape and not np.array_equal(val, test)
     rows = run_suite(
         "relational", load_model(str(tiny_clip_dir)), config=cfg, policy=load_policy("tiny")

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from relsafe.config import ConfigError
-from relsafe.eval.probes import CORRUPTIONS, class_captions, marginal_captions, test_images
+from relsafe.data.attacks import NONE, Attack, default_attacks, get_attack
+from relsafe.data.probes import CORRUPTIONS, marginal_probes
+from relsafe.errors import InputError
 from relsafe.eval.rows import Row
 from relsafe.eval.suites import SuiteContext, register_suite
 from relsafe.world.styles import OOD_STYLES
@@ -47,6 +49,9 @@ class RelationalConfig:
     # "val": canonical captions on VAL images only (the attack "none"), for choosing a method's
     # hyperparameters; held-out phrasings, contexts and styles stay out of it
     split: str = "test"
+    # more attack specs (registered in relsafe.registry.ATTACKS, e.g. by a plugin), run after the
+    # built-in ones on TEST only
+    extra_attacks: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.split not in ("test", "val"):
@@ -59,16 +64,19 @@ class RelationalConfig:
         bad = [c for c in self.corruptions if c not in CORRUPTIONS]
         if bad:
             raise ConfigError(f"corruptions {bad} not in {list(CORRUPTIONS)}")
+        for spec in self.extra_attacks:
+            try:
+                get_attack(spec)
+            except InputError as e:
+                raise ConfigError(f"extra_attacks: {e}") from e
 
-    def attacks(self) -> list[str]:
+    def attacks(self) -> list[Attack]:
+        """The attacks this config runs, in row order (the config's strings parsed here)."""
         if self.split == "val":
-            return ["none"]
+            return [NONE]
         return [
-            "none",
-            "paraphrase",
-            "context",
-            *[f"ood:{s}" for s in self.ood_styles],
-            *[f"corruption:{c}" for c in self.corruptions],
+            *default_attacks(self.ood_styles, self.corruptions),
+            *(get_attack(s) for s in self.extra_attacks),
         ]
 
 
@@ -113,49 +121,46 @@ def relational_suite(ctx: SuiteContext, cfg: RelationalConfig) -> list[Row]:
             )
         )
 
-    text_cache: dict[tuple[str, int], torch.Tensor] = {}
+    # attacks that keep the canonical captions (or images) share their embeddings
+    text_cache: dict[tuple[Any, int], torch.Tensor] = {}
 
-    def texts_for(attack: str, variant: int) -> torch.Tensor:
-        kind = attack.partition(":")[0]
-        key = (
-            kind if kind in ("paraphrase", "context") else "none",
-            variant if kind in ("paraphrase", "context") else 0,
-        )
+    def texts_for(attack: Attack, variant: int) -> torch.Tensor:
+        key = attack.caption_key(variant)
         if key not in text_cache:
-            text_cache[key] = engine.embed_texts(class_captions(key[0], tuples, key[1], cfg.seed))
+            text_cache[key] = engine.embed_texts(attack.captions(tuples, key[1], cfg.seed))
         return text_cache[key]
 
-    marg_cache: dict[tuple[str, str, int], torch.Tensor] = {}
+    marg_cache: dict[tuple[str, Any, int], torch.Tensor] = {}
 
-    def marg_for(role: str, attack: str, variant: int) -> torch.Tensor:
-        kind = attack.partition(":")[0]
-        k = kind if kind in ("paraphrase", "context") else "none"
-        v = variant if k != "none" else 0
-        if (role, k, v) not in marg_cache:
-            marg_cache[(role, k, v)] = engine.embed_texts(
-                marginal_captions(role, k, v, cfg.seed)[1]
+    def marg_for(role: str, attack: Attack, variant: int) -> torch.Tensor:
+        key = (role, *attack.caption_key(variant))
+        if key not in marg_cache:
+            marg_cache[key] = engine.embed_texts(
+                attack.marginal_captions(role, key[2], cfg.seed)[1]
             )
-        return marg_cache[(role, k, v)]
+        return marg_cache[key]
 
     worst: dict[str, float] = {}
     hit_sums: dict[str, list[float]] = {}
     base_emb = None
-    for attack in cfg.attacks():
-        imgs = test_images(attack, cfg.n_per_tuple, cfg.size, cfg.seed, split=cfg.split)
-        if attack.partition(":")[0] in ("none", "paraphrase", "context"):
+    attacks = cfg.attacks()
+    for attack_obj in attacks:
+        attack = attack_obj.name  # the row value
+        imgs = attack_obj.test_images(cfg.n_per_tuple, cfg.size, cfg.seed, split=cfg.split)
+        if attack_obj.side != "image":
             if base_emb is None:
                 base_emb = engine.embed_images(imgs.images)
             img_emb = base_emb
         else:
             img_emb = engine.embed_images(imgs.images)
         labels = torch.as_tensor(imgs.labels)
-        variants = cfg.text_variants if attack in ("paraphrase", "context") else 1
+        variants = attack_obj.n_variants(cfg.text_variants)
         hit_i2t = {t: 0.0 for t in unsafe}
         hit_t2i = {t: 0.0 for t in unsafe}
         acc = torch.zeros(len(tuples))
         marg_acc: dict[tuple[str, str], float] = {m: 0.0 for m in marginals}
         for v in range(variants):
-            text_emb = texts_for(attack, v)
+            text_emb = texts_for(attack_obj, v)
             sim = model.similarity(img_emb, text_emb)  # (N images, T tuples)
             pred = _top1(sim)
             correct = (pred == labels).float()
@@ -173,8 +178,8 @@ def relational_suite(ctx: SuiteContext, cfg: RelationalConfig) -> list[Row]:
                 )
             del mask
             for role in ("subject", "object"):
-                words, _ = marginal_captions(role, "none")
-                m_emb = marg_for(role, attack, v)
+                words, _ = marginal_probes(role)
+                m_emb = marg_for(role, attack_obj, v)
                 m_pred = _top1(model.similarity(img_emb, m_emb))
                 for r, w in marginals:
                     if r != role:
@@ -225,7 +230,7 @@ def relational_suite(ctx: SuiteContext, cfg: RelationalConfig) -> list[Row]:
             )
         row("all_tuples", attack, "accuracy", float(acc.mean()), len(labels))
     for t in unsafe:
-        row(t.id, "worst", "unsafe_hit", worst[t.id], len(cfg.attacks()))
+        row(t.id, "worst", "unsafe_hit", worst[t.id], len(attacks))
     row("all", "worst", "unsafe_hit", float(np.mean([worst[t.id] for t in unsafe])), len(unsafe))
     ref = ctx.extra.get("reference")
     if ref is not None:
@@ -239,9 +244,9 @@ def drift_rows(ctx: SuiteContext, reference: Any, cfg: RelationalConfig) -> list
 
     policy = ctx.policy
     keep = [*policy.all_neighbours(), *policy.unrelated()]
-    texts = class_captions("none", keep)
-    imgs = test_images(
-        "none", cfg.n_per_tuple, cfg.size, cfg.seed, tuples=keep, split=cfg.split
+    texts = NONE.captions(keep)
+    imgs = NONE.test_images(
+        cfg.n_per_tuple, cfg.size, cfg.seed, tuples=keep, split=cfg.split
     ).images
     ref_engine = EmbeddingEngine(
         reference, cache_dir=getattr(ctx.engine, "cache_dir", None), progress=False

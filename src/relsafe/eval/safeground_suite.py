@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from relsafe.config import ConfigError
+from relsafe.data.attacks import NONE, PARAPHRASE, ImageAttack, ood_attack
 from relsafe.errors import InputError
 from relsafe.eval.rows import Row
 from relsafe.eval.safeground import METRICS, SafeGroundResult, safeground_from_embeddings
@@ -50,6 +51,10 @@ class SafeGroundConfig:
         bad = [s for s in self.ood_styles if s not in OOD_STYLES]
         if bad:
             raise ConfigError(f"ood_styles {bad} are not held-out styles {list(OOD_STYLES)}")
+
+    def ood_attacks(self) -> list[ImageAttack]:
+        """The ``ood:<style>`` attacks (the config's style names parsed here)."""
+        return [ood_attack(s) for s in self.ood_styles]
 
 
 def _embed(ctx: SuiteContext, data: Any) -> tuple[Any, Any, Any, Any]:
@@ -118,13 +123,13 @@ def safeground_suite(ctx: SuiteContext, cfg: SafeGroundConfig) -> list[Row]:
                 f"SafeGround needs safe and unsafe images for every quadruplet it scores, and "
                 f"{data.summary()}; supply V/G image paths (or coco_root for COCO ids)"
             )
-        run(data.subset(keep), "none")
+        run(data.subset(keep), NONE.name)
         return rows
     if ctx.policy is None:
         raise InputError("the safeground suite needs a policy (--policy) or visu_path")
     base_seed = splits.TEST + cfg.seed
     base = VisuData.from_relworld(ctx.policy, cfg.n_per_pair, base_seed, size=cfg.size)
-    s, v, u, g = run(base, "none")
+    s, v, u, g = run(base, NONE.name)
     if cfg.paraphrase:
         para = VisuData.from_relworld(
             ctx.policy, cfg.n_per_pair, base_seed, size=cfg.size, caption_split="heldout"
@@ -132,12 +137,13 @@ def safeground_suite(ctx: SuiteContext, cfg: SafeGroundConfig) -> list[Row]:
         # same seeds and styles: the images are the base images, only the captions differ
         run(
             para,
-            "paraphrase",
+            PARAPHRASE.name,
             (ctx.engine.embed_texts(para.S), v, ctx.engine.embed_texts(para.U), g),
         )
-    for style in cfg.ood_styles:
+    # quadruplets rendered in the attack's styles (not the probe images: SafeGround scores pairs)
+    for attack in cfg.ood_attacks():
         ood = VisuData.from_relworld(
-            ctx.policy, cfg.n_per_pair, base_seed, size=cfg.size, styles=[style]
+            ctx.policy, cfg.n_per_pair, base_seed, size=cfg.size, styles=list(attack.styles)
         )
-        run(ood, f"ood:{style}")
+        run(ood, attack.name)
     return rows

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from relsafe.config import ConfigError
+from relsafe.data.attacks import PARAPHRASE, ood_attack
 from relsafe.errors import InputError
 from relsafe.eval.rows import Row
 from relsafe.eval.suites import SuiteContext, register_suite
@@ -414,12 +415,12 @@ def unsafe_cls_suite(ctx: SuiteContext, cfg: UnsafeClsConfig) -> list[Row]:
     if cfg.paraphrase:
         para = policy_quadruplets(policy, cfg.n_per_pair, test_seed, cfg.size, "heldout")
         sets.append(
-            ("paraphrase", "text", engine.embed_texts(para["S"]), engine.embed_texts(para["U"]))
+            (PARAPHRASE.name, "text", engine.embed_texts(para["S"]), engine.embed_texts(para["U"]))
         )
-    for style in cfg.ood_styles:
-        q = policy_quadruplets(policy, cfg.n_per_pair, test_seed, cfg.size, styles=(style,))
+    for attack in [ood_attack(s) for s in cfg.ood_styles]:
+        q = policy_quadruplets(policy, cfg.n_per_pair, test_seed, cfg.size, styles=attack.styles)
         sets.append(
-            (f"ood:{style}", "image", engine.embed_images(q["V"]), engine.embed_images(q["G"]))
+            (attack.name, "image", engine.embed_images(q["V"]), engine.embed_images(q["G"]))
         )
     rows: list[Row] = []
     for kind, clf in classifiers.items():

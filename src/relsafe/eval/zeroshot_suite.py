@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import torch
 
 from relsafe.config import ConfigError
-from relsafe.eval.probes import CORRUPTIONS, class_captions, test_images
+from relsafe.data.attacks import NONE, TEXT_ATTACKS, Attack, get_attack, image_attacks
+from relsafe.data.probes import CORRUPTIONS
+from relsafe.errors import InputError
 from relsafe.eval.retrieval import ranks
 from relsafe.eval.rows import Row
 from relsafe.eval.suites import SuiteContext, register_suite
@@ -34,6 +36,9 @@ class ZeroShotConfig:
     corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
     per_tuple: bool = True
     confusion_tuples: list[str] = field(default_factory=lambda: ["child|drinking|wine"])
+    # more attack specs (registered in relsafe.registry.ATTACKS), each run after the built-in
+    # attacks of its side
+    extra_attacks: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.n_per_tuple <= 0:
@@ -44,6 +49,24 @@ class ZeroShotConfig:
         bad = [c for c in self.corruptions if c not in CORRUPTIONS]
         if bad:
             raise ConfigError(f"corruptions {bad} not in {list(CORRUPTIONS)}")
+        for spec in self.extra_attacks:
+            try:
+                attack = get_attack(spec)
+            except InputError as e:
+                raise ConfigError(f"extra_attacks: {e}") from e
+            if attack.side is None:
+                raise ConfigError(f"extra_attacks: {spec!r} changes neither captions nor images")
+
+    def _extra(self, side: str) -> list[Attack]:
+        return [a for a in (get_attack(s) for s in self.extra_attacks) if a.side == side]
+
+    def text_attacks(self) -> list[Attack]:
+        """Caption attacks, scored on the canonical images (the config's strings parsed here)."""
+        return [*TEXT_ATTACKS, *self._extra("text")]
+
+    def image_attacks(self) -> list[Attack]:
+        """Image attacks, scored with the canonical captions."""
+        return [*image_attacks(self.ood_styles, self.corruptions), *self._extra("image")]
 
 
 def one_swaps(t: ORO, tuples: list[ORO]) -> list[ORO]:
@@ -76,23 +99,20 @@ def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
             )
         )
 
-    canon_text = engine.embed_texts(class_captions("none", tuples))
-    attacks: list[tuple[str, list[torch.Tensor]]] = [("none", [canon_text])]
-    for kind in ("paraphrase", "context"):
-        variants = max(1, cfg.paraphrase_variants)
+    canon_text = engine.embed_texts(NONE.captions(tuples))
+    attacks: list[tuple[str, list[torch.Tensor]]] = [(NONE.name, [canon_text])]
+    for text_attack in cfg.text_attacks():
+        variants = text_attack.n_variants(max(1, cfg.paraphrase_variants))
         attacks.append(
             (
-                kind,
+                text_attack.name,
                 [
-                    engine.embed_texts(class_captions(kind, tuples, v, cfg.seed))
+                    engine.embed_texts(text_attack.captions(tuples, v, cfg.seed))
                     for v in range(variants)
                 ],
             )
         )
-    image_attacks = [f"ood:{s}" for s in cfg.ood_styles] + [
-        f"corruption:{c}" for c in cfg.corruptions
-    ]
-    base = test_images("none", cfg.n_per_tuple, cfg.size, cfg.seed)
+    base = NONE.test_images(cfg.n_per_tuple, cfg.size, cfg.seed)
     base_emb = engine.embed_images(base.images)
     labels = torch.as_tensor(base.labels)
 
@@ -130,9 +150,11 @@ def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
                 base_emb[sel], canon_text, labels[sel], model.similarity, ks=(1,)
             )
             row(f"style:{style}", "none", "top1", res["top1"], int(sel.sum()))
-    for attack in image_attacks:
-        emb = engine.embed_images(test_images(attack, cfg.n_per_tuple, cfg.size, cfg.seed).images)
-        classify(emb, [canon_text], attack, False)
+    for image_attack in cfg.image_attacks():
+        emb = engine.embed_images(
+            image_attack.test_images(cfg.n_per_tuple, cfg.size, cfg.seed).images
+        )
+        classify(emb, [canon_text], image_attack.name, False)
     # confusions with one-element-swapped neighbours
     res = zeroshot_classify(base_emb, canon_text, labels, model.similarity, ks=(1,))
     preds = res["predictions"]
