@@ -1,0 +1,185 @@
+"""Attacks as registered objects (relsafe.data.attacks): parsing a spec once, what each attack
+changes, the probes staying bit-identical to the code they replaced, and an outside attack family
+registered with ``ATTACKS.register`` and evaluated by the relational suite."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from relsafe.config import ConfigError, from_dict
+from relsafe.data.attacks import (
+    CONTEXT,
+    NONE,
+    PARAPHRASE,
+    Attack,
+    AttackFamily,
+    ImageAttack,
+    default_attacks,
+    get_attack,
+)
+from relsafe.data.probes import canonical_captions
+from relsafe.errors import InputError
+from relsafe.eval.relational_suite import RelationalConfig
+from relsafe.eval.suites import run_suite
+from relsafe.eval.zeroshot_suite import ZeroShotConfig
+from relsafe.models.registry import load_model
+from relsafe.policy import load_policy
+from relsafe.registry import ATTACKS
+from relsafe.world.vocab import default_vocabulary
+
+# sha256[:16] of (test images at n_per_tuple=1, size 32, seed 0) and of the captions and marginal
+# probes (variants 0 and 1), computed with the string-parsing eval/probes.py these objects replaced
+# (commit 3adf6b0). A change here changes every relational and zero-shot number of the benchmark.
+# (JPEG bytes depend on the Pillow build; the venv pins it.)
+FINGERPRINTS = {
+    "none": ("b42a604a1caaf844", "1b2d773fde74ccba"),
+    "paraphrase": ("b42a604a1caaf844", "7ddeaabe130d9711"),
+    "context": ("b42a604a1caaf844", "785e2f40fe98d423"),
+    "ood:sketch": ("93b2a9a4c94c742a", "1b2d773fde74ccba"),
+    "ood:night": ("a75a918c3c2c38b9", "1b2d773fde74ccba"),
+    "ood:noisy": ("df255b20edd1c9d6", "1b2d773fde74ccba"),
+    "ood:clutter": ("a7f1801d2739a4f6", "1b2d773fde74ccba"),
+    "ood:grayscale": ("aa280d458daf6a24", "1b2d773fde74ccba"),
+    "ood:extreme_scale": ("1fa8b7874c3b810a", "1b2d773fde74ccba"),
+    "corruption:noise": ("08d0448b683acd2d", "1b2d773fde74ccba"),
+    "corruption:blur": ("399ea4256fcfc9d4", "1b2d773fde74ccba"),
+    "corruption:jpeg": ("a9b0efb84b482637", "1b2d773fde74ccba"),
+}
+
+
+def test_default_attacks_keep_the_row_names_and_order() -> None:
+    assert [a.name for a in default_attacks()] == list(FINGERPRINTS)
+    assert [a.name for a in RelationalConfig().attacks()] == list(FINGERPRINTS)
+    assert {a.name: a.side for a in default_attacks()[:4]} == {
+        "none": None,
+        "paraphrase": "text",
+        "context": "text",
+        "ood:sketch": "image",
+    }
+
+
+@pytest.mark.parametrize("spec", list(FINGERPRINTS))
+def test_probes_are_bit_identical_to_the_string_version(spec: str) -> None:
+    attack = get_attack(spec)
+    tuples = default_vocabulary().valid_tuples()
+    imgs = attack.test_images(1, 32, 0)
+    caps = [attack.captions(tuples, v, 0) for v in range(2)]
+    margs = [attack.marginal_captions(r, v, 0) for r in ("subject", "object") for v in range(2)]
+    got = (
+        hashlib.sha256(imgs.images.tobytes()).hexdigest()[:16],
+        hashlib.sha256(json.dumps([caps, margs]).encode()).hexdigest()[:16],
+    )
+    assert got == FINGERPRINTS[spec]
+    assert imgs.attack == spec and imgs.images.dtype == np.uint8
+    assert not imgs.images.flags.writeable  # cached arrays are shared: nobody may write to them
+    assert imgs.labels.tolist() == list(range(len(tuples)))
+
+
+def test_get_attack_parses_once_and_compares_by_value() -> None:
+    a, b = get_attack("ood:sketch"), get_attack("ood:sketch")
+    assert a == b and hash(a) == hash(b) and a.styles == ("sketch",)
+    assert get_attack(a) is a  # an Attack passes through
+    assert get_attack("none") is NONE and get_attack("paraphrase") is PARAPHRASE
+    assert a.test_images(1, 32) is b.test_images(1, 32)  # one cache entry for equal attacks
+    # text attacks keep the canonical images; image attacks keep the canonical captions
+    tuples = default_vocabulary().valid_tuples()[:3]
+    assert np.array_equal(CONTEXT.test_images(1, 32).images, NONE.test_images(1, 32).images)
+    assert CONTEXT.test_images(1, 32).attack == "context"
+    assert a.captions(tuples, variant=1) == canonical_captions(tuples)
+    assert PARAPHRASE.captions(tuples, 0) != PARAPHRASE.captions(tuples, 1)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("ood:fog", r"'fog'.*sketch.*night"),  # an unknown style lists the held-out ones
+        ("corruption:smudge", r"'smudge'.*noise.*blur.*jpeg"),
+        ("ood", "needs an argument"),
+        ("paraphrase:2", "takes no argument"),
+        ("paraphrse", "did you mean 'paraphrase'"),
+        ("", "non-empty"),
+    ],
+)
+def test_bad_attack_specs_say_what_is_wrong(spec: str, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        get_attack(spec)
+
+
+def test_configs_check_attack_specs_at_the_boundary() -> None:
+    with pytest.raises(ConfigError, match="extra_attacks.*'fog'"):
+        from_dict(RelationalConfig, {"extra_attacks": ["ood:fog"]}).validate()
+    with pytest.raises(ConfigError, match="extra_attacks"):
+        from_dict(ZeroShotConfig, {"extra_attacks": ["nothing-here"]}).validate()
+    with pytest.raises(ConfigError, match="neither"):
+        from_dict(ZeroShotConfig, {"extra_attacks": ["none"]}).validate()
+    cfg = from_dict(RelationalConfig, {"ood_styles": ["night"], "corruptions": []})
+    assert [a.name for a in cfg.attacks()] == ["none", "paraphrase", "context", "ood:night"]
+
+
+# ---- an outside attack family -------------------------------------------------------------------
+def _invert(images: np.ndarray, seed: int) -> np.ndarray:
+    """Colour inversion: a toy image attack defined outside relsafe."""
+    return 255 - images
+
+
+def _tinted(arg: str) -> Attack:
+    level = int(arg)
+    return ImageAttack(f"tint:{arg}", transform_fn=lambda im, seed: im // 2 + level)
+
+
+@pytest.fixture
+def outside_attacks() -> Iterator[None]:
+    ATTACKS.register("invert", ImageAttack("invert", transform_fn=_invert))
+    ATTACKS.register(
+        "tint", AttackFamily("tint", _tinted, "image", ("0", "64"), "halve, then add a level")
+    )
+    try:
+        yield
+    finally:
+        ATTACKS.unregister("invert")
+        ATTACKS.unregister("tint")
+
+
+@pytest.mark.usefixtures("outside_attacks")
+def test_an_outside_family_registers_and_validates_its_argument() -> None:
+    inv = get_attack("invert")
+    assert inv.side == "image"
+    assert np.array_equal(inv.test_images(1, 32).images, 255 - NONE.test_images(1, 32).images)
+    assert get_attack("tint:64").name == "tint:64"
+    with pytest.raises(InputError, match=r"'7'.*'0', '64'"):
+        get_attack("tint:7")
+    assert "invert" in ATTACKS.names()
+
+
+@pytest.mark.usefixtures("outside_attacks")
+def test_relational_evaluates_an_outside_attack(tiny_clip_dir: Path) -> None:
+    cfg = from_dict(
+        RelationalConfig,
+        {
+            "n_per_tuple": 1,
+            "size": 32,
+            "text_variants": 1,
+            "ood_styles": [],
+            "corruptions": [],
+            "extra_attacks": ["invert"],
+        },
+    )
+    cfg.validate()
+    rows = run_suite(
+        "relational", load_model(str(tiny_clip_dir)), config=cfg, policy=load_policy("tiny")
+    )
+    attacks = list(dict.fromkeys(r.attack for r in rows))
+    assert attacks == ["none", "paraphrase", "context", "invert", "worst"]
+    inv = {(r.slice, r.metric): r for r in rows if r.attack == "invert"}
+    assert inv[("all", "unsafe_hit")].n == 2 and inv[("all_tuples", "accuracy")].n == 96
+    assert inv[("child|drinking|wine", "unsafe_hit_t2i")].n == 1  # image attack: one caption set
+    worst = {r.slice: r for r in rows if r.attack == "worst"}
+    assert worst["all"].n == 2 and worst["child|drinking|wine"].n == 4  # max over 4 attacks
+    hits = [r.value for r in rows if r.slice == "child|drinking|wine" and r.metric == "unsafe_hit"]
+    assert worst["child|drinking|wine"].value == max(hits[:-1])
