@@ -307,7 +307,8 @@ def test_to_pixels_matches_hysac_and_relational_lora(tiny_clip, images) -> None:
 
 
 def test_uwm_calibration_batches_are_unchanged(tiny_clip, images) -> None:  # noqa: ANN001
-    from relsafe.methods.uwm import CalibrationData, _prepare
+    from relsafe.methods.uwm.calibrate import _prepare
+    from relsafe.methods.uwm.data import CalibrationData
 
     s, p, paths = images["small"], images["pils"], images["paths"]
     cal = CalibrationData(

@@ -3,7 +3,6 @@ takes exactly what it should, the edit touches exactly the mask, and revert is b
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from relsafe.methods.uwm import (
     factorised_score,
     mask_state,
     revert,
-    revert_cli,
+    revert_edit,
     select_weights,
     target_layers,
     token_stats,
@@ -388,9 +387,10 @@ def test_mask_encodings_round_trip(tmp_path: Path) -> None:
     revert(m, back)
 
 
-def test_revert_cli_writes_restored_checkpoint(
-    tiny_clip_dir: Path, calib, tmp_path: Path, capsys
-) -> None:
+def test_revert_edit_restores_a_saved_edit(tiny_clip_dir: Path, calib, tmp_path: Path) -> None:
+    """The method's revert hook on a loaded model, and through ``relsafe.api.revert``."""
+    from relsafe import api
+
     model = load_model(str(tiny_clip_dir))
     original = _state(model)
     res = uwm(model, None, _small(), progress=False, data=calib)
@@ -398,28 +398,30 @@ def test_revert_cli_writes_restored_checkpoint(
         tmp_path / "edit", res, {"test": True}, save_artifacts=res.artifacts["save"]
     )
     assert (edit_dir / "artifacts" / "uwm_mask.json").is_file()
-    args = argparse.Namespace(
-        model=str(edit_dir / "merged"),
-        revert=str(edit_dir),
-        out=str(tmp_path / "rev"),
-        overwrite=False,
-    )
-    assert revert_cli(args) == 0
-    assert "restored" in capsys.readouterr().out
+    assert get_method("uwm").revert is revert_edit
+    # the library function: restores in place, names the mask files it read
+    edited = load_model(str(edit_dir / "merged"))
+    result, files = revert_edit(edited, edit_dir, str(edit_dir / "merged"))
+    assert result.record.method == "uwm-revert" and result.record.config["action"] == "reverted"
+    assert result.record.params_touched == res.record.params_touched
+    assert [f.name for f in files] == ["uwm_mask.json", "uwm_mask.safetensors"]
+    for k, t in edited.state_dict().items():
+        assert torch.equal(t, original[k]), k
+    # through the api: written with the edit layout, loadable
+    out = api.revert(edit_dir, out=tmp_path / "rev")
+    assert out.record.config["action"] == "reverted"
     restored = load_model(str(tmp_path / "rev" / "merged"))
     for k, t in restored.state_dict().items():
         assert torch.equal(t, original[k]), k
     # the original spec already holds the original weights: written unchanged
-    args.model, args.out = str(tiny_clip_dir), str(tmp_path / "rev2")
-    assert revert_cli(args) == 0
-    assert "already holds the original" in capsys.readouterr().out
+    out2 = api.revert(edit_dir, out=tmp_path / "rev2", model=str(tiny_clip_dir))
+    assert out2.record.config["action"] == "unchanged" and out2.record.params_touched == 0
     # a foreign model is refused
     from relsafe.testing import make_tiny_clip
 
-    args.model = str(make_tiny_clip(tmp_path / "other", seed=2))
-    args.out = str(tmp_path / "rev3")
+    other = str(make_tiny_clip(tmp_path / "other", seed=2))
     with pytest.raises(InputError, match="does not carry this UWM edit"):
-        revert_cli(args)
+        api.revert(edit_dir, out=tmp_path / "rev3", model=other)
     assert not (tmp_path / "rev3").exists()
 
 
