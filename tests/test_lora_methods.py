@@ -65,6 +65,10 @@ def test_relational_lora_suppresses_target_and_keeps_neighbour(tiny_clip_dir: Pa
     cos = torch.nn.functional.cosine_similarity
     # on unseen images of the unsafe tuple, the unsafe caption now loses to its counterpart ...
     assert (after[:, 0] >= after[:, 1]).float().mean() <= 0.125, after[:, :2]
+    # ... and the edit did that: the random tiny CLIP may already rank the counterpart first, so
+    # the rate alone proves nothing; on every image the unsafe caption's margin must have fallen
+    margin_before, margin_after = before[:, 0] - before[:, 1], after[:, 0] - after[:, 1]
+    assert (margin_after < margin_before).all(), (margin_before, margin_after)
     # ... because it was redirected onto the counterpart (it was not there before)
     gap_before = 1 - cos(t_before[0], t_before[1], dim=0)
     gap_after = 1 - cos(t_after[0], t_before[1], dim=0)
@@ -72,7 +76,6 @@ def test_relational_lora_suppresses_target_and_keeps_neighbour(tiny_clip_dir: Pa
     # while the retained neighbour (adult drinking wine) and the counterpart barely moved
     assert cos(t_after[2], t_before[2], dim=0) > 0.97
     assert cos(t_after[1], t_before[1], dim=0) > 0.97
-    del before
 
 
 def test_frozen_references_do_not_drift(tiny_clip_dir: Path, policy) -> None:
