@@ -1,0 +1,155 @@
+"""``PretrainConfig``: everything that determines a pretraining run (the weights are a function of it).
+
+Loaded like every other relsafe config (:func:`relsafe.config.load_config`: YAML file plus
+``--set key=value`` overrides, unknown keys are errors). This module is import-light (no torch or
+numpy) so the command-line parser can show its defaults quickly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from relsafe.errors import ConfigError
+
+MAX_SEED = 1_000_000
+"""Pretraining seeds stay below this, so ``splits.PRETRAIN + seed`` never reaches ``splits.EDIT``."""
+
+RESUME_IGNORED_KEYS = frozenset(
+    {
+        "resume",
+        "out_dir",
+        "checkpoint_dir",
+        "keep_checkpoints",
+        "checkpoint_every",
+        "log_every",
+        "eval_per_tuple",
+        "threads",
+    }
+)
+"""Config keys that may differ between a checkpoint and the run resuming it (they do not change
+the trained weights)."""
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that determines a pretraining run (the weights are a function of this)."""
+
+    seed: int = 0
+    steps: int = 1200
+    batch_size: int = 96
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.02
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    image_size: int = 64
+    styles: tuple[str, ...] = ()
+    """Training styles; empty means ``relsafe.world.styles.TRAIN_STYLES``. OOD styles are refused."""
+    negatives: str = "all"
+    """Image->text candidates: ``all`` (a caption of every valid tuple) or ``swaps`` (only the
+    image's one-element-swapped neighbours, plus the batch captions)."""
+    swap_pairs: bool = True
+    """Build batches from pairs of tuples that differ in exactly one element."""
+    marginal_weight: float = 0.25
+    context_fraction: float = 0.1
+    """Share of positive captions wrapped in a *train* context (``contextualize(..., "train")``)."""
+    captions_per_tuple: int = 0
+    """Train captions kept per tuple (0: every template x phrasing combination)."""
+    context_variants: int = 8
+    """Context-wrapped train captions pre-drawn per tuple (they are cached like the rest)."""
+    embed_dim: int = 256
+    stem_dim: int = 32
+    vision_dims: tuple[int, ...] = (48, 96, 128)
+    vision_depths: tuple[int, ...] = (1, 1, 1)
+    mlp_ratio: int = 2
+    text_hidden: int = 512
+    """Hidden width of the text projection head (0: linear, as in CLIP)."""
+    bn_recalibration_batches: int = 32
+    """Fresh training batches that re-estimate the BatchNorm statistics before they are folded."""
+    lora_rank: int = 0
+    """Text LoRA rank on MiniLM (0: MiniLM frozen, caption features cached)."""
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = (
+        "encoder.layer.*.attention.self.query",
+        "encoder.layer.*.attention.self.value",
+    )
+    out_dir: str = "runs/relsafe-mini"
+    checkpoint_dir: str | None = None
+    """Where checkpoints go; default ``<out_dir>/checkpoints``."""
+    checkpoint_every: int = 250
+    keep_checkpoints: bool = False
+    """Keep the checkpoint folder after a successful run (default: remove it)."""
+    resume: bool = False
+    threads: int = 2
+    eval_per_tuple: int = 6
+    """Images per tuple and style in the final quick check (0 to skip it)."""
+    log_every: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Cross-field rules; raises :class:`ConfigError` naming the key at fault."""
+        if not 0 <= self.seed < MAX_SEED:
+            raise ConfigError(f"pretrain: seed must be in [0, {MAX_SEED}), got {self.seed}")
+        if self.steps < 1 or self.batch_size < 4:
+            raise ConfigError("pretrain: steps must be >= 1 and batch_size >= 4")
+        if self.negatives not in ("all", "swaps"):
+            raise ConfigError(
+                f"pretrain: negatives must be 'all' or 'swaps', got {self.negatives!r}"
+            )
+        if not 0.0 <= self.context_fraction <= 1.0:
+            raise ConfigError("pretrain: context_fraction must be in [0, 1]")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.checkpoint_every < 1:
+            raise ConfigError("pretrain: lr must be > 0, warmup_steps >= 0, checkpoint_every >= 1")
+        from relsafe.world.styles import OOD_STYLES, get_style
+
+        for s in self.styles:
+            get_style(s)
+            if s in OOD_STYLES:
+                raise ConfigError(
+                    f"pretrain: style {s!r} is held out (OOD) and may not be trained on"
+                )
+
+    def train_styles(self) -> tuple[str, ...]:
+        from relsafe.world.styles import TRAIN_STYLES
+
+        return tuple(self.styles) or tuple(TRAIN_STYLES)
+
+    def model_config(self) -> Any:
+        """The :class:`relsafe.models.mini.MiniConfig` this run trains."""
+        from relsafe.models.mini import MiniConfig
+
+        return MiniConfig(
+            embed_dim=self.embed_dim,
+            image_size=self.image_size,
+            stem_dim=self.stem_dim,
+            vision_dims=tuple(self.vision_dims),
+            vision_depths=tuple(self.vision_depths),
+            mlp_ratio=self.mlp_ratio,
+            vision_norm="batch",
+            text_hidden=self.text_hidden,
+            text_lora_rank=self.lora_rank,
+            text_lora_alpha=self.lora_alpha,
+            text_lora_targets=tuple(self.lora_targets) if self.lora_rank > 0 else (),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (top-level tuples become lists), as stored in ``pretrain.json``."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
+        """Strict load (unknown keys and wrong types are :class:`ConfigError`), validated."""
+        from relsafe.config import from_dict
+
+        return from_dict(cls, data, "pretrain")
+
+    def weights_hash(self) -> str:
+        """SHA-256 of the keys that determine the trained weights (all but
+        :data:`RESUME_IGNORED_KEYS`); a checkpoint resumes only under the same hash."""
+        d = {k: v for k, v in self.to_dict().items() if k not in RESUME_IGNORED_KEYS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
