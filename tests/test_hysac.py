@@ -62,6 +62,10 @@ def test_wrapper_geometry_and_delegation(hyp: HyperbolicDualEncoder) -> None:
     assert hyp.geometry == "lorentz"
     assert hyp.embed_dim == base.embed_dim and hyp.image_size == base.image_size
     assert hyp.text_tower is base.text_tower and hyp.preset is base.preset
+    # typed capabilities: LoRA goes onto the base's CLIPModel, no frozen-prefix cut on HF CLIP
+    assert hyp.peft_root() is base.model and hyp.contrastive_logit_scale() is hyp.logit_scale
+    assert hyp.supports_traversal and hyp.supports_unsafe_score and not base.supports_traversal
+    assert hyp.split_tower("text", 1) is None and hyp.split_tower("image", 0) is None
     assert float(hyp.curvature.detach()) == pytest.approx(1.0)
     assert float(hyp.alpha("text").detach()) == pytest.approx(
         math.log(1 / math.sqrt(base.embed_dim))
@@ -152,7 +156,9 @@ def test_save_load_round_trip(hyp: HyperbolicDualEncoder, tmp_path: Path) -> Non
         assert back.unsafe_threshold == hyp.unsafe_threshold
         assert back.scalar_summary() == hyp.scalar_summary()
         assert back.fingerprint() == hyp.fingerprint()
-    assert load_hyperbolic(tmp_path / "hyp").checkpoint_files()
+    files = load_hyperbolic(tmp_path / "hyp").checkpoint_files()
+    assert tmp_path / "hyp" / "hyperbolic.safetensors" in files
+    assert tmp_path / "hyp" / "base" / "model.safetensors" in files  # and the base's own files
 
 
 def test_save_refuses_unmerged_lora(hyp: HyperbolicDualEncoder, tmp_path: Path) -> None:
@@ -252,7 +258,10 @@ class BowColourEncoder(DualEncoder):
     dozen steps; this backbone can, which is what the test needs.
     """
 
-    preset = LayerPreset(text_lora=("mlp.fc1", "mlp.fc2"), vision_lora=("mlp.fc1", "mlp.fc2"))
+    preset = LayerPreset(
+        text={"mlp_in": ("mlp.fc1",), "mlp_out": ("mlp.fc2",)},
+        vision={"mlp_in": ("mlp.fc1",), "mlp_out": ("mlp.fc2",)},
+    )
     VOCAB = 1024
 
     def __init__(self, dim: int = 16, seed: int = 0) -> None:
@@ -307,6 +316,9 @@ class BowColourEncoder(DualEncoder):
     def forward_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         f = torch.relu(self.colour(pixel_values))
         return self.vision.mlp(torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1))
+
+    def checkpoint_files(self) -> list[Path]:
+        return []  # built in memory, read nothing
 
     def save_pretrained(self, folder: str) -> None:  # pragma: no cover - not needed here
         raise NotImplementedError
@@ -389,7 +401,7 @@ def test_write_edit_and_resume(
     ref_scalars = ref.model.scalar_summary()
 
     # interrupt a second run after its step-3 checkpoint, then resume it
-    original = hysac_mod._HySAC.step_losses
+    original = hysac_mod.HySACRun.step_losses
 
     def crash_at_4(self: Any, step: int, rng: Any) -> Any:
         if step == 4:
@@ -397,10 +409,10 @@ def test_write_edit_and_resume(
         return original(self, step, rng)
 
     work = tmp_path / "work"
-    monkeypatch.setattr(hysac_mod._HySAC, "step_losses", crash_at_4)
+    monkeypatch.setattr(hysac_mod.HySACRun, "step_losses", crash_at_4)
     with pytest.raises(KeyboardInterrupt):
         hysac(load_model(str(tiny_clip_dir)), tiny_policy, cfg, progress=False, workdir=str(work))
-    monkeypatch.setattr(hysac_mod._HySAC, "step_losses", original)
+    monkeypatch.setattr(hysac_mod.HySACRun, "step_losses", original)
     assert (work / "hysac_state.json").is_file()
     res = hysac(load_model(str(tiny_clip_dir)), tiny_policy, cfg, progress=False, workdir=str(work))
     for k, v in ref_state.items():
@@ -487,14 +499,9 @@ def test_frozen_prefix_caches_compute_the_full_forward() -> None:
     """Default HySAC on relsafe-mini adapts MiniLM's last layer, the last CNN stage's MLP and both
     projections; training from the cached frozen activations must be the same function (values
     and LoRA gradients) as the full forward, with the adapter non-zero."""
-    from relsafe.methods.hysac import (
-        HySACConfig,
-        VisionPrefixCache,
-        _text_prefix_layer,
-        lora_targets,
-    )
+    from relsafe.methods.hysac import HySACConfig, image_split, lora_targets, text_split
     from relsafe.methods.lora import attach_lora
-    from relsafe.methods.text_prefix import TextPrefixCache
+    from relsafe.methods.text_prefix import TextPrefixCache, prefix_activations
 
     hyp = HyperbolicDualEncoder(load_model("relsafe-mini"))
     targets = lora_targets(hyp, HySACConfig())
@@ -505,11 +512,15 @@ def test_frozen_prefix_caches_compute_the_full_forward() -> None:
         "vision.encoder.stages.2.mlp.fc2",
         "vision.proj",
     ]
-    assert _text_prefix_layer(hyp, targets["text"]) == 5
-    assert VisionPrefixCache.stage_for(hyp, targets["vision"]) == 2
+    assert text_split(hyp, targets["text"]).at == 5
+    assert image_split(hyp, targets["vision"]).at == 2
     wide = lora_targets(hyp, HySACConfig(vision_layers=2, text_layers=2))
-    assert VisionPrefixCache.stage_for(hyp, wide["vision"]) == 1
-    assert _text_prefix_layer(hyp, wide["text"]) == 4
+    assert image_split(hyp, wide["vision"]).at == 1
+    assert text_split(hyp, wide["text"]).at == 4
+    assert image_split(hyp, ["vision.proj"]).at == 3  # projection only: the whole CNN is frozen
+    assert text_split(hyp, ["text.proj.fc1"]) is None  # no numbered layer adapted: no text cache
+    every = lora_targets(hyp, HySACConfig(vision_layers=0, text_layers=0))
+    assert text_split(hyp, every["text"]) is None  # layer 0 adapted: nothing to cache
     handle = attach_lora(hyp, r=4, alpha=4.0, targets=[*targets["text"], *targets["vision"]])
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -518,8 +529,8 @@ def test_frozen_prefix_caches_compute_the_full_forward() -> None:
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
     texts = ["a photo of a child drinking wine", "a dog eating bread", "a kid holding a toy"]
     pix = torch.randn(3, 3, 64, 64, generator=g)
-    tp = TextPrefixCache(hyp.base, texts, 5)
-    vp = VisionPrefixCache(hyp.vision_tower, 2)
+    tp = TextPrefixCache(hyp, texts, 5)
+    vp = hyp.split_tower("image", 2)
 
     def grads(out: torch.Tensor) -> list[torch.Tensor]:
         return torch.autograd.grad(out.square().sum(), handle.parameters(), allow_unused=True)
@@ -528,7 +539,7 @@ def test_frozen_prefix_caches_compute_the_full_forward() -> None:
     fast_t = tp.forward(texts)
     assert torch.allclose(full_t, fast_t, atol=1e-5)
     full_i = hyp.forward_image(pix)
-    fast_i = vp.forward(vp.hidden(pix))
+    fast_i = vp.suffix(prefix_activations(vp, pix))
     assert torch.allclose(full_i, fast_i, atol=1e-5)
     assert not torch.allclose(full_i, hyp.base.vision.proj.base_layer(hyp.base.vision.encoder(pix)))
     for a, b in zip(grads(full_i), grads(fast_i), strict=True):

@@ -94,25 +94,24 @@ def test_sentence_embedding_is_sentence_transformers_mean_pooling(tiny: RelsafeM
 
 
 def test_every_preset_glob_matches_a_linear_layer(tiny: RelsafeMini) -> None:
+    from relsafe.methods.lora import lora_patterns
+
     preset = tiny.preset
-    groups = {
-        "text_lora": tiny.text_tower,
-        "text_uwm": tiny.text_tower,
-        "vision_lora": tiny.vision_tower,
-        "vision_uwm": tiny.vision_tower,
-        "text_proj": tiny.text_tower,
-        "vision_proj": tiny.vision_tower,
-    }
-    for group, tower in groups.items():
-        for pattern in preset.patterns(group):
-            assert match_linear_layers(tower, [pattern]), f"{group}: {pattern} matches nothing"
+    towers = {"text": tiny.text_tower, "vision": tiny.vision_tower}
+    for tower_name, tower in towers.items():
+        for role, globs in preset.roles(tower_name).items():
+            for pattern in globs:
+                assert match_linear_layers(tower, [pattern]), f"{role}: {pattern} matches nothing"
+    assert not preset.has_role("vision", "attn_q")  # the CNN has no attention
     assert len(match_linear_layers(tiny.text_tower, preset.text_uwm)) == 6
     assert all(
         n.endswith("attention.output.dense")
         for n in match_linear_layers(tiny.text_tower, preset.text_uwm)
     )
     assert len(match_linear_layers(tiny.vision_tower, preset.vision_uwm)) == len(TINY.vision_dims)
-    assert len(match_linear_layers(tiny.text_tower, preset.text_lora)) == 36
+    assert len(match_linear_layers(tiny.text_tower, lora_patterns(tiny, "text"))) == 36
+    mlp_out = match_linear_layers(tiny.text_tower, preset.globs("text", ["mlp_out"]))
+    assert len(mlp_out) == 6 and not any("attention" in n for n in mlp_out)
 
 
 def test_vision_uwm_layers_see_token_inputs(tiny: RelsafeMini) -> None:
@@ -310,7 +309,7 @@ def test_pretrain_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> Non
     assert np.array_equal(loaded.encode_image(pix).numpy(), resumed.encode_image(pix).numpy())
 
 
-# ---- frozen-prefix text forward (LoRA edits on the top layers) ---------------------------------
+# ---- frozen-prefix cuts (LoRA edits on the top layers) ------------------------------------------
 
 
 def test_frozen_prefix_forward_equals_full_forward_with_a_top_layer_lora() -> None:
@@ -319,7 +318,7 @@ def test_frozen_prefix_forward_equals_full_forward_with_a_top_layer_lora() -> No
     from relsafe.methods.text_prefix import TextPrefixCache
 
     model = RelsafeMini(TINY, seed=0)
-    n = model.text_num_layers
+    n = len(model.text.encoder.encoder.layer)
     targets = lora_targets(model, LoraEditConfig(text_layers=2, text_head=True))
     assert {t.split(".layer.")[1].split(".")[0] for t in targets if ".layer." in t} == {
         str(n - 2),
@@ -343,5 +342,52 @@ def test_frozen_prefix_forward_equals_full_forward_with_a_top_layer_lora() -> No
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in handle.parameters())
     with pytest.raises(InputError, match="not in the frozen-prefix cache"):
         cache.forward(["an unseen caption"])
-    with pytest.raises(InputError, match="text layer"):
-        model.text_hidden_at(tok, n + 1)
+    assert model.split_tower("text", n + 1) is None  # no such cut
+    with pytest.raises(InputError, match="cannot cut its text tower"):
+        TextPrefixCache(model, TEXTS, n + 1)
+
+
+def test_split_tower_cuts_reproduce_the_full_forward(tiny: RelsafeMini) -> None:
+    """Every text and image cut of relsafe-mini: ``suffix(prefix(x))`` is the full forward, and
+    each cut's prefix names exactly the modules it runs."""
+    tok = tiny.tokenize(TEXTS)
+    pix = _images(tiny, 3)
+    with torch.no_grad():
+        full_t, full_i = tiny.forward_text(tok), tiny.forward_image(pix)
+        for at in range(len(tiny.text.encoder.encoder.layer) + 1):
+            split = tiny.split_tower("text", at)
+            assert split is not None and split.at == at and split.modality == "text"
+            hidden = split.batch(split.unbatch(split.prefix(tok)))
+            torch.testing.assert_close(split.suffix(hidden), full_t, atol=1e-5, rtol=1e-5)
+        stages = tiny.vision.encoder.stages
+        for at in range(len(stages) + 1):
+            split = tiny.split_tower("image", at)
+            assert split is not None
+            torch.testing.assert_close(
+                split.suffix(split.prefix(pix)), full_i, atol=1e-5, rtol=1e-5
+            )
+    last = tiny.split_tower("image", len(stages))
+    first = tiny.split_tower("image", 0)
+    assert not last.keeps_frozen([stages[-1].mlp.fc2]) and last.keeps_frozen([tiny.vision.proj])
+    assert first.keeps_frozen([stages[0].mlp.fc1]) and not first.keeps_frozen([stages[0].convs])
+    assert tiny.split_tower("image", len(stages) + 1) is None
+    with pytest.raises(InputError, match="modality"):
+        tiny.split_tower("vision", 0)
+
+
+def test_capabilities_and_checkpoint_files(tiny: RelsafeMini, tmp_path: Path) -> None:
+    assert tiny.peft_root() is tiny
+    assert tiny.contrastive_logit_scale() is tiny.logit_scale
+    assert not tiny.supports_traversal and not tiny.supports_unsafe_score
+    with pytest.raises(InputError, match="no safety traversal"):
+        tiny.traverse(torch.zeros(1, tiny.embed_dim), "text")
+    files = tiny.checkpoint_files()  # built in memory: the MiniLM files it read
+    assert minilm_dir() / "model.safetensors" in files
+    assert all(f.is_file() and f.parent == minilm_dir() for f in files)
+    tiny.save_pretrained(tmp_path / "m")
+    back = RelsafeMini.from_pretrained(tmp_path / "m")
+    assert back.checkpoint_files()[:2] == [
+        tmp_path / "m" / "config.json",
+        tmp_path / "m" / "model.safetensors",
+    ]
+    assert not list((tmp_path / "m").glob(".*.tmp"))  # atomic writes left no temporary file

@@ -305,6 +305,7 @@ def test_suite_traversal(tiny_clip) -> None:
         def __init__(self, m) -> None:  # noqa: ANN001
             self.m = m
             self.calls: list[str] = []
+            self.supports_traversal = True  # the typed capability visu_suite checks
 
         def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return self.m.similarity(a, b)

@@ -1,8 +1,9 @@
 """LoRA on a DualEncoder's towers through PEFT, shared by every LoRA-based method.
 
 ``attach_lora(model, towers=("text", "vision"), r=16, ...)`` injects PEFT LoRA layers into the
-linear layers that the model's :class:`LayerPreset` names (``text_lora`` / ``vision_lora``) or that
-explicit globs name, and returns a :class:`LoraHandle` that can list the trainable parameters, save
+linear layers of LoRA's default roles (:data:`LORA_ROLES`, looked up in the model's
+:class:`~relsafe.models.base.LayerPreset` by :func:`lora_patterns`) or that explicit globs name,
+and returns a :class:`LoraHandle` that can list the trainable parameters, save
 the adapter in the standard PEFT format (``adapter_config.json`` + ``adapter_model.safetensors``)
 and merge it into the base weights for export.
 
@@ -27,12 +28,24 @@ from relsafe.models.base import DualEncoder, match_linear_layers
 
 TOWERS = ("text", "vision")
 
+LORA_ROLES: tuple[str, ...] = ("attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out")
+"""LoRA's default roles in every tower (METHODS.md section 2: the attention key, value and output
+projections and both MLP layers). A backbone may override them through its preset's
+``method_roles["lora"]`` (relsafe-mini adds MiniLM's query projection)."""
+
+
+def lora_patterns(model: DualEncoder, tower: str) -> tuple[str, ...]:
+    """The globs (relative to the tower) of the layers LoRA adapts by default in ``tower``:
+    the roles of :data:`LORA_ROLES` (or the backbone's override) in the model's layer preset."""
+    preset = model.preset
+    return preset.globs(tower, preset.roles_for("lora", tower, LORA_ROLES))
+
 
 def lora_root(model: DualEncoder) -> nn.Module:
-    """The module PEFT wraps: the backend's own model where it has one (HF ``CLIPModel``), so the
-    saved adapter loads with ``PeftModel.from_pretrained(CLIPModel.from_pretrained(...), dir)``."""
-    root = getattr(model, "peft_root", None)
-    return root() if callable(root) else model
+    """The module PEFT wraps (:meth:`~relsafe.models.base.DualEncoder.peft_root`): the backend's
+    own model where it has one (HF ``CLIPModel``), so the saved adapter loads with
+    ``PeftModel.from_pretrained(CLIPModel.from_pretrained(...), dir)``."""
+    return model.peft_root()
 
 
 def target_module_names(
@@ -46,7 +59,7 @@ def target_module_names(
         if tower_name not in TOWERS:
             raise InputError(f"unknown tower {tower_name!r}; use one of {TOWERS}")
         tower = model.text_tower if tower_name == "text" else model.vision_tower
-        pats = (patterns or {}).get(tower_name) or model.preset.patterns(f"{tower_name}_lora")
+        pats = (patterns or {}).get(tower_name) or lora_patterns(model, tower_name)
         for _, mod in match_linear_layers(tower, pats, (nn.Linear, nn.Conv2d)).items():
             name = names_by_id.get(id(mod))
             if name is None:

@@ -45,7 +45,7 @@ from relsafe.data.edit_sets import EditSets, SetSizes, concept_sets, relational_
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
 from relsafe.methods.lora import attach_lora, target_module_names
-from relsafe.methods.text_prefix import TextPrefixCache, layer_index, supports_prefix, top_layers
+from relsafe.methods.text_prefix import TextPrefixCache, layer_index, root_modules, top_layers
 from relsafe.methods.training import run_loop
 from relsafe.world.captions import canonical_caption, object_caption, subject_caption
 from relsafe.world.vocab import default_vocabulary
@@ -153,11 +153,11 @@ def lora_targets(model: Any, cfg: LoraEditConfig) -> list[str]:
     out: list[str] = []
     if "text" in cfg.towers:
         out += top_layers(target_module_names(model, ["text"]), cfg.text_layers)
-        pats = model.preset.extra.get("text_proj")
+        pats = model.preset.globs("text", ("proj",))
         if cfg.text_head is True and not pats:
             raise ConfigError(
                 f"text_head: {type(model).__name__}'s layer preset names no text projection "
-                "head (group 'text_proj'); set text_head: false or leave it unset"
+                "head (role 'proj' of the text tower); set text_head: false or leave it unset"
             )
         if pats and cfg.text_head is not False:
             out += target_module_names(model, ["text"], {"text": pats})
@@ -201,10 +201,8 @@ class _LoraEdit:
         self.V0_forget = _frozen_image(model, self.f_pix)
         self.V0_ftarget = _frozen_image(model, self.ft_pix)
         self.V0_retain = _frozen_image(model, self.r_pix)
-        scale = getattr(model, "logit_scale", None)
-        self.scale = (
-            float(scale.detach().exp().clamp(max=100.0)) if torch.is_tensor(scale) else 100.0
-        )
+        scale = model.contrastive_logit_scale()
+        self.scale = float(scale.detach().exp().clamp(max=100.0)) if scale is not None else 100.0
         # image indices per forget tuple (to pair forget texts with images of their tuple)
         self.img_by_tuple: dict[Any, list[int]] = {}
         for i, t in enumerate(sets.forget_image_tuples):
@@ -223,12 +221,13 @@ class _LoraEdit:
         self.train_text = "text" in cfg.towers
         self.train_vision = "vision" in cfg.towers
         self.prefix: TextPrefixCache | None = None
-        if self.train_text and cfg.text_layers > 0 and supports_prefix(model):
+        if self.train_text and cfg.text_layers > 0 and model.split_tower("text", 0) is not None:
             text_names = set(target_module_names(model, ["text"], {"text": ("*",)}))
             starts = [
                 i for t in self.targets if t in text_names and (i := layer_index(t)) is not None
             ]
-            if starts:
+            split = model.split_tower("text", min(starts)) if starts else None
+            if split is not None and split.keeps_frozen(root_modules(model, self.targets)):
                 self.prefix = TextPrefixCache(
                     model,
                     [

@@ -33,7 +33,7 @@ from relsafe.data.images import to_pixels
 from relsafe.data.quadruplets import build_quadruplets
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
-from relsafe.methods.lora import attach_lora
+from relsafe.methods.lora import attach_lora, lora_patterns
 from relsafe.methods.relational_lora import _frozen_image, _frozen_text
 from relsafe.methods.training import run_loop
 from relsafe.world import splits
@@ -119,8 +119,9 @@ def safeclip(
         T0_S = _frozen_text(model, list(data["S"]))
         V0_V = _frozen_image(model, pix_V)
         patterns = None
-        if cfg.include_patch_embedding and "vision_patch" in model.preset.extra:
-            patterns = {"vision": (*model.preset.vision_lora, *model.preset.extra["vision_patch"])}
+        if cfg.include_patch_embedding and model.preset.has_role("vision", "patch_embed"):
+            patch = model.preset.globs("vision", ["patch_embed"])
+            patterns = {"vision": (*lora_patterns(model, "vision"), *patch)}
         handle = attach_lora(
             model,
             ("text", "vision"),

@@ -12,64 +12,108 @@ Two levels of access:
 * inference: :meth:`encode_text` / :meth:`encode_image` take raw inputs, run batched under
   ``torch.inference_mode`` and return features already put into the model's geometry by
   :meth:`postprocess` (L2-normalised for cosine models). :meth:`similarity` scores them.
+
+Every backbone also lists the files it read (:meth:`~DualEncoder.checkpoint_files`, required), and
+may offer typed optional capabilities whose base-class defaults mean "not supported", so callers
+never probe with ``getattr``: :meth:`~DualEncoder.peft_root` (where LoRA goes),
+:meth:`~DualEncoder.contrastive_logit_scale`, :meth:`~DualEncoder.split_tower` (frozen-prefix
+cuts, :class:`TowerSplit`), :attr:`~DualEncoder.supports_traversal` /
+:meth:`~DualEncoder.traverse` and :attr:`~DualEncoder.supports_unsafe_score` /
+:meth:`~DualEncoder.unsafe_score`. :class:`LayerPreset` names a backbone's layers by
+architectural role (:data:`ROLES`).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from relsafe.errors import InputError
+from relsafe.models.presets import (  # re-exported: the preset is part of this interface
+    ROLES,
+    TOWERS,
+    UWM_ROLES,
+    LayerPreset,
+    match_linear_layers,
+)
+
+__all__ = [
+    "MODALITIES",
+    "ROLES",
+    "TOWERS",
+    "UWM_ROLES",
+    "DualEncoder",
+    "LayerPreset",
+    "TowerSplit",
+    "check_modality",
+    "match_linear_layers",
+]
+
+MODALITIES: tuple[str, ...] = ("text", "image")
 
 
-@dataclass(frozen=True)
-class LayerPreset:
-    """Names the linear layers that methods may adapt (LoRA) or negate (UWM).
+def check_modality(modality: str) -> str:
+    """``modality`` itself when it is ``"text"`` or ``"image"``, else an :class:`InputError`."""
+    if modality not in MODALITIES:
+        raise InputError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
+    return modality
 
-    Patterns are ``fnmatch`` globs over module names *relative to the tower* (as returned by
-    ``tower.named_modules()``), e.g. ``"encoder.layers.*.self_attn.out_proj"``.
+
+class TowerSplit(ABC):
+    """One tower cut in two at a frozen boundary (see :meth:`DualEncoder.split_tower`).
+
+    When a method trains only the layers above the boundary, everything below computes the same
+    activations for a given input at every step, so :meth:`prefix` runs it once per input and
+    :meth:`suffix` finishes the tower from those activations with gradients. ``suffix(prefix(x))``
+    is the same function as ``forward_text`` / ``forward_image`` on ``x`` (up to float rounding
+    from batching). The backbone owns the cut, so methods never learn its module names.
+
+    ``hidden`` is whatever the backbone needs: a tensor ``(N, ...)`` (relsafe-mini's image stages)
+    or a dict of tensors (hidden states and their attention mask). :meth:`unbatch` splits it into
+    per-item pieces a cache can keep and :meth:`batch` stacks such pieces again.
+
+    Attributes:
+        modality: ``"text"`` or ``"image"``.
+        at: where the tower is cut, in the backbone's numbering of blocks (the first block the
+            suffix runs).
     """
 
-    text_lora: tuple[str, ...] = ()
-    vision_lora: tuple[str, ...] = ()
-    text_uwm: tuple[str, ...] = ()
-    vision_uwm: tuple[str, ...] = ()
-    extra: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    def __init__(self, modality: str, at: int) -> None:
+        self.modality = check_modality(modality)
+        self.at = int(at)
 
-    def patterns(self, group: str) -> tuple[str, ...]:
-        if hasattr(self, group) and group != "extra":
-            return getattr(self, group)
-        if group in self.extra:
-            return self.extra[group]
-        raise KeyError(f"layer preset has no group {group!r}")
+    @abstractmethod
+    def prefix(self, inputs: Any) -> Any:
+        """Frozen activations of ``inputs`` (tokens for text, pixels ``(N, 3, H, W)`` for images)
+        where the suffix starts; computed without gradients, on the model's device."""
 
+    @abstractmethod
+    def suffix(self, hidden: Any) -> torch.Tensor:
+        """Raw projected features ``(N, D)`` from :meth:`prefix`'s output, differentiable."""
 
-def match_linear_layers(
-    tower: nn.Module, patterns: Sequence[str], types: tuple[type[nn.Module], ...] = (nn.Linear,)
-) -> dict[str, nn.Module]:
-    """Return the ``nn.Linear`` (or ``types``) modules of ``tower`` whose names match a glob.
+    @abstractmethod
+    def prefix_modules(self) -> list[nn.Module]:
+        """The modules :meth:`prefix` runs (their submodules included): they must stay frozen."""
 
-    Raises :class:`InputError` when the patterns match nothing, so a misspelt layer name in a config
-    is reported instead of silently editing no weights.
-    """
-    found = {
-        name: mod
-        for name, mod in tower.named_modules()
-        if isinstance(mod, types) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
-    }
-    if patterns and not found:
-        raise InputError(
-            f"layer patterns {list(patterns)} match no nn.Linear in {type(tower).__name__}; "
-            f"linear layers look like: {[n for n, m in tower.named_modules() if isinstance(m, nn.Linear)][:4]}"
-        )
-    return found
+    def keeps_frozen(self, modules: Iterable[nn.Module]) -> bool:
+        """True when none of ``modules`` is run by the prefix, i.e. training exactly ``modules``
+        leaves the prefix's activations unchanged and this split is valid for them."""
+        inside = {id(m) for root in self.prefix_modules() for m in root.modules()}
+        return not any(id(m) in inside for m in modules)
+
+    def unbatch(self, hidden: Any) -> list[Any]:
+        """Per-item pieces of a batched ``hidden`` (default: the rows of a tensor)."""
+        return list(hidden.unbind(0))
+
+    def batch(self, items: Sequence[Any]) -> Any:
+        """Batch pieces from :meth:`unbatch` back into a ``hidden`` for :meth:`suffix`."""
+        return torch.stack(list(items))
 
 
 class DualEncoder(nn.Module, ABC):
@@ -196,6 +240,64 @@ class DualEncoder(nn.Module, ABC):
                 self.postprocess(self.forward_image(pix.to(self.device)), "image").float().cpu()
             )
         return torch.cat(out)
+
+    # ---- optional capabilities (typed, with "not supported" defaults) ----------------------
+    @abstractmethod
+    def checkpoint_files(self) -> list[Path]:
+        """Every file read to build this model (weights, configs, tokenizer and processor files,
+        and those of any model it was built on), for provenance hashes. A model built in memory
+        returns what it did read, possibly ``[]``."""
+
+    def peft_root(self) -> nn.Module:
+        """The module PEFT wraps for LoRA (default: the model itself). A backend that has its own
+        model class returns it (HF CLIP: the ``CLIPModel``), so a saved adapter loads onto it."""
+        return self
+
+    def contrastive_logit_scale(self) -> torch.Tensor | None:
+        """The learned *log* temperature of the contrastive loss (a 0-d tensor, unclamped, as
+        stored: CLIP's ``logit_scale``), or None when the model has none (default)."""
+        return None
+
+    def split_tower(self, modality: str, at: int) -> TowerSplit | None:
+        """Cut the ``modality`` tower before its block ``at`` (see :class:`TowerSplit`), or None
+        when this backbone cannot (the default) or ``at`` is out of range. Methods that train only
+        the top of a tower use it to run the frozen bottom once per input."""
+        check_modality(modality)
+        del at
+        return None
+
+    @property
+    def supports_traversal(self) -> bool:
+        """Whether the model has :meth:`traverse` (hyperbolic models: True; they still need their
+        radii fitted, and say so)."""
+        return False
+
+    def traverse(self, emb: torch.Tensor, modality: str, target: str | None = None) -> torch.Tensor:
+        """Safety traversal of postprocessed query embeddings ``(N, D)`` toward a safe region.
+
+        Only models whose geometry has one implement it (:attr:`supports_traversal`); the default
+        raises :class:`InputError`.
+        """
+        del emb, target
+        check_modality(modality)
+        raise InputError(
+            f"{type(self).__name__} ({self.geometry} geometry) has no safety traversal; it needs "
+            "a hyperbolic model, e.g. one trained with the hysac method"
+        )
+
+    @property
+    def supports_unsafe_score(self) -> bool:
+        """Whether :meth:`unsafe_score` works (hyperbolic models: True)."""
+        return False
+
+    def unsafe_score(self, emb: torch.Tensor) -> torch.Tensor:
+        """Unsafe score ``(N,)`` of postprocessed embeddings from the geometry alone (hyperbolic:
+        distance from the origin). The default raises :class:`InputError`."""
+        del emb
+        raise InputError(
+            f"{type(self).__name__} ({self.geometry} geometry) has no geometric unsafe score; "
+            "fit a classifier (a probe or prompts) instead"
+        )
 
     # ---- identity ----------------------------------------------------------------------
     def fingerprint(self, modality: str | None = None) -> str:

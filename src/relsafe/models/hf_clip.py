@@ -19,28 +19,33 @@ from torch import nn
 
 from relsafe.errors import CheckpointError, InputError
 from relsafe.models.base import DualEncoder, LayerPreset
+from relsafe.models.registry import register_backbone
+
+
+def _clip_tower_roles(prefix: str, patch_embed: bool) -> dict[str, tuple[str, ...]]:
+    """Role -> globs of one CLIP transformer tower (``text_model`` or ``vision_model``)."""
+    layer = f"{prefix}.encoder.layers.*"
+    roles = {
+        "attn_q": (f"{layer}.self_attn.q_proj",),
+        "attn_k": (f"{layer}.self_attn.k_proj",),
+        "attn_v": (f"{layer}.self_attn.v_proj",),
+        "attn_out": (f"{layer}.self_attn.out_proj",),
+        "mlp_in": (f"{layer}.mlp.fc1",),
+        "mlp_out": (f"{layer}.mlp.fc2",),
+    }
+    if patch_embed:
+        roles["patch_embed"] = (f"{prefix}.embeddings.patch_embedding",)
+    return roles
+
 
 CLIP_PRESET = LayerPreset(
-    # LoRA: attention k/v/out projections and both MLP layers (METHODS.md section 2).
-    text_lora=(
-        "text_model.encoder.layers.*.self_attn.k_proj",
-        "text_model.encoder.layers.*.self_attn.v_proj",
-        "text_model.encoder.layers.*.self_attn.out_proj",
-        "text_model.encoder.layers.*.mlp.fc1",
-        "text_model.encoder.layers.*.mlp.fc2",
-    ),
-    vision_lora=(
-        "vision_model.encoder.layers.*.self_attn.k_proj",
-        "vision_model.encoder.layers.*.self_attn.v_proj",
-        "vision_model.encoder.layers.*.self_attn.out_proj",
-        "vision_model.encoder.layers.*.mlp.fc1",
-        "vision_model.encoder.layers.*.mlp.fc2",
-    ),
-    # UWM (METHODS.md section 3): text attention output projection, vision second MLP layer.
-    text_uwm=("text_model.encoder.layers.*.self_attn.out_proj",),
-    vision_uwm=("vision_model.encoder.layers.*.mlp.fc2",),
-    extra={"vision_patch": ("vision_model.embeddings.patch_embedding",)},
+    # Role ``proj`` (text_projection / visual_projection) is deliberately not named: the methods
+    # that add the projection heads by default (HySAC's include_projections, relational-lora's
+    # text_head) have never adapted CLIP's, and naming it would change the layers they edit.
+    text=_clip_tower_roles("text_model", patch_embed=False),
+    vision=_clip_tower_roles("vision_model", patch_embed=True),
 )
+"""HF CLIP's layers by role; names are relative to the towers (``text_model.encoder...``)."""
 
 
 class _Tower(nn.Module):
@@ -70,9 +75,17 @@ class HFCLIPModel(DualEncoder):
 
     preset = CLIP_PRESET
 
-    def __init__(self, spec: str, model: nn.Module, tokenizer: Any, image_processor: Any) -> None:
+    def __init__(
+        self,
+        spec: str,
+        model: nn.Module,
+        tokenizer: Any,
+        image_processor: Any,
+        files: list[Path] | None = None,
+    ) -> None:
         super().__init__(spec)
         self.model = model
+        self._files = [Path(f) for f in files or []]
         self._tokenizer = tokenizer
         self.image_processor = image_processor
         self._text = _Tower(model.text_model, model.text_projection, "text_model")
@@ -116,9 +129,19 @@ class HFCLIPModel(DualEncoder):
         """PEFT wraps the ``CLIPModel`` itself, so adapters load onto a plain ``CLIPModel``."""
         return self.model
 
+    def contrastive_logit_scale(self) -> torch.Tensor:
+        """CLIP's learned log temperature ``logit_scale`` (0-d, as stored)."""
+        return self.model.logit_scale
+
     @property
     def logit_scale(self) -> torch.Tensor:
+        """Same as :meth:`contrastive_logit_scale` (CLIPModel's attribute name)."""
         return self.model.logit_scale
+
+    def checkpoint_files(self) -> list[Path]:
+        """The files :func:`load_hf_clip` read (config, safetensors weights, tokenizer and image
+        processor files); ``[]`` for a model built in memory."""
+        return list(self._files)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         max_len = int(self.model.config.text_config.max_position_embeddings)
@@ -257,4 +280,67 @@ def load_hf_clip(
     finally:
         hf_logging.set_verbosity(verbosity)
     model.eval()
-    return HFCLIPModel(spec or name_or_path, model.to(device), tokenizer, processor)
+    files = _checkpoint_files(path if is_folder else _hub_snapshot(source))
+    return HFCLIPModel(spec or name_or_path, model.to(device), tokenizer, processor, files)
+
+
+_READ_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "preprocessor_config.json",
+)
+"""Files besides the weights that CLIPModel, its tokenizer and its image processor read."""
+
+
+def _checkpoint_files(folder: Path | None) -> list[Path]:
+    """The files of ``folder`` that loading a CLIP checkpoint reads: the safetensors weights
+    (``model.safetensors``, or the index and every shard it names) and :data:`_READ_FILES`."""
+    if folder is None or not folder.is_dir():
+        return []
+    index = folder / "model.safetensors.index.json"
+    weights: list[Path] = []
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: malformed safetensors index ({e})") from e
+        weights = [index, *(folder / s for s in shards)]
+    elif (folder / "model.safetensors").is_file():
+        weights = [folder / "model.safetensors"]
+    return [*weights, *(folder / n for n in _READ_FILES if (folder / n).is_file())]
+
+
+def _hub_snapshot(hub_id: str) -> Path | None:
+    """The local snapshot folder of a hub id in the Hugging Face cache (nothing is downloaded),
+    or None when it cannot be found."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(hub_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - no snapshot: nothing to list, loading already worked
+        return None
+
+
+def _is_clip_folder(folder: Path, config: dict[str, Any]) -> bool:
+    """Registry hook: a Hugging Face folder whose ``config.json`` says ``model_type: clip``."""
+    del folder
+    return config.get("model_type") == "clip"
+
+
+@register_backbone(
+    "hf",
+    "Hugging Face CLIPModel from a hub id or local folder",
+    "hf:openai/clip-vit-base-patch32",
+    detect=_is_clip_folder,
+)
+def _load_hf(target: str | None, **kwargs: Any) -> HFCLIPModel:
+    if not target:
+        raise InputError(
+            "spec 'hf:' needs a hub id or folder, e.g. hf:openai/clip-vit-base-patch32"
+        )
+    return load_hf_clip(target, **kwargs)

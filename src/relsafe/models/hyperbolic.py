@@ -1,5 +1,8 @@
 """A hyperbolic (Lorentz) head around any :class:`DualEncoder`: the model HySAC trains.
 
+Longer than 500 lines because the wrapper, its traversal, unsafe classifier and persistence are
+one model class whose parts share its fitted state.
+
 :class:`HyperbolicDualEncoder` wraps a Euclidean dual encoder by composition (``self.base``): the
 towers, tokenizer, preprocessing and raw forward passes are the base's; only the geometry changes.
 
@@ -50,7 +53,8 @@ from relsafe.geometry.lorentz import (
     log_map0,
     pairwise_dist,
 )
-from relsafe.models.base import DualEncoder, LayerPreset
+from relsafe.models.base import DualEncoder, LayerPreset, TowerSplit
+from relsafe.models.registry import load_model, register_backbone
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +198,26 @@ class HyperbolicDualEncoder(DualEncoder):
         return self.base.image_size
 
     def peft_root(self) -> nn.Module:
-        """Where LoRA goes: the base's own PEFT root (e.g. the HF ``CLIPModel``) or the base."""
-        root = getattr(self.base, "peft_root", None)
-        return root() if callable(root) else self.base
+        """Where LoRA goes: the base's PEFT root (the HF ``CLIPModel``, or the base itself)."""
+        return self.base.peft_root()
+
+    def split_tower(self, modality: str, at: int) -> TowerSplit | None:
+        """The base's cut: the raw forward passes are the base's, so are their frozen prefixes."""
+        return self.base.split_tower(modality, at)
+
+    def contrastive_logit_scale(self) -> torch.Tensor:
+        """The wrapper's own learned log temperature ``logit_scale`` (0-d, unclamped)."""
+        return self.logit_scale
+
+    @property
+    def supports_traversal(self) -> bool:
+        """True: :meth:`traverse` works once radii are fitted (it says how otherwise)."""
+        return True
+
+    @property
+    def supports_unsafe_score(self) -> bool:
+        """True: :meth:`unsafe_score` is the distance from the origin."""
+        return True
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.base.tokenize(texts)
@@ -213,7 +234,8 @@ class HyperbolicDualEncoder(DualEncoder):
         return self.base.forward_image(pixel_values)
 
     def checkpoint_files(self) -> list[Path]:
-        files = list(getattr(self.base, "checkpoint_files", lambda: [])())
+        """The base's files plus this folder's ``config.json`` and ``hyperbolic.safetensors``."""
+        files = list(self.base.checkpoint_files())
         if self._source is not None:
             files += [self._source / CONFIG_NAME, self._source / WEIGHTS_NAME]
         return files
@@ -544,8 +566,6 @@ def load_hyperbolic(folder: str | Path, **kwargs: Any) -> HyperbolicDualEncoder:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from relsafe.models.registry import load_model
-
     folder = Path(folder).expanduser()
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for p in (cfg_path, w_path):
@@ -592,3 +612,21 @@ def load_hyperbolic(folder: str | Path, **kwargs: Any) -> HyperbolicDualEncoder:
     model.spec = str(folder)
     model.clamp_warnings()
     return model.eval()
+
+
+def _is_hyperbolic_folder(folder: Path, config: dict[str, Any]) -> bool:
+    """Registry hook: a folder whose ``config.json`` says ``"architecture": "hyperbolic"``."""
+    del folder
+    return config.get("architecture") == ARCHITECTURE
+
+
+@register_backbone(
+    "hyperbolic",
+    "a Lorentz (hyperbolic) head around any backbone, e.g. a HySAC edit's merged folder",
+    "hyperbolic:/path/to/hysac/merged",
+    detect=_is_hyperbolic_folder,
+)
+def _load_hyperbolic(target: str | None, **kwargs: Any) -> HyperbolicDualEncoder:
+    if not target:
+        raise InputError("spec 'hyperbolic:' needs a folder, e.g. hyperbolic:out/hysac/merged")
+    return load_hyperbolic(target, **kwargs)

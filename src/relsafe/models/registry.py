@@ -1,13 +1,20 @@
-"""Resolve model specs into :class:`DualEncoder` instances.
+"""Resolve model specs into :class:`~relsafe.models.base.DualEncoder` instances.
 
 Specs:
 
 * ``relsafe-mini`` (or ``relsafe-mini:/path/to/weights``): the bundled default model;
 * ``hf:<hub id or folder>``: a Hugging Face ``CLIPModel``;
-* a folder path: inspected; a CLIP folder loads through the HF backend, a relsafe-mini folder
-  (``config.json`` with ``"architecture": "relsafe-mini"``) through the mini backend.
+* ``hyperbolic:<folder>``: a hyperbolic (HySAC) model folder;
+* a folder path: each backbone's ``detect(folder, config)`` hook looks at its ``config.json``
+  and the first backbone that claims it loads it (a CLIP folder through the HF backend, a
+  relsafe-mini folder through the mini backend, a hyperbolic folder through the wrapper).
 
-Backends register themselves by name with :func:`register_backbone`; ``relsafe models`` lists them.
+Backends register themselves, in their own module, with the :func:`register_backbone` decorator,
+into :data:`relsafe.registry.BACKBONES` (``relsafe models`` lists them; outside packages add
+backbones through the ``relsafe.plugins`` entry-point group). This module never imports a backend:
+on the first lookup the registry imports every module of the ``relsafe.models`` package by name
+(discovery, no list to edit), so a backend may import this module (the hyperbolic wrapper loads
+its base through :func:`load_model`) without an import circle.
 """
 
 from __future__ import annotations
@@ -19,75 +26,56 @@ from pathlib import Path
 from typing import Any
 
 from relsafe.errors import CheckpointError, InputError
+from relsafe.registry import BACKBONES
+
+Detect = Callable[[Path, dict[str, Any]], bool]
+"""``detect(folder, config) -> bool``: whether a model folder (with its parsed ``config.json``)
+is this backbone's."""
 
 
 @dataclass(frozen=True)
 class Backbone:
+    """A registered backbone: ``loader(target, **kwargs) -> DualEncoder`` and its folder hook."""
+
     name: str
     description: str
     loader: Callable[..., Any]  # (target: str | None, **kwargs) -> DualEncoder
     example: str
+    detect: Detect | None = None
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The loader (the name :mod:`relsafe.registry` compares re-registrations by)."""
+        return self.loader
 
 
-_BACKBONES: dict[str, Backbone] = {}
+def register_backbone(
+    name: str, description: str, example: str, *, detect: Detect | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``loader(target, **kwargs)`` as backbone ``name``.
 
-
-def register_backbone(name: str, description: str, example: str) -> Callable:
-    """Decorator: register ``loader(target, **kwargs)`` under ``name``."""
+    Args:
+        name: the spec prefix (``name`` or ``name:<target>``).
+        description: one line for ``relsafe models``.
+        example: an example spec.
+        detect: ``detect(folder, config) -> bool``, claiming model folders for this backbone
+            when a spec is a bare folder path (None: such folders are never routed here).
+    """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone {name!r} registered twice")
-        _BACKBONES[name] = Backbone(name, description, fn, example)
+        BACKBONES.register(name, Backbone(name, description, fn, example, detect))
         return fn
 
     return deco
 
 
 def backbones() -> dict[str, Backbone]:
-    return dict(_BACKBONES)
-
-
-@register_backbone(
-    "hf", "Hugging Face CLIPModel from a hub id or local folder", "hf:openai/clip-vit-base-patch32"
-)
-def _load_hf(target: str | None, **kwargs: Any) -> Any:
-    from relsafe.models.hf_clip import load_hf_clip
-
-    if not target:
-        raise InputError(
-            "spec 'hf:' needs a hub id or folder, e.g. hf:openai/clip-vit-base-patch32"
-        )
-    return load_hf_clip(target, **kwargs)
-
-
-@register_backbone(
-    "relsafe-mini",
-    "bundled MiniLM text tower + RelWorld-trained image tower (offline default)",
-    "relsafe-mini",
-)
-def _load_mini(target: str | None, **kwargs: Any) -> Any:
-    try:
-        from relsafe.models.mini import load_relsafe_mini
-    except ImportError as e:  # pragma: no cover - only while the backend is absent
-        raise CheckpointError(f"the relsafe-mini backend is not available: {e}") from e
-    return load_relsafe_mini(target, **kwargs)
-
-
-@register_backbone(
-    "hyperbolic",
-    "a Lorentz (hyperbolic) head around any backbone, e.g. a HySAC edit's merged folder",
-    "hyperbolic:/path/to/hysac/merged",
-)
-def _load_hyperbolic(target: str | None, **kwargs: Any) -> Any:
-    from relsafe.models.hyperbolic import load_hyperbolic
-
-    if not target:
-        raise InputError("spec 'hyperbolic:' needs a folder, e.g. hyperbolic:out/hysac/merged")
-    return load_hyperbolic(target, **kwargs)
+    """Every registered backbone by name (sorted; built-ins and plugins)."""
+    return dict(sorted(BACKBONES.items().items()))
 
 
 def _folder_backbone(folder: Path) -> str:
+    """The backbone whose ``detect`` hook claims ``folder``."""
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{folder} has no config.json; not a model folder relsafe can load")
@@ -95,15 +83,15 @@ def _folder_backbone(folder: Path) -> str:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_path}: malformed JSON ({e})") from e
-    if cfg.get("architecture") == "relsafe-mini":
-        return "relsafe-mini"
-    if cfg.get("architecture") == "hyperbolic":
-        return "hyperbolic"
-    if cfg.get("model_type") == "clip":
-        return "hf"
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
+    for b in backbones().values():
+        if b.detect is not None and b.detect(folder, cfg):
+            return b.name
     raise CheckpointError(
-        f"{cfg_path}: neither a CLIP checkpoint (model_type 'clip') nor a relsafe-mini folder "
-        f"(got model_type={cfg.get('model_type')!r})"
+        f"{cfg_path}: neither a CLIP checkpoint (model_type 'clip') nor a relsafe-mini or "
+        f"hyperbolic folder (got model_type={cfg.get('model_type')!r}, "
+        f"architecture={cfg.get('architecture')!r})"
     )
 
 
@@ -111,11 +99,12 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     """Split a spec into (backbone name, target)."""
     if not isinstance(spec, str) or not spec.strip():
         raise InputError("a model spec must be a non-empty string such as 'relsafe-mini'")
+    known = backbones()
     spec = spec.strip()
     name, sep, target = spec.partition(":")
-    if sep and name in _BACKBONES:
+    if sep and name in known:
         return name, target or None
-    if spec in _BACKBONES:
+    if spec in known:
         return spec, None
     path = Path(spec).expanduser()
     if path.exists() or spec.startswith((".", "/", "~")):
@@ -123,14 +112,14 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
             raise CheckpointError(f"model folder not found: {path}")
         return _folder_backbone(path), str(path)
     raise InputError(
-        f"unknown model spec {spec!r}: use one of {sorted(_BACKBONES)} "
-        f"(e.g. {', '.join(b.example for b in _BACKBONES.values())}) or a model folder path"
+        f"unknown model spec {spec!r}: use one of {sorted(known)} "
+        f"(e.g. {', '.join(b.example for b in known.values())}) or a model folder path"
     )
 
 
 def load_model(spec: str, **kwargs: Any) -> Any:
     """Resolve ``spec`` and load the model (in eval mode, on ``device`` if given)."""
     name, target = parse_spec(spec)
-    model = _BACKBONES[name].loader(target, **kwargs)
+    model = backbones()[name].loader(target, **kwargs)
     model.spec = spec
     return model.eval()
