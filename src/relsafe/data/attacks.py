@@ -25,7 +25,9 @@ same way::
 
     ATTACKS.register("invert", ImageAttack("invert", transform_fn=lambda imgs, seed: 255 - imgs))
 
-and ``relational`` evaluates it with ``--set extra_attacks=[invert]``.
+and, once that module is loaded as a plugin (the ``relsafe.plugins`` entry-point group, or
+``RELSAFE_PLUGINS=my_module``), ``relational`` and ``zeroshot`` evaluate it with
+``--set extra_attacks=[invert]``.
 """
 
 from __future__ import annotations
@@ -107,8 +109,9 @@ class Attack:
         return text_variants if self.varies_captions else 1
 
     def caption_key(self, variant: int = 0) -> tuple[Any, int]:
-        """A key under which a suite may cache the text embeddings of :meth:`captions`: every
-        attack that keeps the canonical captions shares one."""
+        """A key under which a suite may cache the text embeddings of :meth:`captions` (and of
+        :meth:`marginal_captions`): every attack that is not text-side keeps the canonical
+        captions, so they all share one."""
         return (self, variant) if self.varies_captions else ("none", 0)
 
     def captions(self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0) -> list[str]:
