@@ -5,9 +5,10 @@ From "Safe Vision-Language Models via Unsafe Weights Manipulation" (D'Incà et a
 
 Pipeline (one forward pass over a paired calibration set, then one in-place edit):
 
-1. **Layers** (Sec. 4, "where to look"): per tower, the ``nn.Linear`` layers named by the model's
-   preset (``preset.text_uwm`` / ``preset.vision_uwm``: for CLIP the text attention ``out_proj`` and
-   the vision ``mlp.fc2`` of every block), overridable with ``text_layers`` / ``vision_layers``
+1. **Layers** (Sec. 4, "where to look"): per tower, the ``nn.Linear`` layers the model's preset
+   names for UWM's roles (:data:`~relsafe.methods.uwm.config.DEFAULT_ROLES`: text ``attn_out``,
+   vision ``mlp_out``; for CLIP the text attention ``out_proj`` and the vision ``mlp.fc2`` of every
+   block), overridable with ``text_layers`` / ``vision_layers``
    globs relative to the tower. Only weights, never biases.
 2. **Calibration**: pairs (S_b, U_b) of safe/unsafe texts for the text tower and (V_b, G_b) of
    safe/unsafe images for the vision tower; the towers are scored independently. Each batch of
@@ -51,7 +52,7 @@ from typing import Any
 from relsafe.config import to_dict
 from relsafe.methods.base import EditRecord, EditResult, register_method
 from relsafe.methods.uwm.calibrate import Calibration, compute_scores, sync
-from relsafe.methods.uwm.config import TOWERS, UWMConfig
+from relsafe.methods.uwm.config import DEFAULT_ROLES, TOWERS, UWMConfig
 from relsafe.methods.uwm.data import CalibrationData, calibration_data, check_pairs
 from relsafe.methods.uwm.layers import target_layers
 from relsafe.methods.uwm.mask import (
@@ -76,6 +77,7 @@ from relsafe.methods.uwm.scores import (
 from relsafe.methods.uwm.select import select_weights, top_mass_indices
 
 __all__ = [
+    "DEFAULT_ROLES",
     "MASK_JSON",
     "MASK_TENSORS",
     "RATIO_EPS",

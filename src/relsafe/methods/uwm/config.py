@@ -8,9 +8,13 @@ from typing import Literal
 
 from relsafe.errors import ConfigError
 
-__all__ = ["TOWERS", "UWMConfig"]
+__all__ = ["DEFAULT_ROLES", "TOWERS", "UWMConfig"]
 
 TOWERS = ("text", "vision")
+DEFAULT_ROLES: dict[str, tuple[str, ...]] = {"text": ("attn_out",), "vision": ("mlp_out",)}
+"""The layer roles UWM scores by default (METHODS.md section 3; arXiv 2503.11742 Sec. 4): the text
+attention output projection and the vision second MLP layer of every block. A backbone may
+override them through its preset's ``method_roles["uwm"]``."""
 
 
 @dataclass
@@ -20,7 +24,7 @@ class UWMConfig:
     Attributes:
         towers: which towers to edit, a non-empty subset of ``["text", "vision"]``.
         text_layers / vision_layers: ``fnmatch`` globs relative to the tower; ``None`` takes the
-            model preset's ``text_uwm`` / ``vision_uwm``.
+            model preset's layers of the tower's :data:`DEFAULT_ROLES`.
         selection: ``"mass"`` (shortest prefix of the sorted normalised scores holding ``tau`` of
             the mass, the paper's adaptive threshold) or ``"topk"`` (``fraction`` of the weights
             by count).
