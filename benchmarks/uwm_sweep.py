@@ -19,9 +19,8 @@ import time
 
 import torch
 
-from relsafe.config import from_dict
+from relsafe import api
 from relsafe.eval.relational_suite import RelationalConfig
-from relsafe.eval.suites import run_suite
 from relsafe.methods.uwm import (
     UWMConfig,
     apply_selection,
@@ -30,8 +29,6 @@ from relsafe.methods.uwm import (
     revert,
     select_weights,
 )
-from relsafe.models.registry import load_model
-from relsafe.policy import load_policy
 
 SLICES = ("marginals", "neighbours", "unrelated")
 
@@ -61,10 +58,16 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
-    model = load_model(args.model)
-    policy = load_policy(args.policy)
-    rel_cfg = from_dict(RelationalConfig, {"split": "val", "n_per_tuple": args.n_per_tuple})
-    base = _summary(run_suite("relational", model, config=rel_cfg, policy=policy))
+    model = api.load_model(args.model)
+    policy = api.load_policy(args.policy)
+    rel_cfg = api.build_config(RelationalConfig, {"split": "val", "n_per_tuple": args.n_per_tuple})
+
+    def relational() -> list:
+        return api.evaluate_model(
+            "relational", rel_cfg, model, model_label=args.model, policy=policy
+        )
+
+    base = _summary(relational())
     cfg = UWMConfig(towers=["text", "vision"], text_layers=args.text_layers)
     t0 = time.perf_counter()
     cal = compute_scores(model, calibration_data(policy, cfg), cfg, progress=True)
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             sel = select_weights(scores, UWMConfig(towers=sorted(keep), tau=tau))
             mask = apply_selection(model, sel, -1.0, scores)
             try:
-                res = _summary(run_suite("relational", model, config=rel_cfg, policy=policy))
+                res = _summary(relational())
             finally:
                 revert(model, mask)
             print(
