@@ -24,7 +24,9 @@ def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     site = tmp_path_factory.mktemp("site")
     info = site / "relsafe_toy_plugin-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: relsafe-toy-plugin\nVersion: 0.1\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: relsafe-toy-plugin\nVersion: 0.1\n"
+    )
     (info / "entry_points.txt").write_text("[relsafe.plugins]\ntoy = relsafe_toy_plugin\n")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(

@@ -143,7 +143,9 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 
     if args.revert:
         if args.config or args.overrides or args.policy:
-            raise InputError("--revert takes no --config, --set or --policy: it undoes a saved edit")
+            raise InputError(
+                "--revert takes no --config, --set or --policy: it undoes a saved edit"
+            )
         res = api.revert(
             args.revert,
             out=args.out,

@@ -12,6 +12,7 @@ from relsafe.api._resolve import build_config, load_model, load_policy, provenan
 from relsafe.config import to_dict
 from relsafe.errors import InputError
 
+
 @dataclass
 class EditOutcome:
     """Where an edit was written and what it did (``record`` is the method's EditRecord)."""
@@ -28,6 +29,7 @@ class EditOutcome:
     @property
     def stopped_on_nonfinite(self) -> bool:
         return any("non-finite" in w for w in self.record.warnings)
+
 
 def edit_model(
     method: str,
@@ -69,6 +71,7 @@ def edit_model(
     written = write_edit(out, result, prov, overwrite=overwrite, save_artifacts=saver)
     return EditOutcome(written, result.record, time.perf_counter() - t0)
 
+
 def edit(
     method: str,
     *,
@@ -99,6 +102,7 @@ def edit(
         progress=progress,
         policy_spec=policy if isinstance(policy, str | Path) else None,
     )
+
 
 def revert(
     edit_dir: str | Path,
@@ -154,4 +158,3 @@ def revert(
 
 
 __all__ = ["EditOutcome", "edit", "edit_model", "revert"]
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
 from relsafe.api._resolve import checkpoint_files, load_model
 from relsafe.errors import InputError
 
@@ -56,4 +57,3 @@ def embed(
 
 
 __all__ = ["EmbedOutcome", "embed"]
-

@@ -375,7 +375,12 @@ def run(
 
     ``fresh`` deletes ``out`` first, but only after the config, its policy and methods were
     checked."""
-    cfg = build_config(RunConfig, config, overrides, str(config) if not isinstance(config, RunConfig) else "run config")
+    cfg = build_config(
+        RunConfig,
+        config,
+        overrides,
+        str(config) if not isinstance(config, RunConfig) else "run config",
+    )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")

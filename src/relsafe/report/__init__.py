@@ -430,9 +430,11 @@ def _suite_sections(rows: list[Row], methods: list[str], runs: list[_Run]) -> li
 
     plots = {
         "tradeoff": lambda: "<h3>Relational trade-off</h3>" + _tradeoff_plot(rows, methods),
-        "unsafe_heatmap": lambda: "<h3>Per-tuple unsafe hit rate</h3>"
-        + _heatmap(rows, methods, "none")
-        + _heatmap(rows, methods, "worst"),
+        "unsafe_heatmap": lambda: (
+            "<h3>Per-tuple unsafe hit rate</h3>"
+            + _heatmap(rows, methods, "none")
+            + _heatmap(rows, methods, "worst")
+        ),
         "roc": lambda: _roc_plot(runs),
     }
     out: list[str] = []
@@ -447,9 +449,7 @@ def _suite_sections(rows: list[Row], methods: list[str], runs: list[_Run]) -> li
                         f"known figures: {sorted(plots)}"
                     )
                 out.append(plots[name]())
-            out.append(
-                _suite_table(rows, methods, suite.name, list(table.metrics), table.slices)
-            )
+            out.append(_suite_table(rows, methods, suite.name, list(table.metrics), table.slices))
     return out
 
 

@@ -13,9 +13,7 @@ from relsafe.errors import InputError
 from relsafe.models.registry import load_model, register_backbone
 
 
-@register_backbone(
-    "tiny-clip", "toy plugin: a tiny random CLIP built from a seed", "tiny-clip:0"
-)
+@register_backbone("tiny-clip", "toy plugin: a tiny random CLIP built from a seed", "tiny-clip:0")
 def load_tiny_clip(target: str | None, **kwargs: Any) -> Any:
     from relsafe.testing import make_tiny_clip
 

@@ -38,7 +38,9 @@ def pair_margin(ctx: SuiteContext, cfg: PairMarginConfig) -> list[Row]:
     rows: list[Row] = []
     margins = []
     for k, (unsafe, counterpart) in enumerate(pairs):
-        seeds = [item_seeds(splits.TEST, k * cfg.n_per_tuple + i)[0] for i in range(cfg.n_per_tuple)]
+        seeds = [
+            item_seeds(splits.TEST, k * cfg.n_per_tuple + i)[0] for i in range(cfg.n_per_tuple)
+        ]
         images = render_batch([unsafe] * cfg.n_per_tuple, seeds, "plain", cfg.size)
         img = ctx.engine.embed_images(images)
         txt = ctx.engine.embed_texts([canonical_caption(unsafe), canonical_caption(counterpart)])
@@ -46,7 +48,9 @@ def pair_margin(ctx: SuiteContext, cfg: PairMarginConfig) -> list[Row]:
         m = float((sim[:, 0] - sim[:, 1]).mean())
         margins.append(m)
         rows.append(
-            Row(ctx.model_label, ctx.method, "pair-margin", unsafe.id, "none", "margin", m, len(img))
+            Row(
+                ctx.model_label, ctx.method, "pair-margin", unsafe.id, "none", "margin", m, len(img)
+            )
         )
     rows.append(
         Row(
