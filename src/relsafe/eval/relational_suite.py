@@ -31,7 +31,7 @@ from relsafe.data.attacks import NONE, Attack, default_attacks, get_attack
 from relsafe.data.probes import CORRUPTIONS, marginal_probes
 from relsafe.errors import InputError
 from relsafe.eval.rows import Row
-from relsafe.eval.suites import SuiteContext, register_suite
+from relsafe.eval.suites import Headline, ReportTable, SuiteContext, register_suite
 from relsafe.world.styles import OOD_STYLES
 from relsafe.world.vocab import default_vocabulary
 
@@ -94,6 +94,26 @@ def _top1(sim: torch.Tensor) -> torch.Tensor:
     "unsafe-tuple hit rates and marginal/neighbour/unrelated preservation per attack",
     RelationalConfig,
     needs_policy=True,
+    uses_reference=True,
+    compare=lambda edited, original: compare(edited, original),
+    headline=(
+        Headline("all", "all", "summary", "summary"),
+        Headline("all", "none", "unsafe_hit", "unsafe hit", False),
+        Headline("all", "worst", "unsafe_hit", "unsafe hit (worst attack)", False),
+        Headline("all", "all", "preservation", "preservation"),
+        Headline("neighbours", "none", "accuracy", "neighbour acc."),
+        Headline("marginals", "none", "accuracy", "marginal acc."),
+        Headline("unrelated", "none", "accuracy", "unrelated acc."),
+    ),
+    report=(
+        ReportTable(
+            "Relational preservation per attack",
+            ("unsafe_hit", "accuracy"),
+            plots=("tradeoff", "unsafe_heatmap"),
+            slices=lambda s: s in ("all", "neighbours", "marginals", "unrelated"),
+        ),
+    ),
+    order=10,
 )
 def relational_suite(ctx: SuiteContext, cfg: RelationalConfig) -> list[Row]:
     policy = ctx.policy

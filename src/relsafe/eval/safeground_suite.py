@@ -24,7 +24,7 @@ from relsafe.data.attacks import NONE, PARAPHRASE, ImageAttack, ood_attack
 from relsafe.errors import InputError
 from relsafe.eval.rows import Row
 from relsafe.eval.safeground import METRICS, SafeGroundResult, safeground_from_embeddings
-from relsafe.eval.suites import SuiteContext, register_suite
+from relsafe.eval.suites import Headline, ReportTable, SuiteContext, register_suite
 from relsafe.world.styles import OOD_STYLES
 
 
@@ -93,6 +93,21 @@ def safeground_rows(
     "safeground",
     "SafeGround pairwise safety metrics on quadruplets (policy pairs or a ViSU file)",
     SafeGroundConfig,
+    headline=(
+        Headline("all", "none", "ps", "SafeGround PS"),
+        Headline("all", "none", "pu", "SafeGround PU"),
+        Headline("all", "none", "gs", "SafeGround GS"),
+    ),
+    report=(
+        ReportTable(
+            "SafeGround",
+            ("pt_s", "pt_u", "pv_s", "pv_u", "ps", "pu", "gs"),
+            note="Pairwise preferences inside each quadruplet (S, V, U, G): fractions of "
+            "quadruplets.",
+            slices=lambda s: s == "all",
+        ),
+    ),
+    order=30,
 )
 def safeground_suite(ctx: SuiteContext, cfg: SafeGroundConfig) -> list[Row]:
     from relsafe.data.visu import VisuData, load_visu

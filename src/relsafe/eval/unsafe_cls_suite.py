@@ -49,7 +49,7 @@ from relsafe.config import ConfigError
 from relsafe.data.attacks import PARAPHRASE, ood_attack
 from relsafe.errors import InputError
 from relsafe.eval.rows import Row
-from relsafe.eval.suites import SuiteContext, register_suite
+from relsafe.eval.suites import Headline, ReportTable, SuiteContext, register_suite
 from relsafe.models.hyperbolic import UnsafePrediction, best_threshold
 from relsafe.world import splits
 from relsafe.world.styles import OOD_STYLES
@@ -234,9 +234,8 @@ class UnsafeClassifier:
 
 
 def _is_hyperbolic(model: Any) -> bool:
-    return getattr(model, "geometry", "cosine") == "lorentz" and callable(
-        getattr(model, "unsafe_score", None)
-    )
+    """Whether the model scores unsafe inputs by its geometry (the DualEncoder capability)."""
+    return bool(model.supports_unsafe_score)
 
 
 def _val_embeddings(
@@ -394,6 +393,14 @@ def _scorer_list(model: Any, scorers: Sequence[str]) -> list[str]:
     "unsafe classification per modality: AUROC, accuracy and FPR on safe inputs, per attack",
     UnsafeClsConfig,
     needs_policy=True,
+    headline=(
+        Headline("text|score:radius,text|score:prompt", "none", "auroc", "unsafe AUROC text"),
+        Headline("image|score:radius,image|score:prompt", "none", "auroc", "unsafe AUROC image"),
+    ),
+    report=(
+        ReportTable("Unsafe classification", ("auroc", "accuracy", "fpr_safe"), plots=("roc",)),
+    ),
+    order=50,
 )
 def unsafe_cls_suite(ctx: SuiteContext, cfg: UnsafeClsConfig) -> list[Row]:
     from relsafe.data.quadruplets import policy_quadruplets

@@ -40,7 +40,7 @@ from relsafe.config import ConfigError
 from relsafe.errors import InputError
 from relsafe.eval.retrieval import DEFAULT_KS, mixed_retrieval, retrieval_metrics
 from relsafe.eval.rows import Row
-from relsafe.eval.suites import SuiteContext, register_suite
+from relsafe.eval.suites import Headline, ReportTable, SuiteContext, register_suite
 
 TEXT_KINDS = ("S", "U")
 IMAGE_KINDS = ("V", "G")
@@ -190,17 +190,38 @@ def _embed_images(engine: Any, imgs: list[Any] | None, n: int, dim: int) -> tupl
     return emb, ok
 
 
+def _traversal_where_supported(cfg: VisuSuiteConfig, model: Any) -> VisuSuiteConfig:
+    """In a benchmark run, ``traversal: true`` means "where the model has a traversal"."""
+    import dataclasses
+
+    has = model.supports_traversal
+    return dataclasses.replace(cfg, traversal=bool(cfg.traversal and has))
+
+
 @register_suite(
     "visu",
     "ViSU retrieval protocol: single-set and mixed 2N galleries (optionally with traversal)",
     VisuSuiteConfig,
+    headline=(
+        Headline("mixed:U->V+G", "none", "pct_safe_top1", "% safe@1 U→[V;G]"),
+        Headline("mixed:U->V+G", "traversal", "pct_safe_top1", "% safe@1 U→[V;G] (trav.)"),
+    ),
+    report=(
+        ReportTable(
+            "ViSU retrieval",
+            ("r@1", "pct_safe_top1"),
+            note="Single-set galleries (slice A->B) and mixed 2N galleries (slice A->B+C).",
+        ),
+    ),
+    order=40,
+    for_model=lambda cfg, model: _traversal_where_supported(cfg, model),
 )
 def visu_suite(ctx: SuiteContext, cfg: VisuSuiteConfig) -> list[Row]:
     from relsafe.data.visu import VisuData, load_visu
     from relsafe.world import splits
 
-    traverse = getattr(ctx.model, "traverse", None)
-    if cfg.traversal and not callable(traverse):
+    traverse = ctx.model.traverse
+    if cfg.traversal and not ctx.model.supports_traversal:
         raise InputError(
             f"traversal requested but the model ({type(ctx.model).__name__}) has no traversal "
             "(`traverse(embeddings, modality)`); fit one with the hysac method"

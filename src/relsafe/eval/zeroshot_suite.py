@@ -20,7 +20,7 @@ from relsafe.data.probes import CORRUPTIONS
 from relsafe.errors import InputError
 from relsafe.eval.retrieval import ranks
 from relsafe.eval.rows import Row
-from relsafe.eval.suites import SuiteContext, register_suite
+from relsafe.eval.suites import Headline, ReportTable, SuiteContext, register_suite
 from relsafe.eval.zeroshot import zeroshot_classify
 from relsafe.world.styles import OOD_STYLES, TRAIN_STYLES
 from relsafe.world.vocab import ORO, default_vocabulary
@@ -78,6 +78,13 @@ def one_swaps(t: ORO, tuples: list[ORO]) -> list[ORO]:
     "zeroshot",
     "RelWorld zero-shot tuple classification, per attack, tuple and style",
     ZeroShotConfig,
+    headline=(Headline("all", "none", "top1", "zero-shot top-1"),),
+    report=(
+        ReportTable(
+            "Zero-shot tuple classification", ("top1", "t2i_top1"), slices=lambda s: s == "all"
+        ),
+    ),
+    order=20,
 )
 def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
     vocab = default_vocabulary()
