@@ -80,7 +80,7 @@ def test_relsafe_mini_linear_head_selections_are_unchanged() -> None:
     _check(RelsafeMini(cfg, seed=0), "relsafe-mini-linear-head")
 
 
-def test_preset_roles_and_legacy_groups() -> None:
+def test_preset_roles() -> None:
     preset = LayerPreset(
         text={"attn_out": ("a.*.out",), "proj": ("proj",)},
         vision={"mlp_out": ("b.*.fc2",), "patch_embed": ("patch",)},
@@ -90,12 +90,7 @@ def test_preset_roles_and_legacy_groups() -> None:
     assert preset.has_role("vision", "patch_embed") and not preset.has_role("text", "mlp_in")
     assert preset.roles_for("lora", "text", ("mlp_in",)) == ("attn_out",)
     assert preset.roles_for("lora", "vision", ("mlp_in",)) == ("mlp_in",)
-    # the pre-role group names UWM still reads map onto UWM's roles
-    assert preset.text_uwm == ("a.*.out",) and preset.vision_uwm == ("b.*.fc2",)
-    assert preset.patterns("vision_patch") == ("patch",)
-    assert preset.extra == {"text_proj": ("proj",), "vision_patch": ("patch",)}
-    with pytest.raises(KeyError, match="lora_patterns"):
-        preset.patterns("text_lora")
+    assert preset.roles("vision") == {"mlp_out": ("b.*.fc2",), "patch_embed": ("patch",)}
     with pytest.raises(InputError, match="unknown layer roles"):
         LayerPreset(text={"attn_qkv": ("x",)})
     with pytest.raises(InputError, match="unknown layer roles"):

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from relsafe.errors import CheckpointError, InputError
+from relsafe.methods.uwm.config import DEFAULT_ROLES as UWM_DEFAULT_ROLES
 from relsafe.models import mini
 from relsafe.models.base import match_linear_layers
 from relsafe.models.mini import (
@@ -103,12 +104,19 @@ def test_every_preset_glob_matches_a_linear_layer(tiny: RelsafeMini) -> None:
             for pattern in globs:
                 assert match_linear_layers(tower, [pattern]), f"{role}: {pattern} matches nothing"
     assert not preset.has_role("vision", "attn_q")  # the CNN has no attention
-    assert len(match_linear_layers(tiny.text_tower, preset.text_uwm)) == 6
+    assert (
+        len(match_linear_layers(tiny.text_tower, preset.globs("text", UWM_DEFAULT_ROLES["text"])))
+        == 6
+    )
     assert all(
         n.endswith("attention.output.dense")
-        for n in match_linear_layers(tiny.text_tower, preset.text_uwm)
+        for n in match_linear_layers(
+            tiny.text_tower, preset.globs("text", UWM_DEFAULT_ROLES["text"])
+        )
     )
-    assert len(match_linear_layers(tiny.vision_tower, preset.vision_uwm)) == len(TINY.vision_dims)
+    assert len(
+        match_linear_layers(tiny.vision_tower, preset.globs("vision", UWM_DEFAULT_ROLES["vision"]))
+    ) == len(TINY.vision_dims)
     assert len(match_linear_layers(tiny.text_tower, lora_patterns(tiny, "text"))) == 36
     mlp_out = match_linear_layers(tiny.text_tower, preset.globs("text", ["mlp_out"]))
     assert len(mlp_out) == 6 and not any("attention" in n for n in mlp_out)
@@ -117,7 +125,13 @@ def test_every_preset_glob_matches_a_linear_layer(tiny: RelsafeMini) -> None:
 def test_vision_uwm_layers_see_token_inputs(tiny: RelsafeMini) -> None:
     """The vision MLP layers take ``(N, tokens, C)`` inputs, like a ViT's fc2."""
     seen = []
-    layer = next(iter(match_linear_layers(tiny.vision_tower, tiny.preset.vision_uwm).values()))
+    layer = next(
+        iter(
+            match_linear_layers(
+                tiny.vision_tower, tiny.preset.globs("vision", UWM_DEFAULT_ROLES["vision"])
+            ).values()
+        )
+    )
     h = layer.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
     try:
         tiny.encode_image(_images(tiny, 2))

@@ -38,7 +38,6 @@ from relsafe.errors import InputError
 from relsafe.models.presets import (  # re-exported: the preset is part of this interface
     ROLES,
     TOWERS,
-    UWM_ROLES,
     LayerPreset,
     match_linear_layers,
 )
@@ -47,7 +46,6 @@ __all__ = [
     "MODALITIES",
     "ROLES",
     "TOWERS",
-    "UWM_ROLES",
     "DualEncoder",
     "LayerPreset",
     "TowerSplit",

@@ -15,7 +15,7 @@ from torch import nn
 
 from relsafe.errors import InputError
 
-__all__ = ["ROLES", "TOWERS", "UWM_ROLES", "LayerPreset", "match_linear_layers"]
+__all__ = ["ROLES", "TOWERS", "LayerPreset", "match_linear_layers"]
 
 ROLES: tuple[str, ...] = (
     "attn_q",
@@ -32,22 +32,6 @@ projections, the attention output projection, the first and second MLP layers of
 projection head into the shared space and the patch (or stem) embedding."""
 
 TOWERS: tuple[str, ...] = ("text", "vision")
-
-UWM_ROLES: dict[str, tuple[str, ...]] = {"text": ("attn_out",), "vision": ("mlp_out",)}
-"""UWM's default roles (METHODS.md section 3: text attention output, vision second MLP layer).
-
-Kept here only for the legacy groups ``text_uwm`` / ``vision_uwm`` of :meth:`LayerPreset.patterns`
-while ``relsafe.methods.uwm`` moves into a package; that package should own this mapping and call
-``model.preset.globs(tower, roles)`` itself."""
-
-_LEGACY_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "text_uwm": ("text", UWM_ROLES["text"]),
-    "vision_uwm": ("vision", UWM_ROLES["vision"]),
-    "text_proj": ("text", ("proj",)),
-    "vision_proj": ("vision", ("proj",)),
-    "vision_patch": ("vision", ("patch_embed",)),
-}
-"""Pre-role group names -> (tower, roles), for :meth:`LayerPreset.patterns`."""
 
 
 def _check_tower(tower: str) -> str:
@@ -123,39 +107,6 @@ class LayerPreset:
         :attr:`method_roles`, else ``default`` (the method's own choice)."""
         override = self.method_roles.get(method, {}).get(_check_tower(tower))
         return tuple(override) if override is not None else _check_roles(default, method)
-
-    # ---- legacy group names ------------------------------------------------------------
-    def patterns(self, group: str) -> tuple[str, ...]:
-        """Globs of a pre-role group name: ``text_uwm`` / ``vision_uwm`` (UWM's default roles,
-        :data:`UWM_ROLES`), ``text_proj`` / ``vision_proj`` (role ``proj``) and ``vision_patch``
-        (role ``patch_embed``). LoRA's groups moved to
-        :func:`relsafe.methods.lora.lora_patterns`."""
-        if group not in _LEGACY_GROUPS:
-            raise KeyError(
-                f"layer preset has no group {group!r} (groups: {sorted(_LEGACY_GROUPS)}; LoRA's "
-                "layers come from relsafe.methods.lora.lora_patterns, others from preset.globs)"
-            )
-        tower, roles = _LEGACY_GROUPS[group]
-        return self.globs(tower, roles)
-
-    @property
-    def text_uwm(self) -> tuple[str, ...]:
-        """Legacy view: ``globs("text", UWM_ROLES["text"])``."""
-        return self.patterns("text_uwm")
-
-    @property
-    def vision_uwm(self) -> tuple[str, ...]:
-        """Legacy view: ``globs("vision", UWM_ROLES["vision"])``."""
-        return self.patterns("vision_uwm")
-
-    @property
-    def extra(self) -> dict[str, tuple[str, ...]]:
-        """Legacy view: the non-empty groups among ``text_proj``, ``vision_proj``, ``vision_patch``."""
-        out = {}
-        for g in ("text_proj", "vision_proj", "vision_patch"):
-            if globs := self.patterns(g):
-                out[g] = globs
-        return out
 
 
 def match_linear_layers(
