@@ -224,9 +224,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from relsafe.pretrain.cli import run_pretrain_cli
+    from relsafe import api
+    from relsafe.pretrain.cli import config_from_args
 
-    return run_pretrain_cli(args)
+    out = api.pretrain(config_from_args(args), progress=not args.no_progress)
+    print(f"relsafe-mini written to {out}")
+    return 0
 
 
 # ---- parser ------------------------------------------------------------------------------

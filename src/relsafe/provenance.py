@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from relsafe.errors import InputError
-from relsafe.utils_io import sha256_file
+from relsafe.utils_io import sha256_file_cached
 
 __all__ = ["checkpoint_hashes", "collect_provenance", "git_commit", "package_versions"]
 
@@ -72,7 +72,7 @@ def git_commit(path: str | os.PathLike[str] | None = None, timeout: float = 3.0)
 
 
 def checkpoint_hashes(checkpoints: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
-    """SHA-256 and size of each checkpoint file, streamed.
+    """SHA-256 and size of each checkpoint file, streamed (once per process per file version).
 
     A folder contributes every regular file under it (sorted, recursively), each with its path.
     A missing path raises :class:`InputError` naming it.
@@ -87,7 +87,7 @@ def checkpoint_hashes(checkpoints: Iterable[str | os.PathLike[str]]) -> list[dic
         else:
             raise InputError(f"checkpoint not found: {p}")
         for f in files:
-            out.append({"path": str(f), "sha256": sha256_file(f), "bytes": f.stat().st_size})
+            out.append({"path": str(f), "sha256": sha256_file_cached(f), "bytes": f.stat().st_size})
     return out
 
 

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,31 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = _CHUNK) -> str:
         while block := f.read(chunk_size):
             h.update(block)
     return h.hexdigest()
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def stat_key(path: str | os.PathLike[str]) -> tuple[str, int, int]:
+    """``(resolved path, mtime in ns, size)``: what :func:`sha256_file_cached` keys on."""
+    p = Path(path)
+    st = p.stat()
+    return (str(p.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def sha256_file_cached(path: str | os.PathLike[str]) -> str:
+    """:func:`sha256_file`, remembered per ``(path, mtime, size)`` for this process: provenance
+    hashes the same checkpoints (e.g. relsafe-mini's 90 MB text encoder) at every stage of a run,
+    and a changed file has a new mtime or size, so it is hashed again."""
+    key = stat_key(path)
+    with _DIGESTS_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+    digest = sha256_file(path)
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = digest
+    return digest
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -43,6 +43,20 @@ def report(runs: list[str | Path], out: str | Path | None = None) -> Path:
     return build_report(list(runs), Path(out) if out else Path(runs[0]) / "report.html")
 
 
+def pretrain(
+    config: Any = None, overrides: list[str] | tuple[str, ...] = (), progress: bool = True
+) -> Path:
+    """Reproduce relsafe-mini's weights (``relsafe pretrain``): ``config`` is a
+    :class:`~relsafe.pretrain.PretrainConfig`, a mapping or a YAML path (default: the config that
+    made the bundled weights); returns the output folder. Resumable from its checkpoints."""
+    from relsafe.pretrain import PretrainConfig
+    from relsafe.pretrain import pretrain as _pretrain
+
+    cfg = build_config(PretrainConfig, config, overrides, "pretrain config")
+    _pretrain(cfg, progress=progress)
+    return Path(cfg.out_dir)
+
+
 def methods() -> dict[str, Any]:
     """Registered safety methods by name (built-in and plugins)."""
     from relsafe.methods.base import methods as _methods
@@ -82,6 +96,7 @@ __all__ = [
     "load_policy",
     "load_run_config",
     "methods",
+    "pretrain",
     "report",
     "resolve_model_spec",
     "revert",

