@@ -33,12 +33,14 @@ def evaluate_model(
     engine: Any = None,
     reference_engine: Any = None,
     compare_with: list[Any] | None = None,
+    compare: bool = True,
 ) -> list[Any]:
     """Rows of ``suite`` on an already loaded ``model``, plus the suite's ``compare`` rows.
 
     A suite that ``uses_reference`` is handed ``reference`` (the original model). For the
     comparison rows, ``compare_with`` gives the original's rows when they already exist (a
-    benchmark run evaluates the original first); otherwise the suite is run on ``reference``."""
+    benchmark run evaluates the original first); otherwise the suite is run on ``reference``.
+    ``compare=False`` skips the comparison (a run compares once, after every stage)."""
     from relsafe.engine import EmbeddingEngine
     from relsafe.eval.suites import get_suite, run_suite
 
@@ -54,7 +56,8 @@ def evaluate_model(
         engine=engine or EmbeddingEngine(model),
         extra=extra,
     )
-    if entry.compare is not None and (compare_with is not None or reference is not None):
+    wanted = compare and entry.compare is not None
+    if wanted and (compare_with is not None or reference is not None):
         if compare_with is None:
             compare_with = run_suite(
                 suite,

@@ -185,7 +185,7 @@ class Runner:
             policy=self.policy,
             reference=reference,
             engine=engine,
-            compare_with=[],  # comparisons are made in run(), from the original's stored rows
+            compare=False,  # run() compares every model with the original's stored rows
         )
         prov = provenance(
             config={
