@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from relsafe.errors import ConfigError, InputError
+from relsafe.world.splits import is_unseen_tuple
 from relsafe.world.vocab import ORO, ROLES, Vocabulary, default_vocabulary
 
 __all__ = [
@@ -71,6 +72,9 @@ STRATEGIES = ("keep_subject", "keep_object")
 """How a counterpart is chosen when the policy does not give one (see :func:`choose_counterpart`)."""
 
 DEFAULT_STRATEGY = "keep_subject"
+
+UNRELATED_POOLS = ("all", "retain", "unseen")
+"""Which unrelated tuples :meth:`Policy.unrelated` returns."""
 
 _TOP_KEYS = ("name", "description", "unsafe", "counterpart_strategy")
 _ENTRY_KEYS = ("tuple", "counterpart")
@@ -320,10 +324,20 @@ class Policy:
         """Every ``(role, word)`` marginal of every unsafe tuple, deduplicated, first-seen order."""
         return list(dict.fromkeys(m for d in self.derivations for m in d.marginals))
 
-    def unrelated(self) -> list[ORO]:
-        """Valid world tuples that are neither unsafe nor a neighbour of an unsafe tuple (vocab order)."""
+    def unrelated(self, pool: str = "all") -> list[ORO]:
+        """Valid world tuples that are neither unsafe nor a neighbour of an unsafe tuple (vocab order).
+
+        ``pool``: ``"all"``; ``"retain"``, the ones a method may put in its retain set; or
+        ``"unseen"``, the evaluation-only ones no method trains on
+        (:func:`relsafe.world.splits.is_unseen_tuple`, about a third).
+        """
+        if pool not in UNRELATED_POOLS:
+            raise InputError(f"pool must be one of {list(UNRELATED_POOLS)}, got {pool!r}")
         near = self._unsafe_set | set(self.neighbour_sources())
-        return [t for t in self.vocabulary.valid_tuples() if t not in near]
+        out = [t for t in self.vocabulary.valid_tuples() if t not in near]
+        if pool == "all":
+            return out
+        return [t for t in out if is_unseen_tuple(t.id) == (pool == "unseen")]
 
     def pairs(self) -> list[tuple[ORO, ORO]]:
         """``(unsafe, counterpart)`` for each unsafe tuple, in file order (for quadruplets)."""
@@ -362,6 +376,7 @@ class Policy:
                 "neighbours": len(self.all_neighbours()),
                 "marginals": len(self.all_marginals()),
                 "unrelated": len(self.unrelated()),
+                "unrelated_unseen": len(self.unrelated("unseen")),
             },
         }
 
@@ -660,7 +675,8 @@ def describe(policy: Policy) -> str:
     head.append(
         f"{len(policy)} unsafe tuples; counterpart strategy {policy.counterpart_strategy}; "
         f"{len(policy.all_neighbours())} safe neighbours, {len(policy.all_marginals())} marginals, "
-        f"{len(policy.unrelated())} unrelated tuples"
+        f"{len(policy.unrelated())} unrelated tuples "
+        f"({len(policy.unrelated('unseen'))} of them evaluation-only)"
     )
     cols = ["unsafe tuple", "counterpart", "chosen by", *NEIGHBOUR_KINDS]
     rows = [

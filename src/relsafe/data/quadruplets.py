@@ -76,7 +76,7 @@ def build_quadruplets(
     *,
     size: int = 64,
     styles: Sequence[str] | None = None,
-    caption_split: str = "train",
+    caption_split: str = "edit",
 ) -> Quadruplets:
     """RelWorld quadruplets of ``policy.pairs()``, pair by pair, images in memory.
 
@@ -87,7 +87,9 @@ def build_quadruplets(
             ``splits.VAL + seed`` (validation) or ``splits.TEST`` (evaluation).
         size: image side in pixels.
         styles: rendering styles, cycled per record; ``None`` takes the training styles.
-        caption_split: ``"train"`` or ``"heldout"`` phrasings.
+        caption_split: ``"edit"`` (the default: what methods train, calibrate and validate on),
+            ``"eval"`` (the evaluation-reserved canonical template, for clean test data) or
+            ``"heldout"`` (held-out templates and phrasings); see :mod:`relsafe.world.captions`.
 
     Raises:
         InputError: the policy has no pairs, or a bad count, seed, size, style or caption split.
@@ -125,7 +127,7 @@ def policy_quadruplets(
     n_per_pair: int,
     base_seed: int,
     size: int = 64,
-    caption_split: str = "train",
+    caption_split: str = "edit",
     styles: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """RelWorld quadruplets of ``policy.pairs()`` as a ViSU-format dict: ``S``, ``U``, ``V``, ``G``

@@ -181,7 +181,7 @@ class VisuData:
         *,
         size: int = 64,
         styles: Sequence[str] | None = None,
-        caption_split: str = "train",
+        caption_split: str = "eval",
     ) -> VisuData:
         """RelWorld quadruplets of ``policy``'s (unsafe, counterpart) pairs, images in memory.
 
@@ -190,8 +190,9 @@ class VisuData:
             n_per_pair: quadruplets per pair.
             split_seed: the base seed (default ``splits.TEST``: evaluation data; methods pass
                 ``splits.EDIT + seed``).
-            size: image side. styles: default the training styles. caption_split: ``"train"``
-                or ``"heldout"`` phrasings.
+            size: image side. styles: default the training styles. caption_split: ``"eval"``
+                (the default, for evaluation data: the canonical template no method trains on),
+                ``"edit"`` (training material) or ``"heldout"``.
 
         ``tags`` are the unsafe tuple ids (``child|drinking|wine``), ``safe_tags`` the safe ones
         (``child|drinking|juice``). Built by :func:`relsafe.data.quadruplets.build_quadruplets`.

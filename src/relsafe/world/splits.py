@@ -20,3 +20,25 @@ VAL = 2_000_003
 TEST = 3_000_017
 
 ALL = {"pretrain": PRETRAIN, "edit": EDIT, "val": VAL, "test": TEST}
+
+
+# ---- tuples no method may retain on ------------------------------------------------------------
+
+UNSEEN_SHARE = 3
+"""About one tuple in ``UNSEEN_SHARE`` is evaluation-only (:func:`is_unseen_tuple`)."""
+
+_UNSEEN_SALT = "relsafe-unseen-v1"
+
+
+def is_unseen_tuple(tuple_id: str) -> bool:
+    """Whether a tuple is *evaluation-only*: no method may put it in a retain set.
+
+    The unrelated-preservation numbers are reported separately for tuples a method may retain on
+    and for these, which no method ever trains on (METRICS.md, "unrelated preservation"). The rule
+    is a hash of the tuple's id (``child|eating|apple``), so it needs no enumeration of the world,
+    is the same for every policy, and a tuple's side never depends on which others exist.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"{_UNSEEN_SALT}:{tuple_id}".encode()).hexdigest()
+    return int(digest, 16) % UNSEEN_SHARE == 0
