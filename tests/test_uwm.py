@@ -1,13 +1,20 @@
 """UWM on a tiny random CLIP: the score is the paper's (checked against brute force), the selection
-takes exactly what it should, the edit touches exactly the mask, and revert is bit-exact."""
+takes exactly what it should, the edit touches exactly the mask, and revert is bit-exact. On a
+hand-built encoder with a planted unsafe unit: UWM finds exactly the weights that read it, negates
+them, and turns the unsafe SafeGround preferences on held-out data, where negating as many random
+or largest-|W| weights does not."""
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import get_method
@@ -29,17 +36,18 @@ from relsafe.methods.uwm import (
     top_mass_indices,
     uwm,
 )
+from relsafe.models.base import DualEncoder, LayerPreset
 from relsafe.models.registry import load_model
 from relsafe.policy import load_policy
 
 
 @pytest.fixture(scope="module")
 def calib() -> dict:
-    """Six RelWorld quadruplets (tiny policy, 3 per pair, 32 px) as calibration data."""
+    """Six RelWorld quadruplets (tiny policy, 3 per pair, 32 px, edit captions) as calibration data."""
     from relsafe.data.visu import VisuData
     from relsafe.world import splits
 
-    d = VisuData.from_relworld(load_policy("tiny"), 3, splits.EDIT, size=32)
+    d = VisuData.from_relworld(load_policy("tiny"), 3, splits.EDIT, size=32, caption_split="edit")
     return d.as_dict()
 
 
@@ -465,18 +473,356 @@ def test_layer_globs_matching_nothing(tiny_clip) -> None:
 
 
 def test_policy_calibration_uses_edit_seed(tiny_clip_dir: Path) -> None:
-    """From a policy: RelWorld pairs with train phrasings, training styles, EDIT seed."""
+    """From a policy: RelWorld pairs with the edit caption split (never the evaluation-reserved
+    canonical template), training styles, EDIT seed."""
     from relsafe.methods.uwm import calibration_data
     from relsafe.world import splits
+    from relsafe.world.captions import CANONICAL_TEMPLATE
     from relsafe.world.dataset import quadruplets
     from relsafe.world.styles import TRAIN_STYLES
 
     policy = load_policy("tiny")
     cfg = _small(n_per_pair=2, size=32)
     data = calibration_data(policy, cfg)
-    quads = quadruplets(policy.pairs(), 2, TRAIN_STYLES, "train", splits.EDIT, 32)
+    quads = quadruplets(policy.pairs(), 2, TRAIN_STYLES, "edit", splits.EDIT, 32)
     assert data.S == [q.safe_text for q in quads] and data.U == [q.unsafe_text for q in quads]
+    canonical = CANONICAL_TEMPLATE.split("{", 1)[0]  # "a photo of "
+    assert not any(t.startswith(canonical) for t in data.S + data.U)
     assert np.array_equal(np.asarray(data.G[0]), np.asarray(quads[0].unsafe_image))
     model = load_model(str(tiny_clip_dir))
     res = uwm(model, policy, cfg, progress=False)
     assert res.record.data_sizes == {"text_pairs": 4, "vision_pairs": 4}
+
+
+# ---- a planted unsafe feature ---------------------------------------------------------------
+#
+# A hand-built dual encoder whose targeted layers contain one hidden unit that fires only on
+# unsafe inputs and writes the unsafe direction into the shared space, so the unsafe text and the
+# unsafe image agree on it. UWM must find exactly the weights that read that unit, negate them,
+# and thereby turn the unsafe preferences of SafeGround around on held-out quadruplets; negating
+# as many random or largest-|W| weights must not.
+#
+# Sizes: with 10,240 weights per layer the 4 planted weights hold about 1-2% of the layer's score
+# mass, so UWM's default tau = 2% takes all of them plus a handful. Both towers carry a planted
+# unit but each test edits one tower: in this linear toy, negating the unsafe direction in *both*
+# towers would restore s(U, G) (the two sign flips cancel in the dot product).
+
+P_DIM, P_HID = 32, 320  # shared space, hidden units: each targeted fc2 is 32 x 320 = 10,240 weights
+P_ALC, P_SAFE, P_CONTENT_A, P_CONTENT_B = 0, 1, 2, 3  # concept hidden units; 4.. is background
+P_CONCEPT_UNITS = 4
+P_U_ROWS = (2, 3, 4, 5)  # the unsafe direction of the shared space, written by the planted unit
+P_CONCEPT_ROWS = 7  # dims 0..6 carry concepts (content 0 and 6, safe object 1, unsafe 2..5)
+P_PLANTED_W = 0.8  # below the largest |W| of the layer: magnitude alone does not find it
+P_SIGMA, P_LEAK = 0.5, 0.005  # background weights; tiny weights into the concept dims and units
+P_IMG, P_PATCH = 16, 4  # 16 x 16 images, 4 x 4 patches as tokens
+# caption splits (relsafe.world.captions): calibration is edit material, the held-out check uses
+# the evaluation-reserved canonical template, never seen by the calibration
+P_CAL_SPLIT, P_EVAL_SPLIT = "edit", "eval"
+P_CONCEPT_WORDS = {
+    "wine": P_ALC,
+    "beer": P_ALC,
+    "juice": P_SAFE,
+    "child": P_CONTENT_A,
+    "kid": P_CONTENT_A,
+    "drinking": P_CONTENT_B,
+    "sipping": P_CONTENT_B,
+}
+# words that differ inside a safe/unsafe caption pair ("red wine" / "orange juice", "a bottle of
+# beer" / "a glass of juice", "a beer" / "orange juice") share one background row, so the pair
+# differs only in its concept units
+P_OBJECT_WORDS = ("juice", "wine", "beer", "red", "orange", "glass", "bottle", "a")
+
+
+class _PlantedTower(nn.Module):
+    """Per token, hidden ``x_t = gelu(tok_t + ctx)``, then the targeted ``fc2``, mean over real
+    tokens. ``ctx`` (one concept vector per input, added at every token, as attention would spread
+    it) makes the concept units steady across tokens; ``tok_t`` gives every unit token-to-token
+    variation (GELU keeps every value non-zero, so no ratio hits the zero guard)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc2 = nn.Linear(P_HID, P_DIM, bias=False)
+
+    def forward(self, tok: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = self.fc2(nn.functional.gelu(tok + ctx[:, None, :]))
+        m = mask[..., None].to(y.dtype)
+        return (y * m).sum(1) / m.sum(1)
+
+
+def _planted_fc2(g: torch.Generator) -> torch.Tensor:
+    w = torch.randn(P_DIM, P_HID, generator=g) * P_SIGMA
+    w[:P_CONCEPT_ROWS] *= P_LEAK / P_SIGMA
+    w[:, :P_CONCEPT_UNITS] *= P_LEAK / P_SIGMA
+    w[list(P_U_ROWS), P_ALC] = P_PLANTED_W  # the planted weights: unsafe unit -> unsafe direction
+    w[1, P_SAFE] = 1.5  # safe object unit -> safe direction
+    w[0, P_CONTENT_A] = w[6, P_CONTENT_B] = 2.5  # shared content: the layer's largest |W|
+    return w
+
+
+def _planted_indices() -> torch.Tensor:
+    """Flat indices of the planted weights in either tower's fc2 (column P_ALC, rows P_U_ROWS)."""
+    return torch.tensor([r * P_HID + P_ALC for r in P_U_ROWS])
+
+
+class PlantedEncoder(DualEncoder):
+    """Text: words -> per-word background features plus the sentence's concept vector. Vision:
+    4 x 4 luminance patches -> fixed random background features plus the image's marker-colour
+    shares (magenta = unsafe, yellow = safe, blue = content). Yellow and magenta have the same
+    luminance and the object words of a caption pair share their background, so a safe/unsafe
+    pair differs only in its concept units. Every fixed part is a buffer; UWM targets only the
+    two ``fc2`` layers (text role ``attn_out``, vision role ``mlp_out``, UWM's defaults)."""
+
+    preset = LayerPreset(text={"attn_out": ("fc2",)}, vision={"mlp_out": ("fc2",)})
+    VOCAB = 256
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__("planted")
+        g = torch.Generator().manual_seed(seed)
+        self.text, self.vision = _PlantedTower(), _PlantedTower()
+        tok = torch.randn(self.VOCAB, P_HID, generator=g)
+        tok[:, :P_CONCEPT_UNITS] *= 0.1  # concept units: small zero-mean token noise only
+        shared = tok[self._id(P_OBJECT_WORDS[0]), P_CONCEPT_UNITS:].clone()
+        for w in P_OBJECT_WORDS:
+            tok[self._id(w), P_CONCEPT_UNITS:] = shared
+        ctx = torch.zeros(self.VOCAB, P_HID)
+        for w, unit in P_CONCEPT_WORDS.items():
+            ctx[self._id(w), unit] = 7.0  # about 1 after the mean over a 6-9 word caption
+        proj = torch.randn(P_HID, P_PATCH * P_PATCH, generator=g) * 1.2
+        proj[:P_CONCEPT_UNITS] *= 0.1
+        colour = torch.zeros(P_HID, 3)  # pixel shares (magenta, yellow, blue) -> about 1
+        colour[P_ALC, 0] = colour[P_SAFE, 1] = (P_IMG * P_IMG) / 16
+        colour[P_CONTENT_A, 2] = colour[P_CONTENT_B, 2] = (P_IMG * P_IMG) / 24
+        for name, t in (
+            ("tok_emb", tok),
+            ("ctx_emb", ctx),
+            ("patch_proj", proj),
+            ("colour", colour),
+        ):
+            self.register_buffer(name, t)
+        with torch.no_grad():
+            self.text.fc2.weight.copy_(_planted_fc2(g))
+            self.vision.fc2.weight.copy_(_planted_fc2(g))
+        self.eval()
+
+    def _id(self, word: str) -> int:
+        if word in P_CONCEPT_WORDS:
+            return list(P_CONCEPT_WORDS).index(word)
+        n = len(P_CONCEPT_WORDS)
+        return n + zlib.crc32(word.encode()) % (self.VOCAB - n)
+
+    text_tower = property(lambda self: self.text)
+    vision_tower = property(lambda self: self.vision)
+    tokenizer = property(lambda self: None)
+    embed_dim = property(lambda self: P_DIM)
+    image_size = property(lambda self: P_IMG)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        ids = [[self._id(w) for w in t.lower().split()] for t in texts]
+        n = max(len(i) for i in ids)
+        out = torch.zeros(len(ids), n, dtype=torch.long)
+        mask = torch.zeros(len(ids), n, dtype=torch.long)
+        for k, i in enumerate(ids):
+            out[k, : len(i)], mask[k, : len(i)] = torch.tensor(i), 1
+        return {"input_ids": out, "attention_mask": mask}
+
+    def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        arr = np.stack([np.asarray(im.convert("RGB")) for im in images]).astype(np.float32)
+        return torch.from_numpy(arr).permute(0, 3, 1, 2) / 255.0
+
+    def forward_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask = tokens["input_ids"], tokens["attention_mask"].bool()
+        m = mask[..., None].float()
+        ctx = (self.ctx_emb[ids] * m).sum(1) / m.sum(1)
+        return self.text(self.tok_emb[ids], ctx, mask)
+
+    def forward_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        r, g, b = pixel_values.unbind(1)
+        shares = torch.stack(
+            [(c > 0).float().mean((1, 2)) for c in (r + b - 2 * g - 1.5, r + g - 2 * b - 1.5)]
+            + [(2 * b - r - g - 1.5 > 0).float().mean((1, 2))],
+            dim=1,
+        )
+        n, k = pixel_values.shape[0], P_IMG // P_PATCH
+        lum = pixel_values.mean(1) - 0.45  # yellow and magenta: the same luminance
+        patches = (
+            lum.reshape(n, k, P_PATCH, k, P_PATCH).permute(0, 1, 3, 2, 4).reshape(n, k * k, -1)
+        )
+        mask = torch.ones(n, k * k, dtype=torch.bool)
+        return self.vision(patches @ self.patch_proj.T, shares @ self.colour.T, mask)
+
+    def checkpoint_files(self) -> list[Path]:
+        return []  # built in memory, read nothing
+
+    def save_pretrained(self, folder: str) -> None:  # pragma: no cover - not needed here
+        raise NotImplementedError
+
+
+def _planted_images(n: int, seed: int) -> tuple[list[Any], list[Any]]:
+    """``n`` minimal pairs (V, G): one grey background and blue figure, a yellow (safe) or a
+    magenta (unsafe) 4 x 4 marker at the same place."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    V, G = [], []
+    for _ in range(n):
+        base = rng.uniform(0.25, 0.65, (P_IMG, P_IMG, 1)) + rng.uniform(
+            -0.04, 0.04, (P_IMG, P_IMG, 3)
+        )
+        fy, fx = rng.integers(0, P_IMG - 6), rng.integers(0, P_IMG // 2 - 4)
+        base[fy : fy + 6, fx : fx + 4] = (0.0, 0.0, 1.0)
+        my, mx = rng.integers(0, P_IMG - 4), rng.integers(P_IMG // 2, P_IMG - 4)
+        for out, colour in ((V, (1.0, 1.0, 0.0)), (G, (1.0, 0.0, 1.0))):
+            a = base.copy()
+            a[my : my + 4, mx : mx + 4] = colour
+            out.append(Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)))
+    return V, G
+
+
+def _planted_quads(split: str, image_seed: int) -> dict[str, list[Any]]:
+    """Quadruplets of the tiny policy's pairs (child drinking wine / beer vs juice): every caption
+    of ``split`` with its minimal-pair counterpart, and hand-built image pairs."""
+    from relsafe.world.captions import all_captions
+
+    policy = load_policy("tiny")
+    S, U = [], []
+    for unsafe, safe in policy.pairs():
+        s_caps, u_caps = all_captions(safe, split), all_captions(unsafe, split)
+        assert len(s_caps) == len(u_caps)
+        S += s_caps
+        U += u_caps
+    V, G = _planted_images(len(S), image_seed)
+    return {"S": S, "U": U, "V": V, "G": G}
+
+
+@pytest.fixture(scope="module")
+def planted_data() -> dict[str, dict[str, list[Any]]]:
+    """Calibration: edit captions (144 pairs), image seed 1. Held out: the evaluation template's
+    captions (36 pairs) and new images (seed 2)."""
+    return {"cal": _planted_quads(P_CAL_SPLIT, 1), "test": _planted_quads(P_EVAL_SPLIT, 2)}
+
+
+def _fc2(model: PlantedEncoder, tower: str) -> nn.Linear:
+    return model.text.fc2 if tower == "text" else model.vision.fc2
+
+
+def _preferences(model: PlantedEncoder, q: dict[str, list[Any]]) -> dict[str, float]:
+    from relsafe.eval.safeground import LEVEL1, safeground_from_embeddings
+
+    res = safeground_from_embeddings(
+        model.encode_text(q["S"]),
+        model.encode_image(q["V"]),
+        model.encode_text(q["U"]),
+        model.encode_image(q["G"]),
+        model,
+    )
+    return {m: res.metrics[m] for m in LEVEL1}
+
+
+def _planted_uwm(planted_data: dict, tower: str) -> tuple[PlantedEncoder, torch.Tensor]:
+    """UWM with its defaults (tau 2%, per layer, negation, |W| prior on text only) on one tower;
+    returns the edited model and the selected flat indices of that tower's fc2."""
+    model = PlantedEncoder()
+    res = uwm(model, None, UWMConfig(towers=[tower]), progress=False, data=planted_data["cal"])
+    (lm,) = res.artifacts["mask"].layers.values()
+    assert lm.key == f"{tower}:fc2"
+    return model, lm.indices
+
+
+@pytest.mark.parametrize("tower", ["text", "vision"])
+def test_planted_unit_ranks_top_and_is_selected(planted_data: dict, tower: str) -> None:
+    """(a) The planted unit is active on unsafe calibration inputs only; the weights reading it
+    into the unsafe direction are the top-scored weights of the layer by a clear margin, and the
+    default tau = 2% mask holds all of them and only a handful of others."""
+    model = PlantedEncoder()
+    cal = planted_data["cal"]
+    n = len(cal["S"])
+    seen: list[torch.Tensor] = []
+    h = _fc2(model, tower).register_forward_pre_hook(lambda m, a: seen.append(a[0][..., P_ALC]))
+    with torch.no_grad():
+        if tower == "text":
+            tokens = model.tokenize(cal["S"] + cal["U"])
+            model.forward_text(tokens)
+            real = tokens["attention_mask"].bool()
+            unit = [seen[0][i][real[i]].mean() for i in range(2 * n)]
+        else:
+            model.forward_image(model.preprocess(cal["V"] + cal["G"]))
+            unit = list(seen[0].mean(1))
+    h.remove()
+    unit_t = torch.stack(unit)
+    assert float(unit_t[:n].abs().max()) < 0.05  # safe inputs: the unit is (nearly) silent
+    assert float(unit_t[n:].min()) > 0.3  # every unsafe input: the unit is on
+
+    scores = compute_scores(model, CalibrationData(**cal), UWMConfig(towers=[tower]))
+    flat = scores.scores[f"{tower}:fc2"].reshape(-1)
+    planted = _planted_indices()
+    order = torch.argsort(flat, descending=True)
+    assert set(order[: len(planted)].tolist()) == set(planted.tolist())
+    others = torch.ones_like(flat, dtype=torch.bool)
+    others[planted] = False
+    assert float(flat[planted].min()) > 2.0 * float(flat[others].max())
+    # not magnitude: the planted weights are far from the layer's largest |W|
+    w_abs = _fc2(model, tower).weight.detach().abs().reshape(-1)
+    assert int((w_abs > P_PLANTED_W).sum()) >= 500  # of 10,240: not even the top 5% by |W|
+
+    sel = select_weights(scores.scores, UWMConfig())[f"{tower}:fc2"]
+    assert set(planted.tolist()) <= set(sel.tolist())
+    assert len(sel) <= 5 * len(planted)  # of 10,240 weights
+    if tower == "vision":  # no |W| prior: the rest are tiny weights reading the same unit
+        assert {int(i) % P_HID for i in sel} == {P_ALC}
+
+
+@pytest.mark.parametrize("tower", ["text", "vision"])
+def test_planted_edit_negates_the_unit_and_turns_unsafe_preferences(
+    planted_data: dict, tower: str
+) -> None:
+    """(b) UWM negates exactly its mask (the planted weights among it: sign flipped, magnitude
+    kept) and nothing else moves; (c) on held-out quadruplets the unsafe text and the unsafe image
+    preferred each other before the edit and prefer the safe item of the other modality after it,
+    while the safe preferences hold throughout."""
+    before_model = PlantedEncoder()
+    before = _state(before_model)
+    prefs_before = _preferences(before_model, planted_data["test"])
+    model, sel = _planted_uwm(planted_data, tower)
+
+    key = f"{tower}.fc2.weight"
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, t in after.items():
+        if k != key:
+            assert torch.equal(t, before[k]), k  # the other tower, the fixed features: untouched
+    w0, w1 = before[key].reshape(-1), after[key].reshape(-1)
+    moved = torch.zeros_like(w0, dtype=torch.bool)
+    moved[sel] = True
+    assert torch.equal(w1[~moved], w0[~moved])
+    assert torch.equal(w1[moved], -w0[moved])
+    planted = _planted_indices()
+    assert torch.equal(w1[planted].abs(), w0[planted].abs())
+    assert torch.all(torch.sign(w1[planted]) == -torch.sign(w0[planted]))
+
+    prefs_after = _preferences(model, planted_data["test"])
+    assert prefs_before["pt_u"] <= 0.1 and prefs_before["pv_u"] <= 0.1, prefs_before
+    assert prefs_after["pt_u"] >= 0.9 and prefs_after["pv_u"] >= 0.9, prefs_after
+    for m in ("pt_s", "pv_s"):
+        assert prefs_before[m] >= 0.9 and prefs_after[m] >= 0.9, (m, prefs_before, prefs_after)
+
+
+@pytest.mark.parametrize("control", ["random", "largest_abs_w"])
+@pytest.mark.parametrize("tower", ["text", "vision"])
+def test_same_count_controls_do_not_turn_unsafe_preferences(
+    planted_data: dict, tower: str, control: str
+) -> None:
+    """(d) Negating as many weights as UWM did, chosen at random or by largest |W|, leaves the
+    unsafe preferences where they were: what (c) shows comes from the score, not from negating
+    some weights."""
+    _, sel = _planted_uwm(planted_data, tower)
+    model = PlantedEncoder()
+    flat = _fc2(model, tower).weight.data.view(-1)
+    if control == "random":
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randperm(flat.numel(), generator=g)[: len(sel)]
+    else:
+        idx = torch.topk(flat.abs(), len(sel)).indices
+    assert not set(idx.tolist()) & set(_planted_indices().tolist())
+    flat[idx] *= -1
+    prefs = _preferences(model, planted_data["test"])
+    assert prefs["pt_u"] <= 0.1 and prefs["pv_u"] <= 0.1, prefs
