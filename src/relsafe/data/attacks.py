@@ -10,8 +10,12 @@ An :class:`Attack` is what the evaluation suites loop over. Its ``name`` is the 
 * ``corruption:<kind>`` (``"image"``): canonical images with noise, blur or JPEG artefacts.
 
 A text-side attack keeps the canonical images; an image-side attack keeps the canonical captions.
-Each attack gives three things (:meth:`Attack.captions`, :meth:`Attack.marginal_captions`,
-:meth:`Attack.test_images`), built from :mod:`relsafe.data.probes`.
+Each attack gives four things, built from :mod:`relsafe.data.probes`: one caption per tuple for
+image->text probes (:meth:`Attack.captions`), every text->image query caption of one tuple
+(:meth:`Attack.query_captions`: the 18 evaluation captions for ``none`` and image attacks, the 48
+held-out ones for ``paraphrase``, the 18 evaluation captions in each of the 6 held-out wrappers for
+``context``), the marginal probes (:meth:`Attack.marginal_captions`) and the test images
+(:meth:`Attack.test_images`).
 
 Attack *families* register themselves here in :data:`relsafe.registry.ATTACKS`, by family name:
 an entry is either one :class:`Attack` (a family without an argument, such as ``paraphrase``) or an
@@ -118,6 +122,20 @@ class Attack:
         """One caption per tuple (``variant`` draws another independent set, where it varies)."""
         return probes.canonical_captions(tuples)
 
+    def query_captions(self, t: ORO, seed: int = 0, variants: int = 1) -> list[str]:
+        """The text->image query captions of one tuple under this attack, in a fixed order.
+
+        The base (``none``, image attacks, and any attack that keeps the canonical captions):
+        every evaluation caption of ``t`` (the evaluation-reserved canonical template x every
+        train phrasing, :func:`relsafe.data.probes.eval_queries`; 18 for RelWorld), the canonical
+        caption first. ``seed`` and ``variants`` matter only to attacks that draw captions."""
+        return probes.eval_queries(t)
+
+    def query_key(self, variants: int = 1) -> Any:
+        """A key under which a suite may cache the embeddings of :meth:`query_captions` (per
+        tuple): every attack that is not text-side shares the evaluation captions."""
+        return (self, variants) if self.varies_captions else ("none",)
+
     def marginal_captions(
         self, role: str, variant: int = 0, seed: int = 0
     ) -> tuple[list[str], list[str]]:
@@ -164,6 +182,12 @@ class TextAttack(Attack):
     def captions(self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0) -> list[str]:
         raise NotImplementedError(f"text attack {self.name!r} must define captions()")
 
+    def query_captions(self, t: ORO, seed: int = 0, variants: int = 1) -> list[str]:
+        """The text->image queries of ``t`` for a text attack that does not give its own: its
+        caption of ``t`` in each of ``variants`` caption sets (never the canonical captions, which
+        it does not attack)."""
+        return [self.captions([t], v, seed)[0] for v in range(variants)]
+
 
 @dataclass(frozen=True)
 class ParaphraseAttack(TextAttack):
@@ -173,6 +197,10 @@ class ParaphraseAttack(TextAttack):
 
     def captions(self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0) -> list[str]:
         return probes.paraphrase_captions(tuples, variant, seed)
+
+    def query_captions(self, t: ORO, seed: int = 0, variants: int = 1) -> list[str]:
+        """Every held-out caption of ``t`` (held-out templates x phrasings; 48 for RelWorld)."""
+        return probes.paraphrase_queries(t)
 
     def marginal_captions(
         self, role: str, variant: int = 0, seed: int = 0
@@ -188,6 +216,11 @@ class ContextAttack(TextAttack):
 
     def captions(self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0) -> list[str]:
         return probes.context_captions(tuples, variant, seed)
+
+    def query_captions(self, t: ORO, seed: int = 0, variants: int = 1) -> list[str]:
+        """Every evaluation caption of ``t`` in every held-out wrapper (18 x 6 = 108 for
+        RelWorld; exhaustive, so no seed)."""
+        return probes.context_queries(t)
 
     def marginal_captions(
         self, role: str, variant: int = 0, seed: int = 0

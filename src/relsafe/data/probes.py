@@ -1,9 +1,11 @@
-"""RelWorld test probes: test images, one caption per tuple, and marginal (word-alone) captions.
+"""RelWorld test probes: test images, captions per tuple, and marginal (word-alone) captions.
 
 These are the raw materials the attacks of :mod:`relsafe.data.attacks` combine: the canonical
 material (training styles, canonical captions) and each held-out variation of it (held-out
 phrasings, held-out context wrappers, held-out styles, corruptions). Nothing here knows attack
-names; an :class:`~relsafe.data.attacks.Attack` chooses which of these a probe uses.
+names; an :class:`~relsafe.data.attacks.Attack` chooses which of these a probe uses. Image->text
+probes use one caption per tuple (``*_captions``); text->image probes use every caption of a tuple
+the split allows (``*_queries``), so each text->image rate has a real ``n``.
 
 Everything uses the ``TEST`` base seed (:mod:`relsafe.world.splits`), which no method or
 pretraining touches (or ``VAL``, for choosing hyperparameters), and held-out phrasings, contexts
@@ -23,6 +25,8 @@ import numpy as np
 from relsafe.errors import InputError
 from relsafe.world import splits
 from relsafe.world.captions import (
+    all_captions,
+    all_contexts,
     canonical_caption,
     caption,
     contextualize,
@@ -42,10 +46,13 @@ __all__ = [
     "check_probe_split",
     "context_captions",
     "context_marginals",
+    "context_queries",
     "corrupt",
+    "eval_queries",
     "marginal_probes",
     "paraphrase_captions",
     "paraphrase_marginals",
+    "paraphrase_queries",
     "probe_labels",
     "probe_tuples",
     "render_probe_images",
@@ -184,3 +191,21 @@ def context_marginals(role: str, variant: int = 0, seed: int = 0) -> tuple[list[
     words, probes = marginal_probes(role)
     rng = _caption_rng(seed, variant, _CONTEXT_MARGINAL)
     return words, [contextualize(c, rng, "heldout") for c in probes]
+
+
+# ---- text->image queries: every caption of one tuple ------------------------------------------
+def eval_queries(t: ORO) -> list[str]:
+    """Every evaluation caption of ``t``: the evaluation-reserved canonical template with every
+    train phrasing (18 for RelWorld's default vocabulary), the canonical caption first."""
+    return all_captions(t, "eval")
+
+
+def paraphrase_queries(t: ORO) -> list[str]:
+    """Every held-out caption of ``t``: held-out templates x held-out phrasings (48 for RelWorld)."""
+    return all_captions(t, "heldout")
+
+
+def context_queries(t: ORO) -> list[str]:
+    """Every evaluation caption of ``t`` in every held-out context wrapper, caption-major
+    (18 x 6 = 108 for RelWorld): exhaustive, so no seed."""
+    return [w for c in eval_queries(t) for w in all_contexts(c, "heldout")]
