@@ -78,6 +78,23 @@ def test_run_writes_rows_records_and_report(run_dir: Path) -> None:
     board = (out / "leaderboard.md").read_text().strip().splitlines()
     header = [c.strip() for c in board[0].strip("|").split("|")]
     assert header[0] == "method" and "unsafe hit" in header
+    # the relational columns, in the declared order (summary is absent: the random tiny CLIP
+    # handles no attack, so none is informative and compare() writes no headline)
+    rel = [c for c in header if c in RELATIONAL_LABELS]
+    assert rel == [c for c in RELATIONAL_LABELS if c in rel] and "harmful landing" in rel
+    assert not summaries
+    informative = [r for r in rows if r.metric == "attack_informative"]
+    assert {r.method for r in informative} == {"relational-lora", "safeclip"}
+    assert all(r.value == 0.0 for r in informative)  # tiny random CLIP: tuple top-1 < 0.5
+    t2i = {
+        r.n
+        for r in rows
+        if r.suite == "relational"
+        and r.attack == "none"
+        and r.metric == "unsafe_hit_t2i"
+        and r.slice != "all"
+    }
+    assert t2i == {18}  # every evaluation caption of each unsafe tuple
     body = {
         ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]]
         for ln in board[2:]
@@ -97,6 +114,8 @@ def test_run_writes_rows_records_and_report(run_dir: Path) -> None:
     for needle in (
         "Leaderboard",
         "Relational trade-off",
+        "Where unsafe queries land",
+        "Per-tuple harmful landing rate",
         "<svg",
         "data:image/png;base64",
         "relational-lora",
@@ -106,6 +125,64 @@ def test_run_writes_rows_records_and_report(run_dir: Path) -> None:
 
     assert "<script" not in html  # self-contained and static: nothing to run, nothing to fetch
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
+
+
+RELATIONAL_LABELS = [
+    "summary",
+    "harmful landing",
+    "harmful (worst attack)",
+    "redirect",
+    "unsafe hit",
+    "preservation (unseen)",
+    "neighbour acc.",
+    "marginal acc.",
+    "unrelated acc. (unseen)",
+]
+
+
+def test_relational_headline_columns_in_order() -> None:
+    from relsafe.report import headline_columns
+
+    cols = [c for c in headline_columns() if c[0] == "relational"]
+    assert [c[4] for c in cols] == RELATIONAL_LABELS
+    assert [(c[1], c[2], c[3]) for c in cols[:3]] == [
+        ("all", "all", "summary"),
+        ("all", "none", "harmful_landing_rate"),
+        ("all", "worst", "harmful_landing_rate"),
+    ]
+    assert cols[5][1:4] == ("all", "all", "preservation")
+    assert cols[8][1] == "unrelated:unseen"
+    assert [c[5] for c in cols] == [True, False, False, True, False, True, True, True, True]
+
+
+def test_relational_figures_from_hand_rows() -> None:
+    from relsafe.eval.landing import CATEGORIES
+    from relsafe.eval.rows import Row
+    from relsafe.report.relational_plots import harmful_heatmap, landing_bars, tradeoff_plot
+
+    def row(method: str, slice_: str, attack: str, metric: str, value: float) -> Row:
+        return Row("m", method, "relational", slice_, attack, metric, value, 4)
+
+    rows = []
+    for m, harm in (("original", 1.0), ("edit", 0.25)):
+        for d in ("i2t", "t2i"):
+            shares = [harm, 0.0, 1 - harm, 0.0, 0.0, 0.0]
+            rows += [
+                row(m, "all", "none", f"landing_{c}_{d}", v)
+                for c, v in zip(CATEGORIES, shares, strict=True)
+            ]
+        rows.append(row(m, "all", "none", "harmful_landing_rate", harm))
+        rows.append(row(m, "child|drinking|wine", "none", "harmful_landing_rate", harm))
+    rows.append(row("edit", "all", "none", "preservation", 0.9))
+    assert "<svg" in tradeoff_plot(rows, ["original", "edit"])
+    assert "<svg" in landing_bars(rows, ["original", "edit"])
+    assert "No landing rows" in landing_bars(rows, ["original", "edit"], attack="paraphrase")
+    heat = harmful_heatmap(rows, ["original", "edit"], "none")
+    assert "child|drinking|wine" in heat and ">1.000<" in heat and ">0.250<" in heat
+    assert harmful_heatmap(rows, ["original"], "worst") == ""
+    # the unsafe hit alone draws nothing: the trade-off's x axis is the harmful landing rate
+    only_hit = [row("edit", "all", "none", "unsafe_hit", 0.0)]
+    assert "No relational rows" in tradeoff_plot(only_hit, ["edit"])
 
 
 def test_rerun_reuses_finished_stages_and_redoes_changed_ones(

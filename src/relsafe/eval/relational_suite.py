@@ -177,6 +177,11 @@ def _top1(sim: torch.Tensor) -> torch.Tensor:
             plots=("tradeoff", "landing_bars", "unsafe_heatmap"),
             slices=lambda s: s in ("all", *PRESERVATION_REPORTED),
         ),
+        ReportTable(
+            "Where unsafe queries land, per attack (mean of both directions, over tuples)",
+            tuple(f"landing_{c}" for c in CATEGORIES),
+            slices=lambda s: s == "all",
+        ),
     ),
     order=10,
 )

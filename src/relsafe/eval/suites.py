@@ -50,7 +50,8 @@ class Headline:
 class ReportTable:
     """A section of the HTML report: a table of this suite's rows with ``metrics`` as columns and
     slices as rows (those ``slices`` accepts; all when None), after the named ``plots`` (figures
-    the report knows how to draw from rows: ``tradeoff``, ``unsafe_heatmap``, ``roc``)."""
+    the report knows how to draw from rows: ``tradeoff``, ``landing_bars``, ``unsafe_heatmap``,
+    ``roc``)."""
 
     title: str
     metrics: tuple[str, ...]
