@@ -50,32 +50,44 @@ def _scores(model, texts: list[str], tuples: list[ORO], seeds: list[int]) -> tor
     return model.similarity(v, t)
 
 
+def _texts_of(texts: list[str], tuples: list, t: ORO) -> list[str]:
+    return [x for x, tt in zip(texts, tuples, strict=True) if tt == t]
+
+
 def test_relational_lora_suppresses_target_and_keeps_neighbour(tiny_clip_dir: Path, policy) -> None:
     model = load_model(str(tiny_clip_dir))
+    # evaluation strings: the canonical captions, a template no loss of the edit trains on
     texts = [canonical_caption(t) for t in (WINE, JUICE, ADULT_WINE)]
     seeds = list(range(500, 508))
     before = _scores(
         model, texts, [WINE] * 8, seeds
     )  # wine images vs (wine, juice, adult-wine) captions
-    t_before = model.encode_text(texts)
+    sets = relational_sets(policy, SMALL)
+    unsafe = _texts_of(sets.forget_texts, sets.forget_text_tuples, WINE)
+    target = _texts_of(sets.forget_text_targets, sets.forget_text_tuples, WINE)
+    neighbour = _texts_of(sets.retain_texts, sets.retain_text_tuples, ADULT_WINE)
+    assert unsafe and neighbour and not set(texts) & set(unsafe + target + neighbour)
+    u0, c0, n0 = (model.encode_text(x) for x in (unsafe, target, neighbour))
     cfg = LoraEditConfig(steps=60, lr=3e-3, data=SMALL, seed=0, w_retain_align=0.0)
     relational_lora(model, policy, cfg, progress=False)
     after = _scores(model, texts, [WINE] * 8, seeds)
-    t_after = model.encode_text(texts)
+    u1, c1, n1 = (model.encode_text(x) for x in (unsafe, target, neighbour))
     cos = torch.nn.functional.cosine_similarity
-    # on unseen images of the unsafe tuple, the unsafe caption now loses to its counterpart ...
+    # on unseen images and untrained strings, the unsafe caption now loses to its counterpart ...
     assert (after[:, 0] >= after[:, 1]).float().mean() <= 0.125, after[:, :2]
     # ... and the edit did that: the random tiny CLIP may already rank the counterpart first, so
     # the rate alone proves nothing; on every image the unsafe caption's margin must have fallen
     margin_before, margin_after = before[:, 0] - before[:, 1], after[:, 0] - after[:, 1]
     assert (margin_after < margin_before).all(), (margin_before, margin_after)
-    # ... because it was redirected onto the counterpart (it was not there before)
-    gap_before = 1 - cos(t_before[0], t_before[1], dim=0)
-    gap_after = 1 - cos(t_after[0], t_before[1], dim=0)
+    # the mechanism, on the strings it trained on: each unsafe text was redirected onto its
+    # counterpart's frozen embedding (it was not there before). On this random tiny CLIP the move
+    # itself does not carry over to the unseen canonical template, only the ranking above does;
+    # the suites measure that transfer on real backbones (docs/splits.md).
+    gap_before, gap_after = (1 - cos(u0, c0)).mean(), (1 - cos(u1, c0)).mean()
     assert gap_after < 0.5 * gap_before, (gap_before, gap_after)
-    # while the retained neighbour (adult drinking wine) and the counterpart barely moved
-    assert cos(t_after[2], t_before[2], dim=0) > 0.97
-    assert cos(t_after[1], t_before[1], dim=0) > 0.97
+    # while the retained neighbour (adult drinking wine) and the counterpart texts barely moved
+    assert cos(n1, n0).min() > 0.97, cos(n1, n0)
+    assert cos(c1, c0).mean() > 0.97, cos(c1, c0)
 
 
 def test_frozen_references_do_not_drift(tiny_clip_dir: Path, policy) -> None:
@@ -86,6 +98,9 @@ def test_frozen_references_do_not_drift(tiny_clip_dir: Path, policy) -> None:
     refs = res.artifacts["references"]
     fresh = load_model(str(tiny_clip_dir))
     sets = relational_sets(policy, SMALL)
+    # the record says which tuples the edit was trained to keep
+    assert res.record.extra["retained_tuples"] == sets.retained_ids()
+    assert len(res.record.extra["retained_tuples"]["unrelated"]) == SMALL.n_unrelated
     # the references equal the *original* model's embeddings, although the model was edited
     assert torch.allclose(refs["T0_target"], fresh.encode_text(sets.forget_text_targets), atol=1e-6)
     assert torch.allclose(refs["T0_retain"], fresh.encode_text(sets.retain_texts), atol=1e-6)
@@ -225,6 +240,61 @@ def test_edit_sets_use_no_heldout_material(policy) -> None:
                 assert f" {h} " not in f" {text} ", (h, text)
             for h in heldout_templates + heldout_contexts:
                 assert not (h and h in text), (h, text)
+            # nor the evaluation-reserved canonical template or marginal probe form
+            assert "a photo" not in text, text
+
+
+def test_retain_sets_record_their_tuples_and_skip_evaluation_only_ones(policy) -> None:
+    from relsafe.world.splits import is_unseen_tuple
+
+    unseen = set(policy.unrelated("unseen"))
+    sizes = SetSizes(
+        images_per_forget_tuple=1, images_per_retain_tuple=1, size=32
+    )  # n_unrelated 48
+    rel = relational_sets(policy, sizes)
+    # 48 of the tiny policy's 53 retain-pool tuples, none evaluation-only
+    assert set(rel.retain_tuples["unrelated"]) <= set(policy.unrelated("retain"))
+    assert len(rel.retain_tuples["unrelated"]) == min(48, len(policy.unrelated("retain")))
+    assert rel.retain_tuples["neighbour"] == list(policy.all_neighbours())
+    assert set(rel.retain_image_tuples) == {t for ts in rel.retain_tuples.values() for t in ts}
+    assert not set(rel.retain_image_tuples) & unseen and set(rel.eval_only_tuples) == unseen
+    assert rel.retained_ids()["unrelated"] == [t.id for t in rel.retain_tuples["unrelated"]]
+    con = concept_sets(policy, "object", sizes)
+    assert not [t for t in con.retain_image_tuples if is_unseen_tuple(t.id)]
+    assert not [c for c in con.counterparts.values() if is_unseen_tuple(c.id)]
+    # concept erasure forgets every wine and beer tuple, the evaluation-only ones too (its cost)
+    assert (
+        ORO("adult", "holding", "wine") in unseen
+        and ORO("adult", "holding", "wine") in con.counterparts
+    )
+    assert not set(con.eval_only_tuples) & set(con.counterparts)
+    # an evaluation-only tuple smuggled into a retain set is refused
+    bad = relational_sets(policy, SMALL)
+    bad.retain_tuples["unrelated"].append(ORO("adult", "holding", "wine"))
+    with pytest.raises(InputError, match="evaluation-only"):
+        bad.check()
+
+
+def test_alignment_terms_never_score_evaluation_strings(tiny_clip, policy) -> None:
+    """retain_align scores prototype captions ("a picture of ..."), never the canonical captions
+    the suites score, and none of an evaluation-only tuple; marginal_align the prototype
+    marginals, never the probes ("a photo of wine"). The edit record lists the retained tuples."""
+    from relsafe.methods.relational_lora import _LoraEdit
+    from relsafe.world.captions import object_caption, prototype_caption, subject_caption
+
+    sets = relational_sets(policy, SMALL)
+    edit = _LoraEdit(tiny_clip, sets, LoraEditConfig(data=SMALL))
+    unseen = set(policy.unrelated("unseen"))
+    assert unseen and not unseen & set(edit.all_tuples)
+    assert len(edit.all_tuples) == len(default_vocabulary().valid_tuples()) - len(unseen)
+    assert edit.proto_caps == [prototype_caption(t) for t in edit.all_tuples]
+    assert prototype_caption(WINE) == "a picture of a child drinking wine"
+    canon = {canonical_caption(t) for t in default_vocabulary().valid_tuples()}
+    probes = {subject_caption(w) for w in default_vocabulary().subjects}
+    probes |= {object_caption(w) for w in default_vocabulary().objects}
+    scored = set(edit.proto_caps) | {c for caps in edit.marg_caps.values() for c in caps}
+    assert not scored & (canon | probes)
+    assert "a picture of wine" in edit.marg_caps["object"]
 
 
 def test_concept_erasure_forgets_the_whole_concept(policy) -> None:

@@ -8,8 +8,13 @@ Two builders share one structure, :class:`EditSets`:
   contains the concept (e.g. every wine tuple) and the concept's own marginal; retain = tuples
   without it.
 
-Only train phrasings, train templates, train contexts and training styles are used, with the
-``EDIT`` base seed (:mod:`relsafe.world.splits`): held-out material is for evaluation only.
+Only the ``edit`` caption split (train phrasings in the train templates *other than* the
+evaluation-reserved canonical one, and train contexts) and training styles are used, with the
+``EDIT`` base seed (:mod:`relsafe.world.splits`): the canonical template ("a photo of ..."), the
+marginal probes, held-out material and the TEST seed are for evaluation only (docs/splits.md).
+Retain sets never contain an evaluation-only tuple (:func:`relsafe.world.splits.is_unseen_tuple`;
+the relational sets take their unrelated tuples from ``policy.unrelated("retain")``), and every
+:class:`EditSets` records which tuples it retained and which tuples no loss may touch.
 Each forget text comes with a *minimal-pair* target text, the same template and phrasings with the
 tuple's safe counterpart in its place, and each forget image with its counterpart rendered from the
 same seed (same layout and colours, the swapped element changed).
@@ -28,13 +33,24 @@ from relsafe.world import splits
 from relsafe.world.captions import TEMPLATES, caption_pair, contextualize
 from relsafe.world.dataset import item_seeds
 from relsafe.world.render import render_batch
+from relsafe.world.splits import is_unseen_tuple
 from relsafe.world.styles import TRAIN_STYLES
 from relsafe.world.vocab import ORO, Vocabulary
+
+CAPTION_SPLIT = "edit"
+"""The caption split (templates, phrasings and context wrappers) every edit set is drawn from."""
 
 
 @dataclass
 class EditSets:
-    """Texts and images to forget and to retain, with their tuples and redirect targets."""
+    """Texts and images to forget and to retain, with their tuples and redirect targets.
+
+    ``retain_tuples`` lists the tuples retained, by kind (``"neighbour"``, ``"unrelated"``), so an
+    edit record can say which tuples a method was trained to keep (the suites report preservation
+    separately for those and for the rest). ``eval_only_tuples`` are the evaluation-only tuples
+    no loss term may use, not even as a class of a cross-entropy
+    (:meth:`relsafe.policy.Policy.unrelated` ``("unseen")``, less any the edit forgets by design).
+    """
 
     forget_texts: list[str]
     forget_text_targets: list[str]  # minimal-pair caption of the safe counterpart
@@ -48,6 +64,8 @@ class EditSets:
     retain_image_tuples: list[ORO]
     counterparts: dict[ORO, ORO]  # forget tuple -> safe target tuple
     retain_kinds: dict[str, int] = field(default_factory=dict)
+    retain_tuples: dict[str, list[ORO]] = field(default_factory=dict)
+    eval_only_tuples: list[ORO] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def sizes(self) -> dict[str, int]:
@@ -59,7 +77,21 @@ class EditSets:
             **{f"retain_{k}": v for k, v in self.retain_kinds.items()},
         }
 
+    def retained_ids(self) -> dict[str, list[str]]:
+        """The retained tuples' ids by kind (``{"neighbour": ["adult|drinking|wine", ...]}``)."""
+        return {k: [t.id for t in ts] for k, ts in self.retain_tuples.items()}
+
     def check(self) -> None:
+        """Raise :class:`InputError` for an empty forget or retain set, or a retained tuple that
+        is evaluation-only."""
+        bad = sorted(
+            {t.id for ts in self.retain_tuples.values() for t in ts}
+            & {t.id for t in self.eval_only_tuples}
+        )
+        if bad:
+            raise InputError(
+                f"the retain set contains evaluation-only tuples {bad}: no method may train on them"
+            )
         if not self.forget_texts and not len(self.forget_images):
             raise InputError("the forget set is empty: the policy names nothing to forget")
         if not self.retain_texts and not len(self.retain_images):
@@ -85,15 +117,16 @@ class SetSizes:
 def _texts_for(
     a: ORO, b: ORO, n: int, rng: random.Random, context_fraction: float
 ) -> list[tuple[str, str]]:
-    """``n`` minimal pairs (text of a, text of b), some wrapped in one shared train context."""
+    """``n`` minimal pairs (text of a, text of b) from the ``edit`` caption split, some wrapped in
+    one shared ``edit`` context."""
     out = []
     for _ in range(n):
-        ta, tb = caption_pair(a, b, rng, "train")
+        ta, tb = caption_pair(a, b, rng, CAPTION_SPLIT)
         if rng.random() < context_fraction:
             state = rng.getstate()
-            ta = contextualize(ta, rng, "train")
+            ta = contextualize(ta, rng, CAPTION_SPLIT)
             rng.setstate(state)
-            tb = contextualize(tb, rng, "train")
+            tb = contextualize(tb, rng, CAPTION_SPLIT)
         out.append((ta, tb))
     return out
 
@@ -124,10 +157,13 @@ def _render_pairs(
 
 
 def _marginal_texts(role: str, word: str, vocab: Vocabulary) -> list[str]:
-    """Train-template probes for a word alone (``"a photo of wine"``, ``"a picture of red wine"``)."""
+    """Edit-template texts for a word alone (``"a picture of wine"``, ``"an image of red wine"``).
+
+    The prefixes come from ``TEMPLATES["edit"]``, so never the evaluation probe form
+    (``"a photo of wine"``, :func:`relsafe.world.captions.object_caption`)."""
     phr = vocab.words(role)[word].train
     prefixes = sorted(
-        {t.split("{subject}")[0] for t in TEMPLATES["train"] if t.split("{subject}")[0]}
+        {t.split("{subject}")[0] for t in TEMPLATES[CAPTION_SPLIT] if t.split("{subject}")[0]}
     )
     return [f"{p}{w}" for p in prefixes for w in phr]
 
@@ -138,6 +174,7 @@ def _build(
     retain_marginals: Sequence[tuple[str, str]],
     sizes: SetSizes,
     vocab: Vocabulary,
+    eval_only: Sequence[ORO] = (),
 ) -> EditSets:
     rng = random.Random(splits.EDIT + sizes.seed)
     f_texts, f_targets, f_tt = [], [], []
@@ -152,11 +189,13 @@ def _build(
     r_texts: list[str] = []
     r_tt: list[ORO | None] = []
     kinds: dict[str, int] = {}
+    by_kind: dict[str, list[ORO]] = {}
     for t, kind in retain_tuples:
         for a, _ in _texts_for(t, t, sizes.texts_per_retain_tuple, rng, sizes.context_fraction):
             r_texts.append(a)
             r_tt.append(t)
         kinds[kind] = kinds.get(kind, 0) + 1
+        by_kind.setdefault(kind, []).append(t)
     for role, word in retain_marginals:
         texts = _marginal_texts(role, word, vocab)
         r_texts.extend(texts)
@@ -182,23 +221,31 @@ def _build(
         retain_image_tuples=r_it,
         counterparts=dict(forget),
         retain_kinds=kinds,
+        retain_tuples=by_kind,
+        eval_only_tuples=list(eval_only),
     )
     sets.check()
     return sets
 
 
 def relational_sets(policy: object, sizes: SetSizes | None = None) -> EditSets:
-    """Forget the policy's unsafe tuples; retain marginals, safe neighbours and unrelated tuples."""
+    """Forget the policy's unsafe tuples; retain marginals, safe neighbours and unrelated tuples.
+
+    The unrelated retain tuples are a sample of ``sizes.n_unrelated`` from
+    ``policy.unrelated("retain")`` (all of them when there are fewer: 36 for the default policy);
+    the evaluation-only ``policy.unrelated("unseen")`` are never used.
+    """
     sizes = sizes or SetSizes()
     vocab = policy.vocabulary  # type: ignore[attr-defined]
     forget = list(policy.pairs())  # type: ignore[attr-defined]
     neighbours = list(policy.all_neighbours())  # type: ignore[attr-defined]
-    unrelated = list(policy.unrelated())  # type: ignore[attr-defined]
+    unrelated = list(policy.unrelated("retain"))  # type: ignore[attr-defined]
     rng = random.Random(splits.EDIT + sizes.seed + 1)
     sample = sorted(rng.sample(unrelated, min(sizes.n_unrelated, len(unrelated))))
     retain = [(t, "neighbour") for t in neighbours] + [(t, "unrelated") for t in sample]
     marginals = list(policy.all_marginals())  # type: ignore[attr-defined]
-    return _build(forget, retain, marginals, sizes, vocab)
+    eval_only = list(policy.unrelated("unseen"))  # type: ignore[attr-defined]
+    return _build(forget, retain, marginals, sizes, vocab, eval_only)
 
 
 def concept_of(t: ORO, role: str) -> str:
@@ -207,7 +254,9 @@ def concept_of(t: ORO, role: str) -> str:
 
 def _nearest_allowed(t: ORO, role: str, forbidden: set[ORO], vocab: Vocabulary) -> ORO:
     """The valid tuple outside ``forbidden`` closest to ``t``: shares the most elements, prefers
-    changing only ``role``, then an object of the same kind, then vocabulary order."""
+    changing only ``role``, then an object of the same kind, then vocabulary order. Evaluation-only
+    tuples (:func:`~relsafe.world.splits.is_unseen_tuple`) are never a target: the target's
+    captions are trained on."""
     kind = vocab.object_kind.get(t.object)
 
     def score(c: ORO) -> tuple[int, int, int]:
@@ -216,9 +265,14 @@ def _nearest_allowed(t: ORO, role: str, forbidden: set[ORO], vocab: Vocabulary) 
         same_kind = int(vocab.object_kind.get(c.object) == kind)
         return shared, only_role, same_kind
 
-    candidates = [c for c in vocab.valid_tuples() if c not in forbidden]
+    candidates = [
+        c for c in vocab.valid_tuples() if c not in forbidden and not is_unseen_tuple(c.id)
+    ]
     if not candidates:
-        raise InputError(f"no tuple is left to redirect {t.id} to")
+        raise InputError(
+            f"no tuple is left to redirect {t.id} to (every tuple without the erased concepts "
+            "is evaluation-only)"
+        )
     return max(candidates, key=score)  # max keeps the first of equals: vocabulary order
 
 
@@ -229,6 +283,10 @@ def concept_sets(policy: object, role: str = "object", sizes: SetSizes | None = 
     alone included) rather than the unsafe relation. Each forgotten tuple is redirected to the
     nearest tuple without any erased concept (the concept swapped for a same-kind word where the
     world allows it), so the edit has the same machinery and objectives as relational-lora.
+
+    Forgetting the whole concept includes the evaluation-only tuples that contain it (their
+    collateral damage is the baseline's cost, and shows in the unseen-tuple preservation rows);
+    the retain tuples and the redirect targets are never evaluation-only.
     """
     sizes = sizes or SetSizes()
     vocab: Vocabulary = policy.vocabulary  # type: ignore[attr-defined]
@@ -239,13 +297,14 @@ def concept_sets(policy: object, role: str = "object", sizes: SetSizes | None = 
         for t in vocab.valid_tuples()
         if t in forget_set
     ]
-    rest = [t for t in vocab.valid_tuples() if t not in forget_set]
+    rest = [t for t in vocab.valid_tuples() if t not in forget_set and not is_unseen_tuple(t.id)]
     rng = random.Random(splits.EDIT + sizes.seed + 1)
     n_keep = min(len(rest), sizes.n_unrelated + len(policy.all_neighbours()))  # type: ignore[attr-defined]
     retain = [(t, "unrelated") for t in sorted(rng.sample(rest, n_keep))]
     marginals = [(r, w) for r, w in policy.all_marginals() if not (r == role and w in concepts)]  # type: ignore[attr-defined]
-    sets = _build(forget, retain, marginals, sizes, vocab)
-    # the concept's own marginal probes ("a photo of wine") are forgotten too, redirected to the
+    eval_only = [t for t in vocab.valid_tuples() if is_unseen_tuple(t.id) and t not in forget_set]
+    sets = _build(forget, retain, marginals, sizes, vocab, eval_only)
+    # the concept's own marginal texts ("a picture of wine") are forgotten too, redirected to the
     # word its first tuple was redirected to
     for word in concepts:
         first, target = next((t, c) for t, c in forget if concept_of(t, role) == word)

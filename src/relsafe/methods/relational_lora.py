@@ -8,7 +8,7 @@ From a policy alone (:mod:`relsafe.data.edit_sets`), a LoRA on the chosen tower(
       the safe counterpart (same template and phrasings, child|drinking|wine -> child|drinking|juice);
     * ``margin``: ``relu(cos(T(u), P0(u)) - cos(T(u), P0(c)) + margin)`` with ``P0`` the frozen
       image prototype of a tuple: the text must prefer the counterpart's images to its own;
-    * ``neutral``: ``1 - cos(T(u), T0(anchor))`` toward a neutral anchor text (``"a photo"``).
+    * ``neutral``: ``1 - cos(T(u), T0(anchor))`` toward a neutral anchor text (``"a picture"``).
 ``separation``
     for each forget text and an image ``g`` of its tuple (and the counterpart image ``v`` rendered
     from the same seed): ``relu(s(g, T(u)) - s(g, T(c)) + m) + relu(s(v, T(u)) - s(v, T(c)) + m)``.
@@ -19,14 +19,23 @@ From a policy alone (:mod:`relsafe.data.edit_sets`), a LoRA on the chosen tower(
     ``1 - cos(T(r), T0(r))`` on retain texts (marginals, safe neighbours, unrelated) and on the
     counterpart texts themselves.
 ``retain_align``
-    cross-entropy of retain images against the (edited) canonical captions of every tuple, with the
-    frozen image features: neighbours keep being recognised, also against the moved unsafe captions.
+    cross-entropy of retain images against the (edited) *prototype* captions
+    (:func:`~relsafe.world.captions.prototype_caption`, ``"a picture of a child drinking wine"``)
+    of every tuple but the evaluation-only ones, with the frozen image features: neighbours keep
+    being recognised, also against the moved unsafe captions;
+``marginal_align`` (``w_marginal_align``)
+    the same for the subject and the object of each retain image, against the prototype marginals
+    (:func:`~relsafe.world.captions.prototype_marginal`, ``"a picture of wine"``).
 ``vision_forget`` / ``vision_retain`` (when ``vision`` is among ``towers``)
     ``1 - cos(V(g), V0(v))`` (unsafe image to its same-seed counterpart render) and
     ``1 - cos(V(r), V0(r))`` on retain images.
 
 All ``*0`` references are computed from the unedited model *before* the adapter is attached and
-held as plain tensors, so they cannot drift (see ``tests/test_relational_lora.py``).
+held as plain tensors, so they cannot drift (see ``tests/test_lora_methods.py``).
+
+No string a loss sees is an evaluation string: the edit sets come from the ``edit`` caption split,
+and the alignment terms use the prototype forms, never the canonical captions or the marginal
+probes ("a photo of ...") that the suites score (``tests/test_leakage.py``, docs/splits.md).
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
 from relsafe.methods.lora import attach_lora, target_module_names
 from relsafe.methods.text_prefix import TextPrefixCache, layer_index, root_modules, top_layers
 from relsafe.methods.training import run_loop
-from relsafe.world.captions import canonical_caption, object_caption, subject_caption
+from relsafe.world.captions import prototype_caption, prototype_marginal
 from relsafe.world.vocab import default_vocabulary
 
 log = logging.getLogger(__name__)
@@ -84,7 +93,8 @@ class LoraEditConfig:
     w_marginal_align: float = 0.5
     w_vision_forget: float = 1.0
     w_vision_retain: float = 1.0
-    anchor_text: str = "a photo"
+    # the neutral objective's anchor; not "a photo", the prefix of the evaluation-only probes
+    anchor_text: str = "a picture"
     concept_role: Literal["subject", "relation", "object"] = "object"  # concept-erasure only
     data: SetSizes = field(default_factory=SetSizes)
     seed: int = 0
@@ -174,14 +184,19 @@ class _LoraEdit:
     ) -> None:
         self.model, self.sets, self.cfg = model, sets, cfg
         self.targets = targets if targets is not None else lora_targets(model, cfg)
-        self.all_tuples = default_vocabulary().valid_tuples()
-        self.tuple_index = {t: i for i, t in enumerate(self.all_tuples)}
-        self.canon = [canonical_caption(t) for t in self.all_tuples]
         vocab = default_vocabulary()
+        # the classes of retain_align: every tuple but the evaluation-only ones, which no loss
+        # may touch (not even as a negative class)
+        eval_only = set(sets.eval_only_tuples)
+        self.all_tuples = [t for t in vocab.valid_tuples() if t not in eval_only]
+        self.tuple_index = {t: i for i, t in enumerate(self.all_tuples)}
+        missing = sorted({t.id for t in sets.retain_image_tuples if t not in self.tuple_index})
+        if missing:
+            raise InputError(f"retain images of evaluation-only tuples {missing}")
+        self.proto_caps = [prototype_caption(t) for t in self.all_tuples]
         words = {role: list(vocab.words(role)) for role in ("subject", "object")}
         self.marg_caps = {
-            "subject": [subject_caption(w) for w in words["subject"]],
-            "object": [object_caption(w) for w in words["object"]],
+            role: [prototype_marginal(role, w) for w in words[role]] for role in words
         }
         self.r_marg_labels = {
             role: torch.tensor(
@@ -197,7 +212,9 @@ class _LoraEdit:
         self.r_pix = _pixels(model, sets.retain_images)
         self.T0_target = _frozen_text(model, sets.forget_text_targets)
         self.T0_retain = _frozen_text(model, sets.retain_texts)
-        self.T0_anchor = _frozen_text(model, [cfg.anchor_text])
+        self.T0_anchor = (
+            _frozen_text(model, [cfg.anchor_text]) if cfg.objective == "neutral" else None
+        )
         self.V0_forget = _frozen_image(model, self.f_pix)
         self.V0_ftarget = _frozen_image(model, self.ft_pix)
         self.V0_retain = _frozen_image(model, self.r_pix)
@@ -234,7 +251,7 @@ class _LoraEdit:
                         *sets.forget_texts,
                         *sets.forget_text_targets,
                         *sets.retain_texts,
-                        *self.canon,
+                        *self.proto_caps,
                         *self.marg_caps["subject"],
                         *self.marg_caps["object"],
                     ],
@@ -271,6 +288,7 @@ class _LoraEdit:
             if cfg.objective == "redirect":
                 out["forget"] = _cos_loss(Tu, self.T0_target[fi])
             elif cfg.objective == "neutral":
+                assert self.T0_anchor is not None
                 out["forget"] = _cos_loss(Tu, self.T0_anchor.expand_as(Tu))
             else:  # margin
                 own = torch.stack([self.proto0[s.forget_text_tuples[i]] for i in fi])
@@ -294,9 +312,9 @@ class _LoraEdit:
             out["retain_distill"] = distill
             if len(self.r_pix):
                 ii = rng.sample(range(len(self.r_pix)), min(cfg.batch_images, len(self.r_pix)))
-                canon = self.T(self.canon)
+                protos = self.T(self.proto_caps)
                 img = self.V(self.r_pix[ii]) if self.train_vision else self.V0_retain[ii]
-                logits = self.scale * self.model.similarity(img, canon)
+                logits = self.scale * self.model.similarity(img, protos)
                 out["retain_align"] = nn.functional.cross_entropy(logits, self.r_labels[ii])
                 if cfg.w_marginal_align > 0:
                     terms = []
@@ -386,6 +404,8 @@ def _run_lora_edit(
         warnings=list(sets.warnings) + ([loop.stopped_early] if loop.stopped_early else []),
         extra={
             "counterparts": {u.id: c.id for u, c in sets.counterparts.items()},
+            "retained_tuples": sets.retained_ids(),
+            "align_classes": len(edit.all_tuples),
             "lora_targets": handle.targets,
             "steps_done": loop.steps_done,
             "frozen_text_prefix_layer": edit.prefix.layer if edit.prefix is not None else None,

@@ -13,8 +13,9 @@ projections, MLP layers and the patch embedding. Unlike the reference code, the 
 references are plain tensors computed before the adapter exists (they cannot drift), and every
 step is one real optimiser step over one batch (no broken gradient accumulation).
 
-Data: RelWorld quadruplets for the policy's (unsafe, counterpart) pairs, train phrasings and
-training styles only, with the ``EDIT`` seed; or any list of quadruplets passed in (ViSU files).
+Data: RelWorld quadruplets for the policy's (unsafe, counterpart) pairs from the ``edit``
+caption split (never the evaluation-reserved canonical template or held-out material) and training
+styles only, with the ``EDIT`` seed; or any list of quadruplets passed in (ViSU files).
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ def _info_nce(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def quadruplet_arrays(policy: Any, cfg: SafeClipConfig) -> dict[str, Any]:
-    """S, V, U, G for the policy's pairs from RelWorld (train phrasings and styles, EDIT seed):
-    :func:`relsafe.data.quadruplets.build_quadruplets` in the ViSU array form, without ids."""
+    """S, V, U, G for the policy's pairs from RelWorld (``edit`` captions, training styles, EDIT
+    seed): :func:`relsafe.data.quadruplets.build_quadruplets` in the ViSU array form, without ids."""
     return build_quadruplets(
-        policy, cfg.n_per_pair, splits.EDIT + cfg.seed, size=cfg.size
+        policy, cfg.n_per_pair, splits.EDIT + cfg.seed, size=cfg.size, caption_split="edit"
     ).as_arrays(ids=False)
 
 

@@ -1,8 +1,9 @@
 """HySAC's training data: quadruplets ``(S, V, U, G)`` as texts, pixels and tuple-group labels.
 
 From a policy: RelWorld quadruplets (:func:`relsafe.data.quadruplets.policy_quadruplets`) for the
-policy's ``(unsafe, counterpart)`` pairs, train phrasings and training styles, ``EDIT + seed`` for
-training and ``VAL + seed`` for validation. Or ``data`` in the ViSU format ``{"S": [str],
+policy's ``(unsafe, counterpart)`` pairs, the ``edit`` caption split (never the
+evaluation-reserved canonical template or held-out material) and training styles, ``EDIT + seed``
+for training and ``VAL + seed`` for validation (thresholds and traversal radii are fitted there). Or ``data`` in the ViSU format ``{"S": [str],
 "U": [str], "V": images, "G": images}`` (images: anything :func:`relsafe.data.images.to_pixels`
 takes: a uint8 ``(N, H, W, 3)`` array, a list of PIL images, a preprocessed float
 ``(N, 3, H, W)`` tensor), optionally with ``safe_id`` / ``unsafe_id`` and a ``"val"`` entry of the
@@ -104,8 +105,12 @@ def train_val(
     if data is None:
         if policy is None:
             raise InputError("hysac needs a policy (RelWorld quadruplets) or quadruplet data")
-        train = policy_quadruplets(policy, cfg.n_per_pair, splits.EDIT + cfg.seed, cfg.size)
-        val = policy_quadruplets(policy, cfg.n_val_per_pair, splits.VAL + cfg.seed, cfg.size)
+        train = policy_quadruplets(
+            policy, cfg.n_per_pair, splits.EDIT + cfg.seed, cfg.size, caption_split="edit"
+        )
+        val = policy_quadruplets(
+            policy, cfg.n_val_per_pair, splits.VAL + cfg.seed, cfg.size, caption_split="edit"
+        )
         return quad_data(model, train, "train data"), quad_data(model, val, "validation data")
     if "val" in data:
         return quad_data(model, data, "data"), quad_data(model, data["val"], "data['val']")

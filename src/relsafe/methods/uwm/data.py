@@ -59,8 +59,9 @@ def _as_list(value: Any) -> list[Any] | None:
 def calibration_data(policy: Any, cfg: UWMConfig, data: Any = None) -> CalibrationData:
     """The calibration pairs: from ``data`` when given, else RelWorld quadruplets of ``policy``.
 
-    RelWorld: ``cfg.n_per_pair`` quadruplets per ``(unsafe, counterpart)`` pair of the policy, train
-    phrasings and training styles only, base seed ``EDIT + cfg.seed`` (never the TEST seed).
+    RelWorld: ``cfg.n_per_pair`` quadruplets per ``(unsafe, counterpart)`` pair of the policy, the
+    ``edit`` caption split (never the evaluation-reserved canonical template or held-out material)
+    and training styles only, base seed ``EDIT + cfg.seed`` (never the TEST seed).
     ``data``: a mapping or object with ``S``, ``U`` (texts) and ``V``, ``G`` (images), e.g. a
     :class:`relsafe.data.visu.VisuData`; image pairs with a missing side (``None``) are dropped
     from the vision calibration.
@@ -73,7 +74,9 @@ def calibration_data(policy: Any, cfg: UWMConfig, data: Any = None) -> Calibrati
         from relsafe.data.quadruplets import build_quadruplets
         from relsafe.world import splits
 
-        q = build_quadruplets(policy, cfg.n_per_pair, splits.EDIT + cfg.seed, size=cfg.size)
+        q = build_quadruplets(
+            policy, cfg.n_per_pair, splits.EDIT + cfg.seed, size=cfg.size, caption_split="edit"
+        )
         return CalibrationData(S=q.S, U=q.U, V=q.V, G=q.G, source=q.source)
     S, U = _as_list(_field(data, "S")), _as_list(_field(data, "U"))
     V, G = _as_list(_field(data, "V")), _as_list(_field(data, "G"))
