@@ -124,7 +124,14 @@ def test_eval_suites_run_on_the_wrapper(hyp: HyperbolicDualEncoder, tiny_policy:
     uc = run_suite(
         "unsafe_cls",
         hyp,
-        config=UnsafeClsConfig(n_per_pair=3, n_val_per_pair=3, size=32, ood_styles=["sketch"]),
+        config=UnsafeClsConfig(
+            n_images_per_tuple=1,
+            n_texts_per_tuple=1,
+            n_val_images_per_tuple=1,
+            n_val_texts_per_tuple=1,
+            size=32,
+            ood_styles=["sketch"],
+        ),
         policy=tiny_policy,
     )
     assert {r.slice for r in uc} == {"text|score:radius", "image|score:radius"}
