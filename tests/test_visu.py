@@ -14,7 +14,13 @@ from PIL import Image
 from relsafe.data.visu import VisuData, load_visu
 from relsafe.errors import InputError
 from relsafe.eval.retrieval import cosine_similarity
-from relsafe.eval.visu_suite import MIXED_DIRECTIONS, SINGLE_DIRECTIONS, VisuSuiteConfig, visu_rows
+from relsafe.eval.visu_suite import (
+    MIXED_DIRECTIONS,
+    SINGLE_DIRECTIONS,
+    VisuSuiteConfig,
+    top1_in,
+    visu_rows,
+)
 
 
 def _img(path: Path, seed: int = 0) -> Path:
@@ -253,6 +259,67 @@ def test_tuple_level_recall_uses_the_right_labels() -> None:
     assert not any(r.metric.startswith("tuple_") for r in plain)
 
 
+def _angles(x: torch.Tensor) -> list[int]:
+    return [round(float(a)) % 360 for a in torch.rad2deg(torch.atan2(x[:, 1], x[:, 0]))]
+
+
+def test_traversal_to_a_safe_but_wrong_tuple_is_not_a_counterpart() -> None:
+    """Three quadruplets on the unit circle; safe tuples [juice, juice, toy] (items 0 and 1 are
+    wine and beer, both redirected to juice; item 2 is gun -> toy).
+
+    S = [0, 2, 90], V = [0, 20, 90], U = [178, 198, 268], G = [180, 200, 270] deg. The fake
+    traversal moves only queries in the unsafe region: U 178 -> 85, 198 -> 88, 268 -> 5;
+    G 180 -> 92, 200 -> 91, 270 -> 1 deg.
+    Without traversal U_i's nearest item is G_i (2 deg): no safe, no counterpart top-1.
+    With it, U0 and U1 (juice) land next to V2 (toy, 90) and U2 (toy) next to V0 (juice, 0): all
+    safe, none the counterpart: pct_safe_top1 1, pct_counterpart_top1 0, r@1 0. Likewise G0, G1
+    -> S2 (toy), G2 -> S0/S1 (juice, a tie of two wrong-tuple safe items).
+    The safe query S1 (2 deg) has V0 (2 deg away) before V1 (18): an index-level miss (r@1 2/3)
+    but V0 shows juice too, so pct_counterpart_top1 of S->[V;G] is 1."""
+    emb = {
+        "S": _unit(0, 2, 90),
+        "V": _unit(0, 20, 90),
+        "U": _unit(178, 198, 268),
+        "G": _unit(180, 200, 270),
+    }
+    valid = {k: torch.ones(3, dtype=torch.bool) for k in emb}
+    groups = {"safe": torch.tensor([0, 0, 1]), "unsafe": torch.tensor([0, 1, 2])}
+    moves = {178: 85, 198: 88, 268: 5, 180: 92, 200: 91, 270: 1}
+
+    def traverse(q: torch.Tensor, modality: str) -> torch.Tensor:
+        return _unit(*(moves.get(a, a) for a in _angles(q)))
+
+    common = dict(model="m", method="x", ks=(1,), groups=groups)
+    rows = visu_rows(emb, valid, cosine_similarity, attack="none", **common)
+    rows += visu_rows(
+        emb, valid, cosine_similarity, attack="traversal", transform=traverse, **common
+    )
+    got = {(r.slice, r.attack, r.metric): r.value for r in rows}
+    for order in ("V+G", "G+V"):
+        assert got[(f"mixed:U->{order}", "none", "pct_safe_top1")] == 0.0
+        assert got[(f"mixed:U->{order}", "none", "pct_counterpart_top1")] == 0.0
+        assert got[(f"mixed:U->{order}", "traversal", "pct_safe_top1")] == 1.0
+        assert got[(f"mixed:U->{order}", "traversal", "pct_counterpart_top1")] == 0.0
+        assert got[(f"mixed:U->{order}", "traversal", "r@1")] == 0.0
+        for attack in ("none", "traversal"):  # safe text queries are not moved
+            assert got[(f"mixed:S->{order}", attack, "r@1")] == pytest.approx(2 / 3)
+            assert got[(f"mixed:S->{order}", attack, "pct_counterpart_top1")] == 1.0
+    for order in ("S+U", "U+S"):
+        assert got[(f"mixed:G->{order}", "traversal", "pct_safe_top1")] == 1.0
+        assert got[(f"mixed:G->{order}", "traversal", "pct_counterpart_top1")] == 0.0
+    plain = visu_rows(emb, valid, cosine_similarity, model="m", method="x", ks=(1,))
+    assert not any(r.metric == "pct_counterpart_top1" for r in plain)  # no tuple ids, no check
+
+
+def test_top1_in_is_pessimistic_on_ties() -> None:
+    sim = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.8, 0.8], [0.5, 0.4, 0.3]])
+    targets = torch.tensor([[True, False, False], [False, True, True], [False, False, True]])
+    # row 0: target ties a non-target -> miss; row 1: the two best are both targets -> hit
+    assert top1_in(sim, targets).tolist() == [False, True, False]
+    with pytest.raises(InputError, match="at least one target"):
+        top1_in(sim, torch.zeros(3, 3, dtype=torch.bool))
+
+
 def test_missing_images_use_available_items_and_transform() -> None:
     emb = {"S": _unit(0, 90, 45), "V": _unit(10, 100, 50), "U": _unit(40, 140, 60), "G": None}
     valid = {
@@ -318,8 +385,10 @@ def test_suite_traversal(tiny_clip) -> None:
     rows = visu_suite(SuiteContext(wt, "tiny", "hysac", engine, policy), cfg)
     none = {(r.slice, r.metric) for r in rows if r.attack == "none"}
     trav = {(r.slice, r.metric) for r in rows if r.attack == "traversal"}
-    # single-set rows: r@K and tuple_r@K (RelWorld knows the tuples); mixed rows: r@K + pct
-    assert none == trav and len(none) == 8 * 8 + 8 * 5
+    # single-set rows: r@K and tuple_r@K (RelWorld knows the tuples); mixed rows: r@K + pct_safe
+    # + pct_counterpart
+    assert none == trav and len(none) == 8 * 8 + 8 * 6
+    assert ("mixed:U->V+G", "pct_counterpart_top1") in trav
     assert ("single:S->V", "tuple_r@1") in none and ("mixed:U->V+G", "tuple_r@1") not in none
     assert set(wt.calls) == {"text", "image"}
     # zero queries tie with every gallery item: pessimistic ties give R@1 = 0
