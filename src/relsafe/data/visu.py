@@ -188,8 +188,7 @@ class VisuData:
         Args:
             policy: a :class:`relsafe.policy.Policy`.
             n_per_pair: quadruplets per pair.
-            split_seed: the base seed (default ``splits.TEST``: evaluation data; methods pass
-                ``splits.EDIT + seed``).
+            split_seed: the base seed (default ``splits.TEST``; methods pass ``splits.EDIT + seed``).
             size: image side. styles: default the training styles. caption_split: ``"eval"``
                 (the default, for evaluation data: the canonical template no method trains on),
                 ``"edit"`` (training material) or ``"heldout"``.
