@@ -25,6 +25,10 @@ __all__ = [
     "atomic_write_text",
     "fsync_dir",
     "recover_atomic_dir",
+    "compose_yaml",
+    "load_yaml_text",
+    "read_json_file",
+    "read_text_file",
     "sha256_file",
 ]
 
@@ -188,3 +192,160 @@ def recover_atomic_dir(path: str | os.PathLike[str]) -> bool:
     os.replace(olds[-1], dest)
     fsync_dir(dest.parent)
     return True
+
+
+# ---- reading user files: bounded, decoded, parsed, with errors that name the file ----------------
+
+MAX_TEXT_BYTES = 64 << 20
+"""Largest text / JSON / YAML file relsafe reads (64 MiB): anything bigger is refused, not loaded."""
+
+YAML_MAX_DEPTH = 100
+"""Deepest nesting of a YAML document (a 5,000-deep ``[[[...]]]`` is refused, not a RecursionError)."""
+
+YAML_MAX_NODES = 200_000
+"""Most nodes a YAML document may stand for *after* alias expansion (an alias bomb is refused)."""
+
+
+def read_text_file(path: str | os.PathLike[str], what: str = "file") -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable, oversized or non-UTF-8 file is an
+    :class:`~relsafe.errors.InputError` that names ``what`` and the path."""
+    from relsafe.errors import InputError
+
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if p.is_dir():
+            raise InputError(f"{what} {p} is a folder, not a file")
+        if size > MAX_TEXT_BYTES:
+            raise InputError(
+                f"{what} {p} is {size / 2**20:.0f} MiB; relsafe reads text files up to "
+                f"{MAX_TEXT_BYTES >> 20} MiB"
+            )
+        raw = p.read_bytes()
+    except FileNotFoundError as e:
+        raise InputError(f"{what} not found: {p}") from e
+    except OSError as e:
+        raise InputError(f"cannot read {what} {p}: {e.strerror or e}") from e
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{what} {p} is not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 1]!r})"
+        ) from e
+
+
+def read_json_file(
+    path: str | os.PathLike[str], what: str = "JSON file", expect: type | None = dict
+) -> Any:
+    """Parse the JSON in ``path`` (read with :func:`read_text_file`); malformed JSON, or a top-level
+    value that is not of type ``expect`` (a mapping by default; ``None`` accepts any), is an
+    :class:`~relsafe.errors.InputError` naming the file and line."""
+    from relsafe.errors import InputError
+
+    text = read_text_file(path, what)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"{path}: line {e.lineno}, column {e.colno}: malformed JSON: {e.msg}"
+        ) from e
+    except RecursionError as e:
+        raise InputError(f"{path}: JSON nested too deeply") from e
+    if expect is not None and not isinstance(obj, expect):
+        kind = {dict: "an object (mapping)", list: "a list"}.get(expect, expect.__name__)
+        raise InputError(f"{path}: the top level must be {kind}, got {type(obj).__name__}")
+    return obj
+
+
+def _bounded_loader(text: str, source: str) -> Any:
+    """A :class:`yaml.SafeLoader` on ``text`` that refuses documents nested deeper than
+    :data:`YAML_MAX_DEPTH` or standing for more than :data:`YAML_MAX_NODES` nodes once aliases are
+    expanded, before anything is constructed (so an alias bomb costs nothing)."""
+    import yaml
+
+    from relsafe.errors import InputError
+
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.depth += 1
+            if self.depth > YAML_MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise InputError(
+                    f"{source}: line {mark.line + 1}: YAML nested deeper than {YAML_MAX_DEPTH} "
+                    "levels"
+                )
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def get_single_node(self) -> Any:
+            node = super().get_single_node()
+            if node is not None:
+                n = _expanded_size(node)
+                if n > YAML_MAX_NODES:
+                    raise InputError(
+                        f"{source}: the YAML stands for more than {YAML_MAX_NODES:,} values once its "
+                        "aliases (*refs) are expanded (an alias bomb?); relsafe refuses it"
+                    )
+            return node
+
+    return Loader(text)
+
+
+def _expanded_size(root: Any) -> int:
+    """Nodes ``root`` stands for with every alias expanded, computed with memoisation (aliases are
+    shared node objects in PyYAML's graph), iteratively, saturating early past the limit."""
+    import yaml
+
+    size: dict[int, int] = {}
+    open_: set[int] = set()  # nodes whose children are being sized (a recursive alias points back)
+    stack: list[Any] = [root]
+    while stack:
+        node = stack[-1]
+        key = id(node)
+        if key in size:
+            stack.pop()
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [x for pair in node.value for x in pair]
+        else:
+            size[key] = 1
+            stack.pop()
+            continue
+        pending = [c for c in children if id(c) not in size and id(c) not in open_]
+        if pending and key not in open_:
+            open_.add(key)
+            stack.extend(pending)
+            continue
+        open_.discard(key)
+        size[key] = min(1 + sum(size.get(id(c), 1) for c in children), YAML_MAX_NODES + 1)
+        stack.pop()
+    return size[id(root)]
+
+
+def compose_yaml(text: str, source: str) -> tuple[Any, Any]:
+    """``(loader, node)``: the composed YAML graph of ``text`` under the bounds of
+    :func:`load_yaml_text` (for callers that need line numbers); ``node`` is None when empty."""
+    loader = _bounded_loader(text, source)
+    try:
+        return loader, loader.get_single_node()
+    except RecursionError as e:  # pragma: no cover - the depth bound comes first
+        from relsafe.errors import InputError
+
+        raise InputError(f"{source}: YAML nested too deeply") from e
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML ``text`` with PyYAML's safe loader, bounded in depth and in alias expansion
+    (:data:`YAML_MAX_DEPTH`, :data:`YAML_MAX_NODES`). Malformed YAML raises :class:`yaml.YAMLError`
+    (the caller names the file and line); a bound raises :class:`~relsafe.errors.InputError`."""
+    loader, node = compose_yaml(text, source)
+    try:
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
