@@ -21,7 +21,17 @@ LAYERS: list[set[str]] = [
     {"policy"},
     {"models", "world", "geometry"},
     {"testing"},  # writes tiny random CLIP folders for tests with transformers alone
-    {"config", "errors", "utils_io", "registry", "provenance", "checkpoints", "__init__"},
+    {
+        "config",
+        "errors",
+        "utils_io",
+        "registry",
+        "provenance",
+        "checkpoints",
+        "validate",
+        "outputs",
+        "__init__",
+    },
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 
