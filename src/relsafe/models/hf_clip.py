@@ -20,6 +20,7 @@ from torch import nn
 from relsafe.errors import CheckpointError, InputError
 from relsafe.models.base import DualEncoder, LayerPreset
 from relsafe.models.registry import register_backbone
+from relsafe.utils_io import read_json_file
 
 
 def _clip_tower_roles(prefix: str, patch_embed: bool) -> dict[str, tuple[str, ...]]:
@@ -68,6 +69,10 @@ def _features(out: Any) -> torch.Tensor:
         if isinstance(val, torch.Tensor):
             return val
     raise TypeError(f"cannot find features in {type(out).__name__}")
+
+
+_MAX_RESIZE_SIDE = 16
+"""Beyond ``16 x image_size`` on its long side, an image is resized through its crop box only."""
 
 
 class HFCLIPModel(DualEncoder):
@@ -166,9 +171,16 @@ class HFCLIPModel(DualEncoder):
             w, h = img.size
             scale = size / min(w, h)
             nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            img = img.resize((nw, nh), Image.BICUBIC)
             left, top = (nw - size) // 2, (nh - size) // 2
-            img = img.crop((left, top, left + size, top + size))
+            if max(nw, nh) <= _MAX_RESIZE_SIDE * size:
+                img = img.resize((nw, nh), Image.BICUBIC)
+                img = img.crop((left, top, left + size, top + size))
+            else:
+                # A very elongated image (1 x 10^7 pixels) would resize to gigabytes before the
+                # crop: resize only the box the crop keeps (the same mapping, within rounding).
+                sx, sy = w / nw, h / nh
+                box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+                img = img.resize((size, size), Image.BICUBIC, box=box)
             arrs.append(np.asarray(img, dtype=np.uint8))
         if not arrs:
             raise InputError("preprocess got no images")
@@ -195,6 +207,74 @@ def _is_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+_TOWER_DEFAULTS = {
+    "text_config": {"hidden_size": 512, "num_attention_heads": 8},
+    "vision_config": {"hidden_size": 768, "num_attention_heads": 12},
+}
+"""CLIPTextConfig / CLIPVisionConfig defaults the divisibility check falls back on."""
+
+_TOWER_INTS = {
+    "text_config": {
+        "hidden_size": 1 << 14,
+        "intermediate_size": 1 << 16,
+        "num_hidden_layers": 256,
+        "num_attention_heads": 1024,
+        "vocab_size": 1 << 21,
+        "max_position_embeddings": 1 << 16,
+    },
+    "vision_config": {
+        "hidden_size": 1 << 14,
+        "intermediate_size": 1 << 16,
+        "num_hidden_layers": 256,
+        "num_attention_heads": 1024,
+        "image_size": 4096,
+        "patch_size": 4096,
+        "num_channels": 3,
+    },
+}
+"""Integer fields of a CLIP config's towers and their upper bounds (beyond them: not a CLIP)."""
+
+
+def _positive_int(value: Any, key: str, limit: int, cfg_path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise CheckpointError(
+            f"{cfg_path}: {key} must be an integer in [1, {limit}], got {value!r}"
+        )
+    return value
+
+
+def check_clip_config(cfg: dict[str, Any], cfg_path: Path) -> None:
+    """Raise :class:`CheckpointError` naming the file and key unless the architecture fields of a
+    CLIP ``config.json`` make a buildable model (positive, bounded sizes; hidden sizes divisible
+    by the number of heads; patches no larger than the image)."""
+    if "projection_dim" in cfg:
+        _positive_int(cfg["projection_dim"], "projection_dim", 1 << 14, cfg_path)
+    for tower, ints in _TOWER_INTS.items():
+        sub = cfg.get(tower)
+        if sub is None:
+            sub = {}
+        if not isinstance(sub, dict):
+            raise CheckpointError(
+                f"{cfg_path}: {tower} must be an object, got {type(sub).__name__}"
+            )
+        got = {**_TOWER_DEFAULTS[tower]}
+        for key, limit in ints.items():
+            if key in sub:
+                got[key] = _positive_int(sub[key], f"{tower}.{key}", limit, cfg_path)
+        hidden, heads = got["hidden_size"], got["num_attention_heads"]
+        if hidden % heads:
+            raise CheckpointError(
+                f"{cfg_path}: {tower}.hidden_size={hidden} is not divisible by "
+                f"{tower}.num_attention_heads={heads}"
+            )
+        if tower == "vision_config" and "image_size" in got and "patch_size" in got:
+            if got["patch_size"] > got["image_size"]:
+                raise CheckpointError(
+                    f"{cfg_path}: vision_config.patch_size={got['patch_size']} is larger than "
+                    f"vision_config.image_size={got['image_size']}"
+                )
+
+
 def check_clip_folder(folder: Path) -> None:
     """Raise :class:`CheckpointError` unless ``folder`` looks like a CLIP checkpoint."""
     if not folder.exists():
@@ -204,15 +284,13 @@ def check_clip_folder(folder: Path) -> None:
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: malformed JSON ({e})") from e
+    cfg = read_json_file(cfg_path, "CLIP config")
     if cfg.get("model_type") != "clip":
         raise CheckpointError(
             f"{cfg_path}: model_type is {cfg.get('model_type')!r}, not 'clip'; "
             "relsafe's HF backend loads CLIPModel checkpoints"
         )
+    check_clip_config(cfg, cfg_path)
     weights = list(folder.glob("*.safetensors"))
     if not weights:
         bins = list(folder.glob("*.bin"))
@@ -241,6 +319,11 @@ def load_hf_clip(
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
     from transformers.utils import logging as hf_logging
 
+    try:  # what a config that fails transformers' own validation raises (huggingface_hub >= 1)
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        StrictDataclassError = ValueError  # noqa: N806
+
     path = Path(name_or_path).expanduser()
     is_folder = path.exists() or name_or_path.startswith((".", "/", "~"))
     if is_folder:
@@ -251,7 +334,13 @@ def load_hf_clip(
         source = name_or_path
         if local_files_only is None:
             local_files_only = _is_offline() or os.environ.get("RELSAFE_ALLOW_DOWNLOAD", "0") != "1"
-    kwargs: dict[str, Any] = {"local_files_only": local_files_only, "use_safetensors": True}
+    kwargs: dict[str, Any] = {
+        "local_files_only": local_files_only,
+        "use_safetensors": True,
+        "output_loading_info": True,
+        # report shape mismatches by key (refused below) instead of transformers' bare error
+        "ignore_mismatched_sizes": True,
+    }
     if dtype is not None:
         kwargs["dtype"] = dtype
     if attn_implementation is not None:
@@ -259,7 +348,8 @@ def load_hf_clip(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model = CLIPModel.from_pretrained(source, **kwargs)
+        model, info = CLIPModel.from_pretrained(source, **kwargs)
+        _check_loading_info(info, source)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
         try:
             processor = AutoImageProcessor.from_pretrained(
@@ -267,13 +357,15 @@ def load_hf_clip(
             )
         except (OSError, ValueError):
             processor = None  # our own preprocess() needs only mean/std, which default to CLIP's
+    except CheckpointError:
+        raise
     except OSError as e:
         where = "folder" if is_folder else "hub id"
         hint = (
             "" if is_folder else " (offline: nothing is downloaded unless local_files_only=False)"
         )
         raise CheckpointError(f"cannot load CLIP from {where} {source!r}{hint}: {e}") from e
-    except (RuntimeError, ValueError, SafetensorError) as e:
+    except (RuntimeError, ValueError, SafetensorError, StrictDataclassError) as e:
         raise CheckpointError(
             f"cannot load CLIP weights from {source!r} (corrupt or mismatched file?): {e}"
         ) from e
@@ -282,6 +374,28 @@ def load_hf_clip(
     model.eval()
     files = _checkpoint_files(path if is_folder else _hub_snapshot(source))
     return HFCLIPModel(spec or name_or_path, model.to(device), tokenizer, processor, files)
+
+
+def _check_loading_info(info: dict[str, Any], source: str) -> None:
+    """Refuse a checkpoint whose weights miss tensors the config asks for, or hold them with other
+    shapes (transformers would fill those with random values), naming the first keys."""
+    missing = sorted(str(k) for k in info.get("missing_keys") or ())
+    if missing:
+        raise CheckpointError(
+            f"{source}: the weights lack {len(missing)} tensor(s) that config.json asks for, e.g. "
+            f"{', '.join(missing[:3])}; refusing to fill them with random values"
+        )
+    bad = []
+    for item in sorted(info.get("mismatched_keys") or (), key=str):
+        if isinstance(item, tuple) and len(item) == 3:
+            key, got, want = item
+            bad.append(f"{key} is {tuple(got)} in the weights, config.json says {tuple(want)}")
+        else:
+            bad.append(str(item))
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensor(s) do not match config.json: {'; '.join(bad[:3])}"
+        )
 
 
 _READ_FILES = (

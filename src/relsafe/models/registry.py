@@ -19,7 +19,6 @@ its base through :func:`load_model`) without an import circle.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from relsafe.errors import CheckpointError, InputError
 from relsafe.registry import BACKBONES
+from relsafe.utils_io import read_json_file
 
 Detect = Callable[[Path, dict[str, Any]], bool]
 """``detect(folder, config) -> bool``: whether a model folder (with its parsed ``config.json``)
@@ -79,12 +79,7 @@ def _folder_backbone(folder: Path) -> str:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{folder} has no config.json; not a model folder relsafe can load")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: malformed JSON ({e})") from e
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
+    cfg = read_json_file(cfg_path, "model config")
     for b in backbones().values():
         if b.detect is not None and b.detect(folder, cfg):
             return b.name
