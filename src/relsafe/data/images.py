@@ -399,10 +399,12 @@ def source_pixels(model: Any, source: ImageSource, sl: slice, what: str = "") ->
     try:
         for j, it in enumerate(source[sl]):
             where = f"{pre}image #{start + j}"
+            # decode first, then append: reserve() may flush and replace ``pils`` meanwhile
             if isinstance(it, str | os.PathLike):
-                pils.append(_open(it, f"{where}: ", reserve))
+                im = _open(it, f"{where}: ", reserve)
             else:
-                pils.append(to_pil(it, where))
+                im = to_pil(it, where)
+            pils.append(im)
         if pils:
             chunks.append(model.preprocess(pils))
     finally:

@@ -8,6 +8,7 @@ a missing checkpoint is an error, never an implicit download.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +20,7 @@ from torch import nn
 
 from relsafe.errors import CheckpointError, InputError
 from relsafe.models.base import DualEncoder, LayerPreset
-from relsafe.models.registry import register_backbone
-from relsafe.utils_io import read_json_file
+from relsafe.models.registry import read_model_config, register_backbone
 
 
 def _clip_tower_roles(prefix: str, patch_embed: bool) -> dict[str, tuple[str, ...]]:
@@ -73,6 +73,28 @@ def _features(out: Any) -> torch.Tensor:
 
 _MAX_RESIZE_SIDE = 16
 """Beyond ``16 x image_size`` on its long side, an image is resized through its crop box only."""
+
+
+def _elongated_crop(img: Any, size: int, nw: int, nh: int) -> Any:
+    """Resize-then-centre-crop of a very elongated image (1 x 10^7 pixels would resize to
+    gigabytes before the crop): crop the source to what the kept square needs, plus a filter
+    margin, and resize only that (the same mapping up to a sub-pixel offset)."""
+    from PIL import Image
+
+    tall = nh > nw
+    if not tall:
+        img = img.transpose(Image.Transpose.TRANSPOSE)
+        nw, nh = nh, nw
+    w, h = img.size
+    left, top = (nw - size) // 2, (nh - size) // 2
+    sy = h / nh
+    margin = 4 * max(1, math.ceil(sy))
+    y0 = max(0, math.floor(top * sy) - margin)
+    y1 = min(h, math.ceil((top + size) * sy) + margin)
+    part = img.crop((0, y0, w, y1)).resize((nw, max(size, round((y1 - y0) / sy))), Image.BICUBIC)
+    off = min(max(0, round((top * sy - y0) / sy)), part.size[1] - size)
+    out = part.crop((left, off, left + size, off + size))
+    return out if tall else out.transpose(Image.Transpose.TRANSPOSE)
 
 
 class HFCLIPModel(DualEncoder):
@@ -176,11 +198,7 @@ class HFCLIPModel(DualEncoder):
                 img = img.resize((nw, nh), Image.BICUBIC)
                 img = img.crop((left, top, left + size, top + size))
             else:
-                # A very elongated image (1 x 10^7 pixels) would resize to gigabytes before the
-                # crop: resize only the box the crop keeps (the same mapping, within rounding).
-                sx, sy = w / nw, h / nh
-                box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-                img = img.resize((size, size), Image.BICUBIC, box=box)
+                img = _elongated_crop(img, size, nw, nh)
             arrs.append(np.asarray(img, dtype=np.uint8))
         if not arrs:
             raise InputError("preprocess got no images")
@@ -284,7 +302,7 @@ def check_clip_folder(folder: Path) -> None:
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
-    cfg = read_json_file(cfg_path, "CLIP config")
+    cfg = read_model_config(cfg_path, "CLIP config")
     if cfg.get("model_type") != "clip":
         raise CheckpointError(
             f"{cfg_path}: model_type is {cfg.get('model_type')!r}, not 'clip'; "

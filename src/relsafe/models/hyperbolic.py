@@ -54,7 +54,7 @@ from relsafe.geometry.lorentz import (
     pairwise_dist,
 )
 from relsafe.models.base import DualEncoder, LayerPreset, TowerSplit
-from relsafe.models.registry import load_model, register_backbone
+from relsafe.models.registry import load_model, read_model_config, register_backbone
 
 log = logging.getLogger(__name__)
 
@@ -571,17 +571,32 @@ def load_hyperbolic(folder: str | Path, **kwargs: Any) -> HyperbolicDualEncoder:
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise CheckpointError(f"{p} not found: not a hyperbolic model folder")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
-    if not isinstance(cfg, dict) or cfg.get("architecture") != ARCHITECTURE:
+    cfg = read_model_config(cfg_path, "hyperbolic model config")
+    if cfg.get("architecture") != ARCHITECTURE:
         raise CheckpointError(f"{cfg_path}: architecture is not {ARCHITECTURE!r}")
     if cfg.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{cfg_path}: unsupported hyperbolic format version {cfg.get('format_version')!r}"
         )
-    base_dir = folder / str(cfg.get("base", BASE_DIR))
+    base_name = cfg.get("base", BASE_DIR)
+    if not isinstance(base_name, str) or not base_name or base_name in (".", ".."):
+        raise CheckpointError(f"{cfg_path}: base must be a sub-folder name, got {base_name!r}")
+    aperture_k = cfg.get("aperture_k", 0.1)
+    if (
+        isinstance(aperture_k, bool)
+        or not isinstance(aperture_k, int | float)
+        or not math.isfinite(aperture_k)
+        or aperture_k <= 0
+    ):
+        raise CheckpointError(
+            f"{cfg_path}: aperture_k must be a positive finite number, got {aperture_k!r}"
+        )
+    fit_info = cfg.get("fit_info") or {}
+    if not isinstance(fit_info, dict):
+        raise CheckpointError(
+            f"{cfg_path}: fit_info must be an object, got {type(fit_info).__name__}"
+        )
+    base_dir = folder / base_name
     if not base_dir.is_dir() or base_dir.resolve().parent != folder.resolve():
         raise CheckpointError(f"{cfg_path}: base folder {base_dir} missing or outside {folder}")
     try:
@@ -592,7 +607,7 @@ def load_hyperbolic(folder: str | Path, **kwargs: Any) -> HyperbolicDualEncoder:
     if missing:
         raise CheckpointError(f"{w_path}: missing tensors {missing}")
     base = load_model(str(base_dir), **kwargs)
-    model = HyperbolicDualEncoder(base, aperture_k=float(cfg.get("aperture_k", 0.1)))
+    model = HyperbolicDualEncoder(base, aperture_k=float(aperture_k))
     with torch.no_grad():
         for n in _SCALARS:
             t = tensors[n]
@@ -604,10 +619,13 @@ def load_hyperbolic(folder: str | Path, **kwargs: Any) -> HyperbolicDualEncoder:
         if kind in ("traversal_radius", "unsafe_threshold"):
             if m not in MODALITIES or t.numel() != 1:
                 raise CheckpointError(f"{w_path}: malformed tensor {key!r}")
-            getattr(model, kind)[m] = float(t.reshape(()))
+            value = float(t.reshape(()))
+            if not math.isfinite(value):
+                raise CheckpointError(f"{w_path}: tensor {key!r} must be finite, got {value}")
+            getattr(model, kind)[m] = value
         elif key not in _SCALARS:
             raise CheckpointError(f"{w_path}: unexpected tensor {key!r}")
-    model.fit_info = dict(cfg.get("fit_info") or {})
+    model.fit_info = dict(fit_info)
     model._source = folder
     model.spec = str(folder)
     model.clamp_warnings()

