@@ -425,7 +425,7 @@ def test_write_edit_and_resume(
     with pytest.raises(KeyboardInterrupt):
         hysac(load_model(str(tiny_clip_dir)), tiny_policy, cfg, progress=False, workdir=str(work))
     monkeypatch.setattr(hysac_mod.HySACRun, "step_losses", original)
-    assert (work / "hysac_state.json").is_file()
+    assert (work / "checkpoint" / "state.json").is_file()  # hysac state inside the set
     res = hysac(load_model(str(tiny_clip_dir)), tiny_policy, cfg, progress=False, workdir=str(work))
     for k, v in ref_state.items():
         assert torch.allclose(res.adapter.state_dict()[k], v, atol=1e-6), k

@@ -300,12 +300,20 @@ def _read_state(folder: Path) -> dict[str, Any]:
     return doc
 
 
-def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
+def read_meta(
+    folder: str | os.PathLike[str], keys: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """The ``meta`` dict of a checkpoint without loading its tensors (e.g. to compare a config
-    hash before deciding to resume). Tensors stored in ``meta`` are not available here."""
+    hash before deciding to resume). Tensors stored in ``meta`` are not available here: pass
+    ``keys`` to read only those top-level entries (the others may hold tensors)."""
     folder = Path(folder)
     doc = _read_state(folder)
-    meta = _decode(doc["meta"], None, str(folder / STATE_FILE))
+    raw = doc["meta"]
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{folder / STATE_FILE}: 'meta' is not a mapping")
+    if keys is not None:
+        raw = {k: v for k, v in raw.items() if k in keys}
+    meta = _decode(raw, None, str(folder / STATE_FILE))
     if not isinstance(meta, dict):
         raise CheckpointError(f"{folder / STATE_FILE}: 'meta' is not a mapping")
     return meta

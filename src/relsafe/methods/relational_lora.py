@@ -107,13 +107,39 @@ class LoraEditConfig:
             raise ConfigError(
                 f"towers must be a non-empty subset of ['text', 'vision'], got {self.towers}"
             )
-        if self.text_layers < 0:
-            raise ConfigError(f"text_layers must be >= 0 (0 = all), got {self.text_layers}")
-        for name in ("rank", "steps", "batch_forget", "batch_retain", "batch_images"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        _check_numbers(self)
+
+
+def _check_numbers(cfg: LoraEditConfig) -> None:
+    """Every numeric key within its bound (:mod:`relsafe.validate`): finite, counts >= 1,
+    sizes at most ``MAX_BATCH`` / ``MAX_STEPS``, ``dropout`` in [0, 1)."""
+    from relsafe.validate import (
+        MAX_BATCH,
+        MAX_EVERY,
+        MAX_LR,
+        MAX_RANK,
+        MAX_SEED,
+        MAX_STEPS,
+        MAX_WEIGHT,
+        check_number,
+    )
+
+    w = "relational-lora/concept-erasure"
+    check_number(w, "text_layers (0 = all)", cfg.text_layers, lo=0, hi=1000, integer=True)
+    check_number(w, "rank", cfg.rank, lo=1, hi=MAX_RANK, integer=True)
+    check_number(w, "steps", cfg.steps, lo=1, hi=MAX_STEPS, integer=True)
+    for name in ("batch_forget", "batch_retain", "batch_images"):
+        check_number(w, name, getattr(cfg, name), lo=1, hi=MAX_BATCH, integer=True)
+    check_number(w, "lr", cfg.lr, lo=0, hi=MAX_LR, lo_open=True)
+    check_number(w, "alpha", cfg.alpha, lo=0, hi=MAX_WEIGHT, lo_open=True)
+    check_number(w, "dropout", cfg.dropout, lo=0, hi=1, hi_open=True)
+    check_number(w, "weight_decay", cfg.weight_decay, lo=0, hi=MAX_WEIGHT)
+    check_number(w, "margin", cfg.margin, lo=-2, hi=2)
+    for name in [f for f in vars(cfg) if f.startswith("w_")]:  # the loss weights
+        check_number(w, name, getattr(cfg, name), lo=0, hi=MAX_WEIGHT)
+    check_number(w, "seed", cfg.seed, lo=0, hi=MAX_SEED, integer=True)
+    for name in ("log_every", "checkpoint_every"):
+        check_number(w, name, getattr(cfg, name), lo=1, hi=MAX_EVERY, integer=True)
 
 
 def _pixels(model: Any, arr: np.ndarray) -> torch.Tensor:

@@ -47,6 +47,17 @@ class LoopResult:
     resumed_from: int = 0
 
 
+@dataclass
+class ExtraState:
+    """A method's resumable state beyond the adapter and optimiser (HySAC's scalars, best state
+    and early-stopping history). ``save(step)`` returns a checkpoint-``meta``-able object (tensors,
+    numbers, strings, lists, dicts); ``load(step, obj)`` puts it back."""
+
+    name: str
+    save: Callable[[int], Any]
+    load: Callable[[int, Any], None]
+
+
 CHECKPOINT_DIR = "checkpoint"
 """The checkpoint folder inside ``workdir`` (a :mod:`relsafe.checkpoints` folder)."""
 _LEGACY_FILES = ("optimizer.pt", "adapter.safetensors", "state.json")
@@ -60,14 +71,19 @@ def save_checkpoint(
     curve: list[dict[str, float]],
     rng: random.Random,
     fingerprint: str,
+    extra: ExtraState | None = None,
 ) -> None:
-    """Write adapter, optimiser, RNG states and loop state as one folder, replaced whole."""
+    """Write adapter, optimiser, RNG states, loop state and the method's ``extra`` state as one
+    folder, replaced whole (a kill leaves either the previous complete set or the new one)."""
+    meta: dict[str, Any] = {"step": step, "curve": curve, "fingerprint": fingerprint}
+    if extra is not None:
+        meta["extra"] = extra.save(step)
     save_training_checkpoint(
         Path(workdir) / CHECKPOINT_DIR,
         handle.state_dict(),
         optimizer=opt.state_dict(),
         rng=RngState.capture(python=rng),
-        meta={"step": step, "curve": curve, "fingerprint": fingerprint},
+        meta=meta,
     )
 
 
@@ -77,6 +93,7 @@ def load_checkpoint(
     opt: torch.optim.Optimizer,
     rng: random.Random,
     fingerprint: str,
+    extra: ExtraState | None = None,
 ) -> tuple[int, list[dict[str, float]]] | None:
     """Restore a checkpoint written by :func:`save_checkpoint`; None when there is none.
 
@@ -92,7 +109,7 @@ def load_checkpoint(
                 "which this relsafe cannot resume; delete those files to start afresh"
             )
         return None
-    if read_meta(folder).get("fingerprint") != fingerprint:
+    if read_meta(folder, keys=("fingerprint",)).get("fingerprint") != fingerprint:
         log.warning(
             "checkpoint in %s was made with another config or model; starting afresh", workdir
         )
@@ -101,7 +118,21 @@ def load_checkpoint(
     handle.load_state_dict(ck.tensors)
     load_optimizer_state(opt, ck.optimizer, str(folder))
     ck.rng.restore(python=rng, where=str(folder))
-    return int(ck.meta["step"]), list(ck.meta["curve"])
+    step = ck.meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{folder}: state.json holds no valid step counter ({step!r})")
+    if extra is not None:
+        if "extra" not in ck.meta:
+            raise CheckpointError(
+                f"{folder}: holds no {extra.name} state (an earlier layout); "
+                "delete the work folder to start afresh"
+            )
+        extra.load(step, ck.meta["extra"])
+    return step, list(ck.meta["curve"])
+
+
+def _snapshot(handle: LoraHandle) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in handle.state_dict().items()}
 
 
 def run_loop(
@@ -122,12 +153,24 @@ def run_loop(
     fingerprint: str = "",
     optimizer: str = "adamw",
     extra_param_groups: list[dict[str, Any]] | None = None,
+    extra: ExtraState | None = None,
 ) -> LoopResult:
-    """Optimise ``params`` for ``steps`` steps on the weighted sum of ``step_losses``."""
+    """Optimise ``params`` for ``steps`` steps on the weighted sum of ``step_losses``.
+
+    ``extra``: a method's own resumable state (:class:`ExtraState`), saved inside the same
+    checkpoint folder as the adapter and optimiser, so the set is always complete.
+
+    After a non-finite loss at step ``s`` the adapter is restored to the weights of step ``s - 1``
+    (the last ones whose loss was computed and finite), or the initial ones when ``s`` is the first.
+    """
     from tqdm.auto import tqdm
 
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    from relsafe.validate import MAX_EVERY, MAX_STEPS, check_number
+
+    check_number(desc, "steps", steps, lo=0, hi=MAX_STEPS, integer=True)
+    check_number(desc, "lr", lr, lo=0, lo_open=True)
+    for name, v in (("log_every", log_every), ("checkpoint_every", checkpoint_every)):
+        check_number(desc, name, v, lo=1, hi=MAX_EVERY, integer=True)
     groups: list[dict[str, Any]] = [{"params": params, "weight_decay": weight_decay}]
     groups += extra_param_groups or []
     opt: torch.optim.Optimizer = (
@@ -139,11 +182,13 @@ def run_loop(
     start = 0
     wd = Path(workdir) if workdir else None
     if wd is not None:
-        restored = load_checkpoint(wd, handle, opt, rng, fingerprint)
+        restored = load_checkpoint(wd, handle, opt, rng, fingerprint, extra)
         if restored is not None:
             start, curve = restored
             log.info("resuming %s from step %d (%s)", desc, start, wd)
-    good_state = {k: v.clone() for k, v in handle.state_dict().items()}
+    # the last adapter whose loss was computed and finite: a step's weights become "good" only
+    # once the next step's loss on them is finite (never right after opt.step())
+    good_state = _snapshot(handle)
     stopped = None
     handle.train_mode(True)
     bar = tqdm(
@@ -160,6 +205,7 @@ def run_loop(
                 log.error("%s: %s", desc, stopped)
                 handle.load_state_dict(good_state)
                 break
+            good_state = _snapshot(handle)
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
@@ -168,9 +214,8 @@ def run_loop(
                 entry.update({k: float(v.detach()) for k, v in terms.items()})
                 curve.append(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
-                good_state = {k: v.clone() for k, v in handle.state_dict().items()}
             if wd is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-                save_checkpoint(wd, handle, opt, step + 1, curve, rng, fingerprint)
+                save_checkpoint(wd, handle, opt, step + 1, curve, rng, fingerprint, extra)
             bar.update(1)
         else:
             step = steps

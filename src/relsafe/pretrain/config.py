@@ -92,18 +92,11 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Cross-field rules; raises :class:`ConfigError` naming the key at fault."""
-        if not 0 <= self.seed < MAX_SEED:
-            raise ConfigError(f"pretrain: seed must be in [0, {MAX_SEED}), got {self.seed}")
-        if self.steps < 1 or self.batch_size < 4:
-            raise ConfigError("pretrain: steps must be >= 1 and batch_size >= 4")
+        self._check_numbers()
         if self.negatives not in ("all", "swaps"):
             raise ConfigError(
                 f"pretrain: negatives must be 'all' or 'swaps', got {self.negatives!r}"
             )
-        if not 0.0 <= self.context_fraction <= 1.0:
-            raise ConfigError("pretrain: context_fraction must be in [0, 1]")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.checkpoint_every < 1:
-            raise ConfigError("pretrain: lr must be > 0, warmup_steps >= 0, checkpoint_every >= 1")
         from relsafe.world.styles import OOD_STYLES, get_style
 
         for s in self.styles:
@@ -112,6 +105,55 @@ class PretrainConfig:
                 raise ConfigError(
                     f"pretrain: style {s!r} is held out (OOD) and may not be trained on"
                 )
+
+    def _check_numbers(self) -> None:
+        """Every numeric key within its bound (:mod:`relsafe.validate`): finite, intervals >= 1,
+        sizes and widths bounded so an absurd value is refused before anything is allocated."""
+        from relsafe.validate import MAX_BATCH, MAX_EVERY, MAX_LR, MAX_STEPS, MAX_WEIGHT
+        from relsafe.validate import check_number as num
+
+        w = "pretrain"
+        num(w, "seed", self.seed, lo=0, hi=MAX_SEED, hi_open=True, integer=True)
+        num(w, "steps", self.steps, lo=1, hi=MAX_STEPS, integer=True)
+        num(w, "batch_size", self.batch_size, lo=4, hi=MAX_BATCH, integer=True)
+        num(w, "lr", self.lr, lo=0, hi=MAX_LR, lo_open=True)
+        num(w, "min_lr_ratio", self.min_lr_ratio, lo=0, hi=1)
+        num(w, "warmup_steps", self.warmup_steps, lo=0, hi=MAX_STEPS, integer=True)
+        num(w, "weight_decay", self.weight_decay, lo=0, hi=MAX_WEIGHT)
+        num(w, "grad_clip", self.grad_clip, lo=0, hi=MAX_WEIGHT, lo_open=True)
+        num(w, "image_size", self.image_size, lo=16, hi=1024, integer=True)
+        num(w, "marginal_weight", self.marginal_weight, lo=0, hi=MAX_WEIGHT)
+        num(w, "context_fraction", self.context_fraction, lo=0, hi=1)
+        num(w, "captions_per_tuple", self.captions_per_tuple, lo=0, hi=100_000, integer=True)
+        num(w, "context_variants", self.context_variants, lo=0, hi=10_000, integer=True)
+        for name in ("embed_dim", "stem_dim", "text_hidden"):
+            lo = 0 if name == "text_hidden" else 1
+            num(w, name, getattr(self, name), lo=lo, hi=16_384, integer=True)
+        for name in ("vision_dims", "vision_depths"):
+            for i, v in enumerate(getattr(self, name)):
+                num(
+                    w,
+                    f"{name}[{i}]",
+                    v,
+                    lo=1,
+                    hi=16_384 if name == "vision_dims" else 64,
+                    integer=True,
+                )
+        num(w, "mlp_ratio", self.mlp_ratio, lo=1, hi=64, integer=True)
+        num(
+            w,
+            "bn_recalibration_batches",
+            self.bn_recalibration_batches,
+            lo=0,
+            hi=MAX_EVERY,
+            integer=True,
+        )
+        num(w, "lora_rank", self.lora_rank, lo=0, hi=4096, integer=True)
+        num(w, "lora_alpha", self.lora_alpha, lo=0, hi=MAX_WEIGHT, lo_open=True)
+        num(w, "threads", self.threads, lo=1, hi=1024, integer=True)
+        num(w, "eval_per_tuple", self.eval_per_tuple, lo=0, hi=10_000, integer=True)
+        for name in ("checkpoint_every", "log_every"):
+            num(w, name, getattr(self, name), lo=1, hi=MAX_EVERY, integer=True)
 
     def train_styles(self) -> tuple[str, ...]:
         from relsafe.world.styles import TRAIN_STYLES

@@ -86,7 +86,7 @@ from relsafe.methods.hysac.trainer import (
     unit_norm_alphas,
 )
 from relsafe.methods.lora import attach_lora
-from relsafe.methods.training import run_loop
+from relsafe.methods.training import ExtraState, run_loop
 from relsafe.models.hyperbolic import HyperbolicDualEncoder
 
 __all__ = [
@@ -206,6 +206,7 @@ def hysac(
                         "lr": cfg.lr if cfg.scalar_lr is None else cfg.scalar_lr,
                     }
                 ],
+                extra=ExtraState("hysac", run.checkpoint_state, run.restore_state),
             )
         except EarlyStop:
             pass

@@ -58,15 +58,9 @@ class HySACConfig:
             raise ConfigError(
                 f"weights: unknown terms {sorted(unknown)}; valid: {sorted(DEFAULT_WEIGHTS)}"
             )
-        if any(v < 0 for v in self.weights.values()) or sum(self.weights.values()) <= 0:
-            raise ConfigError("weights must be non-negative and not all zero")
-        if self.text_layers < 0 or self.vision_layers < 0:
-            raise ConfigError("text_layers and vision_layers must be >= 0 (0 = all layers)")
-        for name in ("rank", "batch_size", "n_per_pair", "n_val_per_pair", "eval_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.steps < 0 or self.patience < 1:
-            raise ConfigError("steps must be >= 0 and patience >= 1")
+        self._check_numbers()
+        if sum(self.weights.values()) <= 0:
+            raise ConfigError("hysac: weights must be non-negative and not all zero")
         if not 0.1 <= self.curvature_init <= 10.0:
             raise ConfigError(f"curvature_init must lie in [0.1, 10], got {self.curvature_init}")
         if not 0.0 < self.traversal_quantile <= 1.0:
@@ -79,7 +73,41 @@ class HySACConfig:
             bad = set(getattr(self, name)) - {"text", "vision"}
             if bad:
                 raise ConfigError(f"{name}: keys must be 'text'/'vision', got {sorted(bad)}")
-        if self.scalar_lr is not None and self.scalar_lr < 0:
-            raise ConfigError(f"scalar_lr must be >= 0, got {self.scalar_lr}")
-        if self.lr <= 0 or self.aperture_k <= 0:
-            raise ConfigError("lr and aperture_k must be positive")
+
+    def _check_numbers(self) -> None:
+        """Every numeric key within its bound (:mod:`relsafe.validate`): finite, intervals >= 1,
+        sizes at most ``MAX_BATCH`` / ``MAX_N_PER_PAIR`` / ``MAX_STEPS``, ``dropout`` in [0, 1)."""
+        from relsafe.validate import (
+            MAX_BATCH,
+            MAX_EVERY,
+            MAX_LR,
+            MAX_N_PER_PAIR,
+            MAX_RANK,
+            MAX_SEED,
+            MAX_STEPS,
+            MAX_WEIGHT,
+            check_number,
+        )
+
+        w = "hysac"
+        for k, v in self.weights.items():
+            check_number(w, f"weights.{k}", v, lo=0, hi=MAX_WEIGHT)
+        for name in ("text_layers", "vision_layers"):
+            check_number(w, f"{name} (0 = all)", getattr(self, name), lo=0, hi=1000, integer=True)
+        check_number(w, "rank", self.rank, lo=1, hi=MAX_RANK, integer=True)
+        check_number(w, "lora_alpha", self.lora_alpha, lo=0, hi=MAX_WEIGHT, lo_open=True)
+        check_number(w, "dropout", self.dropout, lo=0, hi=1, hi_open=True)
+        check_number(w, "steps", self.steps, lo=0, hi=MAX_STEPS, integer=True)
+        check_number(w, "batch_size", self.batch_size, lo=1, hi=MAX_BATCH, integer=True)
+        for name in ("n_per_pair", "n_val_per_pair"):
+            check_number(w, name, getattr(self, name), lo=1, hi=MAX_N_PER_PAIR, integer=True)
+        check_number(w, "size", self.size, lo=8, hi=1024, integer=True)
+        check_number(w, "lr", self.lr, lo=0, hi=MAX_LR, lo_open=True)
+        check_number(w, "scalar_lr", self.scalar_lr, lo=0, hi=MAX_LR, allow_none=True)
+        check_number(w, "weight_decay", self.weight_decay, lo=0, hi=MAX_WEIGHT)
+        check_number(w, "aperture_k", self.aperture_k, lo=0, hi=MAX_WEIGHT, lo_open=True)
+        check_number(w, "min_delta", self.min_delta, lo=0, hi=MAX_WEIGHT)
+        check_number(w, "patience", self.patience, lo=1, hi=MAX_EVERY, integer=True)
+        check_number(w, "seed", self.seed, lo=0, hi=MAX_SEED, integer=True)
+        for name in ("eval_every", "log_every", "checkpoint_every"):
+            check_number(w, name, getattr(self, name), lo=1, hi=MAX_EVERY, integer=True)

@@ -18,7 +18,6 @@ since methods do not import the eval layer.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -49,8 +48,6 @@ __all__ = [
     "unit_norm_alphas",
 ]
 
-STATE_JSON = "hysac_state.json"
-STATE_TENSORS = "hysac_state.safetensors"
 SCALARS = ("log_curvature", "alpha_text", "alpha_image", "logit_scale")
 """The wrapper's learned scalars, in :meth:`HyperbolicDualEncoder.scalar_parameters` order."""
 
@@ -145,7 +142,7 @@ class HySACRun:
     :meth:`step_losses` is ``run_loop``'s loss function: it evaluates on schedule (raising
     :class:`EarlyStop` when patience runs out), saves and restores what ``run_loop``'s own
     checkpoint does not hold (the scalars' values, the best state, the early-stopping history:
-    ``hysac_state.json`` / ``hysac_state.safetensors`` in the work folder), clamps the scalars
+    :meth:`checkpoint_state`, stored in run_loop's checkpoint folder), clamps the scalars
     and returns the loss terms of one batch.
     """
 
@@ -173,7 +170,6 @@ class HySACRun:
         self.best_state: dict[str, dict[str, torch.Tensor]] = {}
         self.bad_evals = 0
         self.stopped: str | None = None
-        self._first_call = True
         # validation loss batches mix groups the way training batches do (fixed order)
         gen = torch.Generator().manual_seed(cfg.seed)
         self.val_order = torch.randperm(len(val), generator=gen)
@@ -297,79 +293,54 @@ class HySACRun:
             self.best["recall_step"] = int(entry["step"])
         self.bad_evals = 0 if (better_loss or better_recall) else self.bad_evals + 1
 
-    # -- resume support for what run_loop's checkpoint does not hold --
-    def _save_extra(self, step: int) -> None:
-        from safetensors.torch import save
-
-        from relsafe.utils_io import atomic_write_bytes, atomic_write_json
-
-        assert self.workdir is not None
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        tensors = {f"current.scalars.{k}": v for k, v in self._state()["scalars"].items()}
+    # -- resume support for what the adapter and optimiser do not hold: saved by run_loop inside
+    # the same checkpoint folder (one complete set, renamed into place whole) --
+    def checkpoint_state(self, step: int) -> dict[str, Any]:
+        """The scalars, best state and early-stopping history at ``step`` (checkpoint meta)."""
+        tensors = {
+            f"current.scalars.{k}": v.detach().clone() for k, v in self._state()["scalars"].items()
+        }
         for part, d in self.best_state.items():
             tensors.update({f"best.{part}.{k}": v.contiguous() for k, v in d.items()})
-        atomic_write_bytes(self.workdir / STATE_TENSORS, save(tensors))
-        atomic_write_json(
-            self.workdir / STATE_JSON,
-            {
-                "step": step,
-                "fingerprint": self.fingerprint,
-                "best": {
-                    k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                    for k, v in self.best.items()
-                },
-                "bad_evals": self.bad_evals,
-                "history": self.history,
-                "curve": self.curve,
-                "scalar_curve": self.scalar_curve,
-            },
-        )
+        return {
+            "step": step,
+            "tensors": tensors,
+            "best": dict(self.best),
+            "bad_evals": self.bad_evals,
+            "history": self.history,
+            "curve": self.curve,
+            "scalar_curve": self.scalar_curve,
+        }
 
-    def _load_extra(self, step: int) -> None:
-        from safetensors.torch import load_file
-
-        assert self.workdir is not None
-        j, t = self.workdir / STATE_JSON, self.workdir / STATE_TENSORS
-        if not (j.is_file() and t.is_file()):
-            raise CheckpointError(
-                f"{self.workdir}: the LoRA checkpoint is at step {step} but the HySAC scalars "
-                f"({STATE_JSON}) are missing; delete the work folder to start afresh"
-            )
-        meta = json.loads(j.read_text())
-        if meta.get("step") != step or meta.get("fingerprint") != self.fingerprint:
-            raise CheckpointError(
-                f"{self.workdir}: HySAC state is from step {meta.get('step')} but the LoRA "
-                f"checkpoint from step {step}; delete the work folder to start afresh"
-            )
-        tensors = load_file(str(t))
-        with torch.no_grad():
-            for n in SCALARS:
-                getattr(self.model, n).copy_(tensors[f"current.scalars.{n}"])
+    def restore_state(self, step: int, obj: Any) -> None:
+        """Inverse of :meth:`checkpoint_state` (``obj`` read back from the checkpoint)."""
+        where = f"{self.workdir}: checkpoint's hysac state"
+        keys = {"step", "tensors", "best", "bad_evals", "history", "curve", "scalar_curve"}
+        if not isinstance(obj, dict) or set(obj) != keys or obj["step"] != step:
+            raise CheckpointError(f"{where} is incomplete or not from step {step}")
+        tensors = obj["tensors"]
+        try:
+            with torch.no_grad():
+                for n in SCALARS:
+                    getattr(self.model, n).copy_(tensors[f"current.scalars.{n}"])
+        except (KeyError, RuntimeError, TypeError) as e:
+            raise CheckpointError(f"{where}: scalars do not fit this model ({e})") from e
         best: dict[str, dict[str, torch.Tensor]] = {}
         for key, v in tensors.items():
             if key.startswith("best."):
                 _, part, name = key.split(".", 2)
                 best.setdefault(part, {})[name] = v
         self.best_state = best
-        self.best = {
-            k: (v if v is not None else (math.inf if k == "loss" else -math.inf))
-            for k, v in meta["best"].items()
-        }
-        self.bad_evals = int(meta["bad_evals"])
-        self.history = list(meta["history"])
-        self.curve = list(meta["curve"])
-        self.scalar_curve = list(meta.get("scalar_curve", []))
+        self.best = dict(obj["best"])
+        self.bad_evals = int(obj["bad_evals"])
+        self.history = list(obj["history"])
+        self.curve = list(obj["curve"])
+        self.scalar_curve = list(obj["scalar_curve"])
         log.info("hysac: restored scalars and early-stopping state at step %d", step)
 
     # -- one training step --
     def step_losses(self, step: int, rng: random.Random) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        if self._first_call:
-            self._first_call = False
-            if step > 0 and self.workdir is not None:
-                self._load_extra(step)
-        if self.workdir is not None and step > 0 and step % cfg.checkpoint_every == 0:
-            self._save_extra(step)
         if step % cfg.eval_every == 0 and not any(h["step"] == step for h in self.history):
             self.consider(self.evaluate(step))
             if self.bad_evals >= cfg.patience:
