@@ -30,7 +30,6 @@ This module sits in the utils layer: it imports only torch, safetensors and ``re
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -284,9 +283,14 @@ def _read_state(folder: Path) -> dict[str, Any]:
             f"{path}: missing; {folder} is not a complete {FORMAT} folder "
             f"(holds {sorted(p.name for p in folder.iterdir())})"
         )
+    from relsafe.errors import InputError
+    from relsafe.utils_io import read_json_file
+
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = read_json_file(path, "checkpoint state file", expect=None)
+    except CheckpointError:
+        raise
+    except InputError as e:
         raise CheckpointError(f"{path}: unreadable or not JSON ({e})") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} state file")

@@ -28,14 +28,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path, what: str = "text file") -> list[str]:
     from relsafe.errors import InputError
+    from relsafe.utils_io import read_text_file
 
-    try:
-        lines = [ln.rstrip("\n") for ln in path.read_text().splitlines()]
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e}") from e
-    lines = [ln for ln in lines if ln.strip()]
+    lines = [ln for ln in read_text_file(path, what).splitlines() if ln.strip()]
     if not lines:
         raise InputError(f"{path} has no non-empty lines")
     return lines
@@ -50,7 +47,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     res = api.embed(
         model=args.model,
         out=args.out,
-        texts=_read_lines(Path(args.texts)) if args.texts else None,
+        texts=_read_lines(Path(args.texts), "--texts file") if args.texts else None,
         images=_image_paths(Path(args.images)) if args.images else None,
         batch_size=args.batch_size,
         device=args.device,
@@ -76,7 +73,7 @@ def _image_paths(path: Path) -> list[Path]:
     if path.is_file():
         return [
             (path.parent / ln).resolve() if not Path(ln).is_absolute() else Path(ln)
-            for ln in _read_lines(path)
+            for ln in _read_lines(path, "--images manifest")
         ]
     raise InputError(f"--images: {path} is neither a folder nor a manifest file")
 
@@ -367,6 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _printable(msg: str) -> str:
+    """An error message safe to print on any terminal: control characters (an escape sequence in
+    a hostile file name or value) and undecodable bytes of a path (lone surrogates) are shown as
+    escapes instead of being sent to the terminal or crashing the print."""
+    out = []
+    for ch in msg or "(no message)":
+        if ch in "\n\t" or (ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF):
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+    return "".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -383,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("relsafe").info("%s", e)
         return 0
     except RelsafeError as e:
-        print(f"relsafe: error: {e}", file=sys.stderr)
+        print(f"relsafe: error: {_printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("relsafe: interrupted; completed work was saved", file=sys.stderr)

@@ -113,7 +113,7 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         )
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {unknown}; valid keys for {cls.__name__}: {sorted(fields)}"
@@ -148,54 +148,126 @@ def to_dict(obj: Any) -> Any:
 
 
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file; a missing file or malformed YAML is a :class:`ConfigError` naming it."""
+    """Read a YAML file (UTF-8, size-bounded, alias- and depth-bounded): a missing, unreadable or
+    non-UTF-8 file, malformed YAML or an alias bomb is a :class:`ConfigError` naming it."""
+    from relsafe.errors import InputError
+    from relsafe.utils_io import load_yaml_text, read_text_file
+
     path = Path(path)
     try:
-        text = path.read_text()
-    except FileNotFoundError as e:
-        raise ConfigError(f"config file not found: {path}") from e
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e}") from e
-    try:
-        return yaml.safe_load(text)
+        text = read_text_file(path, "config file")
+        return _acyclic(load_yaml_text(text, str(path)), str(path))
+    except ConfigError:
+        raise
+    except InputError as e:
+        raise ConfigError(str(e)) from e
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{loc} malformed YAML: {getattr(e, 'problem', e)}") from e
+        raise ConfigError(f"{path}:{_yaml_where(e)} malformed YAML: {_yaml_what(e)}") from e
 
 
-def apply_overrides(data: dict, overrides: typing.Sequence[str], where: str = "--set") -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested mapping, in place."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{where}: override {item!r} is not of the form key.path=value")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{where}: cannot parse value in {item!r}: {e}") from e
-        node: Any = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list):
-                node = node[_index(part, item)]
-            else:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict | list):
-                    raise ConfigError(f"{where}: {key!r} goes through non-mapping {part!r}")
-        last = parts[-1]
-        if isinstance(node, list):
-            node[_index(last, item)] = value
-        else:
-            node[last] = value
+def _acyclic(data: Any, source: str) -> Any:
+    """``data``, unless a YAML alias made it contain itself (``a: &x [*x]``): that is a
+    :class:`ConfigError` naming ``source`` (a config is a tree; a cycle would recurse forever)."""
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    active: set[int] = set()
+    while stack:
+        obj, leaving = stack.pop()
+        if not isinstance(obj, dict | list):
+            continue
+        if leaving:
+            active.discard(id(obj))
+            continue
+        if id(obj) in active:
+            raise ConfigError(f"{source}: a YAML alias (*ref) refers to a value that contains it")
+        active.add(id(obj))
+        stack.append((obj, True))
+        stack.extend((v, False) for v in (obj.values() if isinstance(obj, dict) else obj))
     return data
 
 
-def _index(part: str, item: str) -> int:
+def _yaml_where(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    return f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+
+
+def _yaml_what(e: yaml.YAMLError) -> str:
+    if isinstance(e, yaml.reader.ReaderError):  # a control character in the text
+        c = e.character
+        ch = chr(c) if isinstance(c, int) else c
+        return f"character {ch!r} (at character {e.position}) is not allowed in YAML"
+    parts = [getattr(e, "context", None), getattr(e, "problem", None)]
+    what = "; ".join(str(x) for x in parts if x)
+    return what or " ".join(str(e).split())
+
+
+def parse_override_value(raw: str, item: str, where: str = "--set") -> Any:
+    """The value of one ``key=value`` override, parsed as (bounded) YAML; errors name ``item``."""
+    from relsafe.errors import InputError
+    from relsafe.utils_io import load_yaml_text
+
     try:
-        return int(part)
+        return _acyclic(load_yaml_text(raw, f"{where} {item!r}"), f"{where} {item!r}")
+    except InputError as e:
+        raise ConfigError(str(e)) from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: cannot parse the value in {item!r}: {_yaml_what(e)}") from e
+
+
+def apply_overrides(data: dict, overrides: typing.Sequence[str], where: str = "--set") -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested mapping, in place.
+
+    A list is indexed by a non-negative integer below its length (``methods.0.name=uwm``); an
+    index out of range, a negative one, an empty key part or a path through a scalar is a
+    :class:`ConfigError` naming the override.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the config to override must be a mapping")
+    for item in overrides:
+        if not isinstance(item, str):
+            raise ConfigError(f"{where}: an override is a 'key.path=value' string, got {item!r}")
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{where}: override {item!r} is not of the form key.path=value")
+        parts = key.split(".")
+        if any(not p.strip() for p in parts):
+            raise ConfigError(f"{where}: override {item!r} has an empty part in its key {key!r}")
+        value = parse_override_value(raw, item, where)
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            here = ".".join(parts[:depth]) or "the config"
+            if isinstance(node, list):
+                i = _index(part, item, node, where)
+                if last:
+                    node[i] = value
+                else:
+                    node = node[i]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(
+                    f"{where}: {item!r} goes through {here!r}, which is {node!r}, not a mapping "
+                    "or a list"
+                )
+    return data
+
+
+def _index(part: str, item: str, items: list, where: str = "--set") -> int:
+    try:
+        i = int(part)
     except ValueError as e:
-        raise ConfigError(f"--set: {item!r} indexes a list with non-integer {part!r}") from e
+        raise ConfigError(f"{where}: {item!r} indexes a list with non-integer {part!r}") from e
+    if i < 0 or i >= len(items) or not part.strip().isdigit():
+        span = f"indexed 0 to {len(items) - 1}" if items else "so no index is valid"
+        raise ConfigError(
+            f"{where}: {item!r}: list index {part!r} is out of range; the list has "
+            f"{len(items)} item(s), {span}"
+        )
+    return i
 
 
 def load_config(

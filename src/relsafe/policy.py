@@ -241,7 +241,11 @@ class Policy:
 
         Errors name ``source`` and the entry (``unsafe[2]``); :func:`load_policy` adds line numbers.
         """
-        digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+        try:
+            canon = json.dumps(data, sort_keys=True, default=str)
+        except (TypeError, ValueError):  # keys of mixed types, a cycle: _build names the fault
+            canon = repr(data)
+        digest = hashlib.sha256(canon.encode("utf-8", "surrogatepass")).hexdigest()
         return _build(data, source, vocab or default_vocabulary(), {}, digest)
 
     # ---- lookups -----------------------------------------------------------------------------
@@ -418,29 +422,45 @@ def load_policy(path: str | Path, vocab: Vocabulary | None = None) -> Policy:
     unknown keys, unknown words (with the nearest valid word), tuples outside the compatibility
     table, duplicates, contradictory counterparts, tuples with no safe counterpart and empty policies.
     """
+    from relsafe.utils_io import read_text_file
+
     file = find_policy(path)
-    raw = file.read_bytes()
     source = str(path) if Path(path) == file else str(file)
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{source}: not UTF-8 text ({e})") from e
+        text = read_text_file(file, "policy file")
+    except ConfigError:
+        raise
+    except InputError as e:  # missing, unreadable, oversized, not UTF-8: a bad policy input
+        raise ConfigError(str(e)) from e
     data, lines = _compose(text, source)
     return _build(
-        data, source, vocab or default_vocabulary(), lines, hashlib.sha256(raw).hexdigest()
+        data,
+        source,
+        vocab or default_vocabulary(),
+        lines,
+        hashlib.sha256(text.encode("utf-8")).hexdigest(),
     )
 
 
 def _compose(text: str, source: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
-    """Parse YAML into plain Python values plus the line of every mapping member and list item."""
-    loader: yaml.SafeLoader | None = None
+    """Parse YAML into plain Python values plus the line of every mapping member and list item.
+
+    The document is composed by :func:`relsafe.utils_io.compose_yaml`, bounded in depth and in
+    alias expansion, so an alias bomb or a 5,000-deep nesting is refused before anything is built.
+    """
+    from relsafe.utils_io import compose_yaml
+
+    loader: Any = None
     try:
-        loader = yaml.SafeLoader(text)  # may already raise: the reader rejects control characters
-        node = loader.get_single_node()
+        loader, node = compose_yaml(text, source)
         if node is None:
             return None, {}
         lines: dict[tuple[Any, ...], int] = {}
         data = _convert(loader, node, (), lines, source)
+    except ConfigError:
+        raise
+    except InputError as e:  # a bound of compose_yaml: name it as a policy error
+        raise ConfigError(str(e)) from e
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         at = f", line {mark.line + 1}" if mark is not None else ""
@@ -448,8 +468,13 @@ def _compose(text: str, source: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
         if e.context_mark is not None and mark is not None and e.context_mark.line != mark.line:
             what += f" (it started at line {e.context_mark.line + 1})"
         raise ConfigError(f"{source}{at}: malformed YAML: {what}") from e
+    except yaml.reader.ReaderError as e:  # a control character: name its line, not a position
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError(
+            f"{source}, line {line}: character {_char(e.character)!r} is not allowed in YAML"
+        ) from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: malformed YAML: {e}") from e
+        raise ConfigError(f"{source}: malformed YAML: {' '.join(str(e).split())}") from e
     finally:
         if loader is not None:
             loader.dispose()
@@ -653,6 +678,10 @@ def _as_oro(t: ORO | str | tuple[str, str, str]) -> ORO:
 def _hint(word: Any, choices: Iterable[str]) -> str:
     hits = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
     return f"; did you mean {hits[0]!r}?" if hits else f"; expected one of {sorted(choices)}"
+
+
+def _char(c: Any) -> Any:
+    return chr(c) if isinstance(c, int) else c
 
 
 def _kind(value: Any) -> str:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from relsafe.errors import InputError
+from relsafe.utils_io import read_json_file
 
 __all__ = [
     "COCO_ID_FIELDS",
@@ -233,14 +234,15 @@ def _records(path: Path, split: str | None) -> Iterator[tuple[str, dict[str, Any
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
                     continue
                 try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}, line {lineno}: malformed JSON ({e.msg})") from e
+                    obj = json.loads(raw)
+                except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, too deep
+                    why = getattr(e, "msg", None) or e or "nested too deeply"
+                    raise InputError(f"{path}, line {lineno}: malformed JSON ({why})") from e
                 if not isinstance(obj, dict):
                     raise InputError(
                         f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}"
@@ -248,10 +250,7 @@ def _records(path: Path, split: str | None) -> Iterator[tuple[str, dict[str, Any
                 yield f"{path}, line {lineno}", obj
         return
     if suffix == ".json":
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{path}: malformed JSON ({e})") from e
+        obj = read_json_file(path, "ViSU file", expect=None)
         items: Iterable[tuple[str, Any]]
         if isinstance(obj, list):
             items = ((f"{path}, record #{i}", r) for i, r in enumerate(obj))

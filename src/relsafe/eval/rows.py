@@ -203,17 +203,30 @@ class RowWriter:
 
 
 def _read_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The JSON objects of a JSONL results file with their line numbers, streamed line by line
+    (a results file may be large); a line that is not UTF-8, not JSON or not an object is an
+    :class:`InputError` naming the file and line."""
     if not path.is_file():
         raise InputError(f"results file not found: {path}")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; OSError is wrapped
+    except OSError as e:
+        raise InputError(f"cannot read results file {path}: {e.strerror or e}") from e
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text (byte {e.start})") from e
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{lineno}: malformed JSON ({e})") from e
+            except RecursionError as e:
+                raise InputError(f"{path}:{lineno}: JSON nested too deeply") from e
             if not isinstance(obj, dict):
                 raise InputError(
                     f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
@@ -244,8 +257,7 @@ def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return lines[0][1][PROVENANCE_KEY]
     side = sidecar_path(path)
     if side.is_file():
-        try:
-            return json.loads(side.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{side}: malformed JSON ({e})") from e
+        from relsafe.utils_io import read_json_file
+
+        return read_json_file(side, "provenance file")
     return None

@@ -15,6 +15,7 @@ separate copy. The methods in relsafe precompute their references; tests check t
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import nn
 
 from relsafe.errors import InputError
 from relsafe.models.base import DualEncoder, match_linear_layers
+from relsafe.utils_io import read_json_file
 
 TOWERS = ("text", "vision")
 
@@ -164,6 +166,41 @@ def attach_lora(
     return handle
 
 
+def _lora_config(cfg: dict[str, Any], path: Path, lora_config: Any) -> Any:
+    """A ``LoraConfig`` from a saved ``adapter_config.json``; a missing or ill-typed field is an
+    :class:`InputError` naming the file and the field."""
+
+    def need(key: str, ok: Any, kind: str, default: Any = ...) -> Any:
+        if key not in cfg and default is not ...:
+            return default
+        if key not in cfg:
+            raise InputError(f"{path}: has no {key!r} entry; is it a relsafe/PEFT adapter?")
+        value = cfg[key]
+        if not ok(value):
+            raise InputError(f"{path}: {key!r} must be {kind}, got {value!r}")
+        return value
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    r = need(
+        "r", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "an integer > 0"
+    )
+    alpha = need("lora_alpha", number, "a finite number")
+    dropout = need("lora_dropout", lambda v: number(v) and 0 <= v < 1, "a number in [0, 1)", 0.0)
+    targets = need(
+        "target_modules",
+        lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x for x in v),
+        "a non-empty list of module names",
+    )
+    bias = need(
+        "bias", lambda v: v in ("none", "all", "lora_only"), "none, all or lora_only", "none"
+    )
+    return lora_config(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias=bias
+    )
+
+
 def load_adapter(model: DualEncoder, folder: str | Path) -> LoraHandle:
     """Attach an adapter saved by :meth:`LoraHandle.save_adapter` to ``model``."""
     from peft import LoraConfig, LoraModel
@@ -174,14 +211,8 @@ def load_adapter(model: DualEncoder, folder: str | Path) -> LoraHandle:
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise InputError(f"adapter file missing: {p}")
-    cfg_dict = json.loads(cfg_path.read_text())
-    config = LoraConfig(
-        r=cfg_dict["r"],
-        lora_alpha=cfg_dict["lora_alpha"],
-        lora_dropout=cfg_dict.get("lora_dropout", 0.0),
-        target_modules=cfg_dict["target_modules"],
-        bias=cfg_dict.get("bias", "none"),
-    )
+    cfg_dict = read_json_file(cfg_path, "adapter config")
+    config = _lora_config(cfg_dict, cfg_path, LoraConfig)
     root = lora_root(model)
     peft_model = LoraModel(root, config, "default")
     handle = LoraHandle(model, peft_model, sorted(config.target_modules), config)

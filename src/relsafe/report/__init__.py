@@ -22,7 +22,7 @@ from relsafe.report._figures import fmt as _fmt
 from relsafe.report._figures import index_rows as _index
 from relsafe.report._figures import svg as _svg
 from relsafe.report.relational_plots import harmful_heatmap, landing_bars, tradeoff_plot
-from relsafe.utils_io import atomic_write_text
+from relsafe.utils_io import atomic_write_text, read_json_file
 
 Column = tuple[str, str, str, str, str, bool]  # suite, slice, attack, metric, label, higher better
 
@@ -74,14 +74,14 @@ class _Run:
         ]
         self.records = {}
         for rec in sorted((folder / "models").glob("*/record.json")):
-            self.records[prefix + rec.parent.name] = json.loads(rec.read_text())
+            self.records[prefix + rec.parent.name] = read_json_file(rec, "edit record")
         self.examples = {}
         for ex in sorted((folder / "rows").glob("*/examples.json")):
-            self.examples[prefix + ex.parent.name] = json.loads(ex.read_text())
+            self.examples[prefix + ex.parent.name] = read_json_file(ex, "examples file")
         t = folder / "timings.json"
-        self.timings = json.loads(t.read_text()) if t.is_file() else {}
+        self.timings = read_json_file(t, "timings file") if t.is_file() else {}
         p = folder / "provenance.json"
-        self.provenance = json.loads(p.read_text()) if p.is_file() else {}
+        self.provenance = read_json_file(p, "provenance file") if p.is_file() else {}
 
 
 def _methods(rows: list[Row]) -> list[str]:
@@ -209,7 +209,7 @@ def _roc_plot(runs: list[_Run]) -> str:
     curves = []
     for run in runs:
         for f in sorted((run.folder / "rows").glob("*/unsafe_cls.roc.json")):
-            data = json.loads(f.read_text())
+            data = read_json_file(f, "ROC file")
             for key, c in data.items():
                 curves.append((f"{f.parent.name}: {key}", c["fpr"], c["tpr"], c.get("auroc")))
     if not curves:

@@ -123,13 +123,20 @@ class Vocabulary:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Vocabulary:
+        from relsafe.utils_io import load_yaml_text, read_text_file
+
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"vocabulary file not found: {path}") from e
+            data = load_yaml_text(read_text_file(path, "vocabulary file"), str(path))
+        except ConfigError:
+            raise
+        except InputError as e:  # missing, unreadable, not UTF-8, an alias bomb, too deep
+            raise ConfigError(str(e)) from e
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: malformed YAML: {e}") from e
+            mark = getattr(e, "problem_mark", None)
+            at = f", line {mark.line + 1}" if mark is not None else ""
+            what = getattr(e, "problem", None) or " ".join(str(e).split())
+            raise ConfigError(f"{path}{at}: malformed YAML: {what}") from e
         return cls.from_dict(data, str(path))
 
     # ---- queries -------------------------------------------------------------------------
@@ -186,5 +193,8 @@ class Vocabulary:
 @lru_cache(maxsize=1)
 def default_vocabulary() -> Vocabulary:
     """The bundled RelWorld vocabulary."""
-    text = resources.files("relsafe.world").joinpath("vocab.yaml").read_text()
-    return Vocabulary.from_dict(yaml.safe_load(text), "relsafe/world/vocab.yaml")
+    from relsafe.utils_io import load_yaml_text
+
+    text = resources.files("relsafe.world").joinpath("vocab.yaml").read_text(encoding="utf-8")
+    source = "relsafe/world/vocab.yaml"
+    return Vocabulary.from_dict(load_yaml_text(text, source), source)

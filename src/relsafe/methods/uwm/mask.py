@@ -9,7 +9,6 @@ is what ``relsafe.api.revert`` calls to undo a saved edit.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -172,10 +171,9 @@ class UWMMask:
 
         folder = find_mask_dir(folder)
         jpath, tpath = folder / MASK_JSON, folder / MASK_TENSORS
-        try:
-            meta = json.loads(jpath.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{jpath}: unreadable UWM mask metadata ({e})") from e
+        from relsafe.utils_io import read_json_file
+
+        meta = read_json_file(jpath, "UWM mask metadata", expect=None)
         if not isinstance(meta, dict) or meta.get("format") != MASK_FORMAT:
             raise InputError(f"{jpath}: not a relsafe UWM mask (format != {MASK_FORMAT!r})")
         if meta.get("version") != MASK_VERSION:
