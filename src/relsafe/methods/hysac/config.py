@@ -61,14 +61,13 @@ class HySACConfig:
         self._check_numbers()
         if sum(self.weights.values()) <= 0:
             raise ConfigError("hysac: weights must be non-negative and not all zero")
-        if not 0.1 <= self.curvature_init <= 10.0:
-            raise ConfigError(f"curvature_init must lie in [0.1, 10], got {self.curvature_init}")
-        if not 0.0 < self.traversal_quantile <= 1.0:
-            raise ConfigError(
-                f"traversal_quantile must lie in (0, 1], got {self.traversal_quantile}"
-            )
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        from relsafe.validate import check_number
+
+        check_number("hysac", "curvature_init", self.curvature_init, lo=0.1, hi=10.0)
+        q = self.traversal_quantile
+        check_number("hysac", "traversal_quantile", q, lo=0, hi=1, lo_open=True)
+        v = self.val_fraction
+        check_number("hysac", "val_fraction", v, lo=0, hi=1, lo_open=True, hi_open=True)
         for name in ("extra_lora_patterns", "lora_patterns"):
             bad = set(getattr(self, name)) - {"text", "vision"}
             if bad:
