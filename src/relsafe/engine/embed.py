@@ -6,7 +6,9 @@
   run through ``model.forward_text`` / ``forward_image`` under ``torch.inference_mode`` and mapped
   into the model's geometry with ``model.postprocess``. Only the ``(N, D)`` float32 outputs
   accumulate, so peak memory is bounded by the batch size (times the prefetch depth), never by the
-  dataset size: image files are opened lazily, one batch at a time;
+  dataset size: image files are opened lazily, one batch at a time, and what their decoded pixels
+  hold across all worker threads is bounded by :func:`relsafe.data.images.max_decoded_bytes` (a
+  batch of huge files is preprocessed in smaller chunks, with the same values);
 * a thread pool prepares the next batches (JPEG decoding, resizing, tokenisation) while the current
   one runs, like a ``DataLoader`` with worker threads (PIL and the tokenizers release the GIL);
 * ``dtype="auto"`` computes in bfloat16 with ``torch.autocast`` on CUDA and in float32 on CPU;
