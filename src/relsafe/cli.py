@@ -52,6 +52,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         cache_dir=args.cache_dir,
+        overwrite=args.overwrite,
     )
     shapes = ", ".join(f"{k} {v}" for k, v in res.shapes.items())
     print(f"wrote {res.out}: {shapes}")
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", help="image folder, or a manifest file with one image path per line"
     )
     sp.add_argument("--out", required=True, help="output .safetensors file")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sp.add_argument("--cache-dir", default=None, help="embedding cache folder (default: no cache)")

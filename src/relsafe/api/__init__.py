@@ -40,7 +40,19 @@ def report(runs: list[str | Path], out: str | Path | None = None) -> Path:
         from relsafe.errors import InputError
 
         raise InputError("report needs at least one run folder")
-    return build_report(list(runs), Path(out) if out else Path(runs[0]) / "report.html")
+    from relsafe.outputs import output_file, writing
+
+    dest = output_file(
+        Path(out) if out else Path(runs[0]) / "report.html", recognise=_is_report
+    )  # replaces a report relsafe wrote; never another file, a link or a device
+    with writing(dest):
+        return build_report(list(runs), dest)
+
+
+def _is_report(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return head.startswith(b"<!doctype html>") and b"<title>relsafe report" in head
 
 
 def pretrain(

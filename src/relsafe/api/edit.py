@@ -11,6 +11,7 @@ from typing import Any
 from relsafe.api._resolve import build_config, load_model, load_policy, provenance
 from relsafe.config import to_dict
 from relsafe.errors import InputError
+from relsafe.outputs import output_dir, writing
 
 
 @dataclass
@@ -50,7 +51,8 @@ def edit_model(
     from relsafe.methods.export import check_out_dir, workdir_for, write_edit
 
     entry = get_method(method)
-    check_out_dir(out, overwrite)  # fail before any work
+    output_dir(out, overwrite=overwrite)  # fail before any work: links, files, no permission
+    check_out_dir(out, overwrite)
     t0 = time.perf_counter()
     loaded = load_model(model)
     prov = provenance(
@@ -68,7 +70,9 @@ def edit_model(
         loaded, policy, method_config, progress=progress, workdir=str(workdir_for(out))
     )
     saver = (result.artifacts or {}).get("save")
-    written = write_edit(out, result, prov, overwrite=overwrite, save_artifacts=saver)
+    output_dir(out, overwrite=overwrite)  # again: the path may have changed during training
+    with writing(out):
+        written = write_edit(out, result, prov, overwrite=overwrite, save_artifacts=saver)
     return EditOutcome(written, result.record, time.perf_counter() - t0)
 
 
@@ -117,29 +121,35 @@ def revert(
 
     Only methods that declare a ``revert`` can (UWM); asking another is an error, as is naming a
     ``method`` other than the one the edit's ``record.json`` says made it."""
-    import json
-
     from relsafe.methods.base import get_method
     from relsafe.methods.export import check_out_dir, write_edit
+    from relsafe.utils_io import read_json_file
 
     edit_dir = Path(edit_dir)
+    if not edit_dir.is_dir():
+        raise InputError(f"--revert {edit_dir}: no such edit folder")
     rec_path = edit_dir / "record.json"
     made_by = None
     if rec_path.is_file():
-        try:
-            made_by = json.loads(rec_path.read_text()).get("method")
-        except (OSError, ValueError, AttributeError) as e:
-            raise InputError(f"cannot read {rec_path}: {e}") from e
+        made_by = read_json_file(rec_path, "edit record").get("method")
+        if made_by is not None and not isinstance(made_by, str):
+            raise InputError(f"{rec_path}: 'method' must be a string, got {made_by!r}")
+    elif rec_path.exists():
+        raise InputError(f"{rec_path} is not a regular file")
     name = method or made_by
     if name is None:
         raise InputError(
             f"{edit_dir} has no record.json saying which method made it; pass --method"
         )
     if method is not None and made_by is not None and method != made_by:
-        raise InputError(f"{edit_dir} was made by {made_by!r}, not {method!r}")
+        raise InputError(
+            f"--method {method!r} disagrees with {rec_path}: that edit was made by {made_by!r} "
+            f"(drop --method, or name {made_by!r})"
+        )
     entry = get_method(name)
     if entry.revert is None:
         raise InputError(f"method {name!r} cannot revert an edit (only methods with a mask can)")
+    output_dir(out, overwrite=overwrite)
     check_out_dir(out, overwrite)
     t0 = time.perf_counter()
     spec = model or str(edit_dir / "merged")
@@ -153,7 +163,9 @@ def revert(
     from relsafe.provenance import checkpoint_hashes
 
     prov["checkpoints"] += checkpoint_hashes(files)
-    written = write_edit(out, result, prov, overwrite=overwrite)
+    output_dir(out, overwrite=overwrite)
+    with writing(out):
+        written = write_edit(out, result, prov, overwrite=overwrite)
     return EditOutcome(written, result.record, time.perf_counter() - t0)
 
 

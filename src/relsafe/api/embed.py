@@ -8,6 +8,7 @@ from pathlib import Path
 
 from relsafe.api._resolve import checkpoint_files, load_model
 from relsafe.errors import InputError
+from relsafe.outputs import output_file, writing
 
 
 @dataclass
@@ -25,9 +26,14 @@ def embed(
     batch_size: int = 256,
     device: str = "auto",
     cache_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> EmbedOutcome:
     """Embed ``texts`` and/or image files with ``model``; write tensors ``text`` / ``image`` and
-    metadata (spec, fingerprint, counts, image paths, checkpoint SHA-256s) to ``out``."""
+    metadata (spec, fingerprint, counts, image paths, checkpoint SHA-256s) to ``out``.
+
+    ``out`` follows :mod:`relsafe.outputs`' rule, like ``edit``: an existing file is replaced
+    only with ``overwrite``; a folder, link, device or FIFO there is refused. Checked before any
+    work."""
     import json
 
     from safetensors.torch import save
@@ -38,6 +44,7 @@ def embed(
 
     if not texts and not images:
         raise InputError("embed needs texts and/or images")
+    out = output_file(out, overwrite=overwrite)
     loaded = load_model(model)
     engine = EmbeddingEngine(loaded, device=device, batch_size=batch_size, cache_dir=cache_dir)
     tensors = {}
@@ -51,8 +58,10 @@ def embed(
         meta["n_images"] = str(len(paths))
         meta["image_paths"] = "\n".join(paths)
     meta["checkpoints"] = json.dumps(checkpoint_hashes(checkpoint_files([loaded])))
-    out = Path(out)
-    atomic_write_bytes(out, save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+    output_file(out, overwrite=overwrite)  # again: the path may have changed during the work
+    with writing(out):
+        atomic_write_bytes(out, data)
     return EmbedOutcome(out, {k: tuple(v.shape) for k, v in tensors.items()})
 
 

@@ -11,6 +11,15 @@ from typing import Any
 
 from relsafe.api._resolve import build_config, load_model, load_policy, provenance
 from relsafe.config import to_dict
+from relsafe.outputs import output_file
+
+
+def is_rows_file(path: Path) -> bool:
+    """Whether ``path`` is a rows file relsafe wrote (its first line is the provenance line), so
+    ``eval --out`` may replace it; any other existing file is refused."""
+    with open(path, "rb") as f:
+        first = f.readline(1 << 16)
+    return first.startswith(b'{"_provenance": ')
 
 
 @dataclass
@@ -99,6 +108,8 @@ def evaluate(
     entry = get_suite(suite)
     cfg = build_config(entry.config_cls, config, overrides, f"suite {suite} config")
     pol = load_policy(policy)
+    if out is not None:  # before any work: never replace a file relsafe did not write
+        output_file(out, recognise=is_rows_file)
     t0 = time.perf_counter()
     loaded = load_model(model)
     ref = load_model(reference) if reference else None
@@ -134,7 +145,7 @@ def evaluate(
     prov["elapsed_s"] = round(seconds, 2)
     path = None
     if out is not None:
-        path = Path(out)
+        path = output_file(out, recognise=is_rows_file)
         with RowWriter(path, provenance=prov) as w:
             w.extend(rows)
     return EvalOutcome(rows, prov, path, seconds)

@@ -3,6 +3,7 @@ evaluates the original model and every method side by side and writes a report.
 
 Output folder ``OUT``::
 
+    OUT/.relsafe-run.json      the run marker (written first: what makes OUT a run folder)
     OUT/config.yaml            the resolved config
     OUT/models/<label>/        each edited model (write_edit layout: merged/, adapter/, record.json)
     OUT/rows/<label>/<suite>.jsonl   each (model, suite) evaluation, with provenance
@@ -14,6 +15,9 @@ Output folder ``OUT``::
 Every stage writes its output atomically and records the hash of the config that produced it in a
 ``.stage.json`` beside it; a re-run with the same config skips finished stages (resumable after a
 crash or Ctrl-C), and a changed config redoes exactly the stages it affects.
+
+``OUT`` must be new, empty or a run folder (:func:`relsafe.outputs.is_run_folder`): a run never
+writes into, and ``--fresh`` never deletes, a folder relsafe did not make.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from relsafe.api.edit import edit_model
 from relsafe.api.evaluate import evaluate_model
 from relsafe.config import ConfigError, from_dict, to_dict
 from relsafe.errors import InputError
+from relsafe.outputs import RUN_MARKER, is_run_folder, output_dir, writing
 from relsafe.utils_io import atomic_write_json, atomic_write_text
 from relsafe.world import splits
 from relsafe.world.dataset import item_seeds
@@ -258,11 +263,18 @@ class Runner:
 
     # ---- the whole run -------------------------------------------------------------------
     def run(self) -> Path:
+        output_dir(self.out, recognise=is_run_folder)
+        with writing(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not (self.out / RUN_MARKER).is_file():
+                atomic_write_json(self.out / RUN_MARKER, {"kind": "relsafe run", "version": 1})
+            atomic_write_text(self.out / "config.yaml", _dump_yaml(to_dict(self.cfg)))
+            return self._run_stages()  # an OS error about a file in OUT names it; others pass
+
+    def _run_stages(self) -> Path:
         from relsafe.eval.rows import RowWriter, read_rows
         from relsafe.eval.suites import get_suite
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "config.yaml", _dump_yaml(to_dict(self.cfg)))
         t_all = time.perf_counter()
         entries: list[tuple[str, str, str]] = [("original", self.cfg.model, self.base_key)]
         for spec in self.cfg.methods:
@@ -373,7 +385,8 @@ def run(
     """Evaluate the original model and every configured method side by side into ``out``
     (resumable: finished stages are reused) and write the leaderboard and report.
 
-    ``fresh`` deletes ``out`` first, but only after the config, its policy and methods were
+    ``out`` must be new, empty or a run folder. ``fresh`` deletes it first, but only when it is a
+    run folder (or empty), and only after the config, its policy, methods and model were
     checked."""
     cfg = build_config(
         RunConfig,
@@ -382,12 +395,19 @@ def run(
         str(config) if not isinstance(config, RunConfig) else "run config",
     )
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+    if fresh and out.is_dir() and not out.is_symlink() and any(out.iterdir()):
+        if not is_run_folder(out):
+            raise InputError(
+                f"--fresh: {out} is not a relsafe run folder (it has no {RUN_MARKER}, nor a "
+                "config.yaml beside rows/ or models/); refusing to delete it"
+            )
+    out = output_dir(out, recognise=is_run_folder)  # new, empty or a run folder; else refused
     t0 = time.perf_counter()
     runner = Runner(cfg, out, progress=progress)  # loads the policy: fails before any deletion
     if fresh and out.exists():
-        shutil.rmtree(out)
+        runner._load(cfg.model)  # a bad model spec fails here too, before anything is deleted
+        with writing(out):
+            shutil.rmtree(out)
     runner.run()
     report = out / "report.html" if cfg.report else None
     return RunOutcome(out, runner.leaderboard, time.perf_counter() - t0, report)

@@ -181,10 +181,16 @@ class RowWriter:
 
     def write(self) -> Path:
         """Write every row collected so far, replacing the file atomically; returns the path."""
+        from relsafe.outputs import output_file, writing
+
         text = self.render()
         if self.provenance is not None and self.sidecar:
-            atomic_write_json(sidecar_path(self.path), self.provenance)
-        atomic_write_text(self.path, text)
+            side = output_file(sidecar_path(self.path), what="provenance file", overwrite=True)
+            with writing(side, "provenance file"):
+                atomic_write_json(side, self.provenance)
+        output_file(self.path, what="rows file", overwrite=True)  # never a link, device, folder
+        with writing(self.path, "rows file"):
+            atomic_write_text(self.path, text)
         return self.path
 
     flush = write
