@@ -273,7 +273,7 @@ def test_row_writer_leaves_no_half_written_file(
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match="disk full"):  # wrapped, naming the path (issue 17)
         w2.write()
     monkeypatch.undo()
     assert path.read_bytes() == before

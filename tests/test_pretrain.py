@@ -141,7 +141,7 @@ def test_cli_loads_config_file_overrides_and_flags(tmp_path: Path) -> None:
     assert plain == PretrainConfig()  # no flag: the config of the bundled weights
     with pytest.raises(ConfigError, match="unknown key"):
         config_from_args(build_parser().parse_args(["pretrain", "--set", "stepz=1"]))
-    with pytest.raises(ConfigError, match="seed must be in"):
+    with pytest.raises(ConfigError, match="seed must be an integer in"):
         config_from_args(build_parser().parse_args(["pretrain", "--seed", "-1"]))
 
 
