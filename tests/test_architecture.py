@@ -13,9 +13,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "relsafe"
 
 # Top to bottom. A module may import its own layer and any layer below it.
 LAYERS: list[set[str]] = [
-    {"cli", "__main__"},
+    {"cli", "__main__", "commands"},
+    {"serve"},  # the HTTP service: another front end over api, like the CLI
     {"api"},
     {"report"},
+    {"gallery"},  # indexes and safe search over a gallery
+    {"safety"},  # a model put to work: classifier, categories, redirect
     {"eval", "methods", "pretrain"},
     {"data", "engine"},
     {"policy"},

@@ -363,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     from relsafe.pretrain.cli import add_arguments as add_pretrain_arguments  # no torch import
 
     add_pretrain_arguments(sp)  # --config, --set KEY=VALUE and the short flags
+
+    from relsafe.commands import register_commands  # classify, index, search, serve
+
+    register_commands(add, sub)
     return p
 
 

@@ -30,6 +30,7 @@ from relsafe.api.edit import EditOutcome, edit, edit_model, revert
 from relsafe.api.embed import EmbedOutcome, embed
 from relsafe.api.evaluate import EvalOutcome, evaluate, evaluate_model
 from relsafe.api.run import RunConfig, RunOutcome, load_run_config, run
+from relsafe.api.safety import load_safety_model, policy_of_model
 
 
 def report(runs: list[str | Path], out: str | Path | None = None) -> Path:
@@ -107,7 +108,9 @@ __all__ = [
     "load_model",
     "load_policy",
     "load_run_config",
+    "load_safety_model",
     "methods",
+    "policy_of_model",
     "pretrain",
     "report",
     "resolve_model_spec",
