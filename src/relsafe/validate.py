@@ -19,6 +19,7 @@ This module sits in the utils layer (it imports only ``relsafe.errors``).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from relsafe.errors import ConfigError
@@ -32,7 +33,9 @@ __all__ = [
     "MAX_SEED",
     "MAX_STEPS",
     "MAX_WEIGHT",
+    "TRAINING_FIELDS",
     "check_number",
+    "check_training_fields",
 ]
 
 MAX_STEPS = 1_000_000
@@ -113,3 +116,47 @@ def check_number(
     if hi is not None and (value > hi or (hi_open and value == hi)):
         raise ConfigError(msg)
     return value
+
+
+TRAINING_FIELDS: dict[str, dict[str, Any]] = {
+    "rank": {"lo": 1, "hi": MAX_RANK, "integer": True},
+    "steps": {"lo": 1, "hi": MAX_STEPS, "integer": True},
+    "batch_size": {"lo": 1, "hi": MAX_BATCH, "integer": True},
+    "n_per_pair": {"lo": 1, "hi": MAX_N_PER_PAIR, "integer": True},
+    "n_val_per_pair": {"lo": 1, "hi": MAX_N_PER_PAIR, "integer": True},
+    "size": {"lo": 8, "hi": 1024, "integer": True},
+    "lr": {"lo": 0, "hi": MAX_LR, "lo_open": True},
+    "alpha": {"lo": 0, "hi": MAX_WEIGHT, "lo_open": True},
+    "lora_alpha": {"lo": 0, "hi": MAX_WEIGHT, "lo_open": True},
+    "dropout": {"lo": 0, "hi": 1, "hi_open": True},
+    "weight_decay": {"lo": 0, "hi": MAX_WEIGHT},
+    "seed": {"lo": 0, "hi": MAX_SEED, "integer": True},
+    "log_every": {"lo": 1, "hi": MAX_EVERY, "integer": True},
+    "checkpoint_every": {"lo": 1, "hi": MAX_EVERY, "integer": True},
+    "eval_every": {"lo": 1, "hi": MAX_EVERY, "integer": True},
+}
+"""The bounds of the numeric fields the training configs share, by field name: the meaning of a
+field is the same in every config that has it (``steps`` are optimisation steps, ``size`` image
+pixels, ...), so its bounds are written once."""
+
+
+def check_training_fields(
+    where: str, cfg: Any, overrides: Mapping[str, Mapping[str, Any] | None] | None = None
+) -> None:
+    """Check every field of :data:`TRAINING_FIELDS` that ``cfg`` has, and every loss weight in its
+    ``weights`` mapping (when it has one) in ``[0, MAX_WEIGHT]``.
+
+    ``overrides`` changes a field's bounds for this config (``{"steps": {"lo": 0}}``: zero steps
+    allowed), or skips it (``{"alpha": None}``: checked by the config itself, with another meaning).
+    A config's own fields are checked by its ``validate()`` beside this call."""
+    overrides = overrides or {}
+    weights = getattr(cfg, "weights", None)
+    if isinstance(weights, Mapping):
+        for k, v in weights.items():
+            check_number(where, f"weights.{k}", v, lo=0, hi=MAX_WEIGHT)
+    for name, bounds in TRAINING_FIELDS.items():
+        if not hasattr(cfg, name):
+            continue
+        if name in overrides and overrides[name] is None:
+            continue
+        check_number(where, name, getattr(cfg, name), **{**bounds, **(overrides.get(name) or {})})

@@ -111,35 +111,18 @@ class LoraEditConfig:
 
 
 def _check_numbers(cfg: LoraEditConfig) -> None:
-    """Every numeric key within its bound (:mod:`relsafe.validate`): finite, counts >= 1,
-    sizes at most ``MAX_BATCH`` / ``MAX_STEPS``, ``dropout`` in [0, 1)."""
-    from relsafe.validate import (
-        MAX_BATCH,
-        MAX_EVERY,
-        MAX_LR,
-        MAX_RANK,
-        MAX_SEED,
-        MAX_STEPS,
-        MAX_WEIGHT,
-        check_number,
-    )
+    """Every numeric key within its bound (:mod:`relsafe.validate`): the shared training fields,
+    then this method's own (layers, batch sizes per kind of data, margin, loss weights)."""
+    from relsafe.validate import MAX_BATCH, MAX_WEIGHT, check_number, check_training_fields
 
     w = "relational-lora/concept-erasure"
+    check_training_fields(w, cfg)
     check_number(w, "text_layers (0 = all)", cfg.text_layers, lo=0, hi=1000, integer=True)
-    check_number(w, "rank", cfg.rank, lo=1, hi=MAX_RANK, integer=True)
-    check_number(w, "steps", cfg.steps, lo=1, hi=MAX_STEPS, integer=True)
     for name in ("batch_forget", "batch_retain", "batch_images"):
         check_number(w, name, getattr(cfg, name), lo=1, hi=MAX_BATCH, integer=True)
-    check_number(w, "lr", cfg.lr, lo=0, hi=MAX_LR, lo_open=True)
-    check_number(w, "alpha", cfg.alpha, lo=0, hi=MAX_WEIGHT, lo_open=True)
-    check_number(w, "dropout", cfg.dropout, lo=0, hi=1, hi_open=True)
-    check_number(w, "weight_decay", cfg.weight_decay, lo=0, hi=MAX_WEIGHT)
     check_number(w, "margin", cfg.margin, lo=-2, hi=2)
     for name in [f for f in vars(cfg) if f.startswith("w_")]:  # the loss weights
         check_number(w, name, getattr(cfg, name), lo=0, hi=MAX_WEIGHT)
-    check_number(w, "seed", cfg.seed, lo=0, hi=MAX_SEED, integer=True)
-    for name in ("log_every", "checkpoint_every"):
-        check_number(w, name, getattr(cfg, name), lo=1, hi=MAX_EVERY, integer=True)
 
 
 def _pixels(model: Any, arr: np.ndarray) -> torch.Tensor:

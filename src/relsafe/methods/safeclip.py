@@ -66,35 +66,13 @@ class SafeClipConfig:
         unknown = set(self.weights) - set(COSINE_WEIGHTS) - set(CONTRASTIVE_WEIGHTS)
         if unknown:
             raise ConfigError(f"weights: unknown terms {sorted(unknown)}")
-        from relsafe.validate import (
-            MAX_BATCH,
-            MAX_EVERY,
-            MAX_LR,
-            MAX_N_PER_PAIR,
-            MAX_RANK,
-            MAX_SEED,
-            MAX_STEPS,
-            MAX_WEIGHT,
-            check_number,
-        )
+        from relsafe.validate import MAX_WEIGHT, check_number, check_training_fields
 
         w = "safeclip"
-        for k, v in self.weights.items():
-            check_number(w, f"weights.{k}", v, lo=0, hi=MAX_WEIGHT)
+        check_training_fields(w, self)  # weights, rank, steps, batch, lr, alpha, dropout, ...
         if sum(self.weights.values()) <= 0:
             raise ConfigError("safeclip: weights must be non-negative and not all zero")
-        check_number(w, "rank", self.rank, lo=1, hi=MAX_RANK, integer=True)
-        check_number(w, "steps", self.steps, lo=1, hi=MAX_STEPS, integer=True)
-        check_number(w, "batch_size", self.batch_size, lo=1, hi=MAX_BATCH, integer=True)
-        check_number(w, "n_per_pair", self.n_per_pair, lo=1, hi=MAX_N_PER_PAIR, integer=True)
-        check_number(w, "size", self.size, lo=8, hi=1024, integer=True)
-        check_number(w, "lr", self.lr, lo=0, hi=MAX_LR, lo_open=True)
-        check_number(w, "alpha", self.alpha, lo=0, hi=MAX_WEIGHT, lo_open=True)
-        check_number(w, "dropout", self.dropout, lo=0, hi=1, hi_open=True)
         check_number(w, "logit_scale", self.logit_scale, lo=0, hi=MAX_WEIGHT, lo_open=True)
-        check_number(w, "seed", self.seed, lo=0, hi=MAX_SEED, integer=True)
-        for name in ("log_every", "checkpoint_every"):
-            check_number(w, name, getattr(self, name), lo=1, hi=MAX_EVERY, integer=True)
 
 
 def _info_nce(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:

@@ -109,17 +109,20 @@ class PretrainConfig:
     def _check_numbers(self) -> None:
         """Every numeric key within its bound (:mod:`relsafe.validate`): finite, intervals >= 1,
         sizes and widths bounded so an absurd value is refused before anything is allocated."""
-        from relsafe.validate import MAX_BATCH, MAX_EVERY, MAX_LR, MAX_STEPS, MAX_WEIGHT
+        from relsafe.validate import MAX_EVERY, MAX_STEPS, MAX_WEIGHT, check_training_fields
         from relsafe.validate import check_number as num
 
         w = "pretrain"
-        num(w, "seed", self.seed, lo=0, hi=MAX_SEED, hi_open=True, integer=True)
-        num(w, "steps", self.steps, lo=1, hi=MAX_STEPS, integer=True)
-        num(w, "batch_size", self.batch_size, lo=4, hi=MAX_BATCH, integer=True)
-        num(w, "lr", self.lr, lo=0, hi=MAX_LR, lo_open=True)
+        check_training_fields(
+            w,
+            self,
+            {  # a contrastive batch needs a few negatives; seeds stay below the world's offsets
+                "batch_size": {"lo": 4},
+                "seed": {"hi": MAX_SEED, "hi_open": True},
+            },
+        )
         num(w, "min_lr_ratio", self.min_lr_ratio, lo=0, hi=1)
         num(w, "warmup_steps", self.warmup_steps, lo=0, hi=MAX_STEPS, integer=True)
-        num(w, "weight_decay", self.weight_decay, lo=0, hi=MAX_WEIGHT)
         num(w, "grad_clip", self.grad_clip, lo=0, hi=MAX_WEIGHT, lo_open=True)
         num(w, "image_size", self.image_size, lo=16, hi=1024, integer=True)
         num(w, "marginal_weight", self.marginal_weight, lo=0, hi=MAX_WEIGHT)
@@ -149,11 +152,8 @@ class PretrainConfig:
             integer=True,
         )
         num(w, "lora_rank", self.lora_rank, lo=0, hi=4096, integer=True)
-        num(w, "lora_alpha", self.lora_alpha, lo=0, hi=MAX_WEIGHT, lo_open=True)
         num(w, "threads", self.threads, lo=1, hi=1024, integer=True)
         num(w, "eval_per_tuple", self.eval_per_tuple, lo=0, hi=10_000, integer=True)
-        for name in ("checkpoint_every", "log_every"):
-            num(w, name, getattr(self, name), lo=1, hi=MAX_EVERY, integer=True)
 
     def train_styles(self) -> tuple[str, ...]:
         from relsafe.world.styles import TRAIN_STYLES

@@ -61,52 +61,32 @@ class HySACConfig:
         self._check_numbers()
         if sum(self.weights.values()) <= 0:
             raise ConfigError("hysac: weights must be non-negative and not all zero")
-        from relsafe.validate import check_number
-
-        check_number("hysac", "curvature_init", self.curvature_init, lo=0.1, hi=10.0)
-        q = self.traversal_quantile
-        check_number("hysac", "traversal_quantile", q, lo=0, hi=1, lo_open=True)
-        v = self.val_fraction
-        check_number("hysac", "val_fraction", v, lo=0, hi=1, lo_open=True, hi_open=True)
         for name in ("extra_lora_patterns", "lora_patterns"):
             bad = set(getattr(self, name)) - {"text", "vision"}
             if bad:
                 raise ConfigError(f"{name}: keys must be 'text'/'vision', got {sorted(bad)}")
 
     def _check_numbers(self) -> None:
-        """Every numeric key within its bound (:mod:`relsafe.validate`): finite, intervals >= 1,
-        sizes at most ``MAX_BATCH`` / ``MAX_N_PER_PAIR`` / ``MAX_STEPS``, ``dropout`` in [0, 1)."""
+        """Every numeric key within its bound (:mod:`relsafe.validate`): the shared training fields
+        (zero steps allowed: fit the scalars and thresholds only), then HySAC's own."""
         from relsafe.validate import (
-            MAX_BATCH,
             MAX_EVERY,
             MAX_LR,
-            MAX_N_PER_PAIR,
-            MAX_RANK,
-            MAX_SEED,
-            MAX_STEPS,
             MAX_WEIGHT,
             check_number,
+            check_training_fields,
         )
 
         w = "hysac"
-        for k, v in self.weights.items():
-            check_number(w, f"weights.{k}", v, lo=0, hi=MAX_WEIGHT)
+        check_training_fields(w, self, {"steps": {"lo": 0}})
         for name in ("text_layers", "vision_layers"):
             check_number(w, f"{name} (0 = all)", getattr(self, name), lo=0, hi=1000, integer=True)
-        check_number(w, "rank", self.rank, lo=1, hi=MAX_RANK, integer=True)
-        check_number(w, "lora_alpha", self.lora_alpha, lo=0, hi=MAX_WEIGHT, lo_open=True)
-        check_number(w, "dropout", self.dropout, lo=0, hi=1, hi_open=True)
-        check_number(w, "steps", self.steps, lo=0, hi=MAX_STEPS, integer=True)
-        check_number(w, "batch_size", self.batch_size, lo=1, hi=MAX_BATCH, integer=True)
-        for name in ("n_per_pair", "n_val_per_pair"):
-            check_number(w, name, getattr(self, name), lo=1, hi=MAX_N_PER_PAIR, integer=True)
-        check_number(w, "size", self.size, lo=8, hi=1024, integer=True)
-        check_number(w, "lr", self.lr, lo=0, hi=MAX_LR, lo_open=True)
         check_number(w, "scalar_lr", self.scalar_lr, lo=0, hi=MAX_LR, allow_none=True)
-        check_number(w, "weight_decay", self.weight_decay, lo=0, hi=MAX_WEIGHT)
         check_number(w, "aperture_k", self.aperture_k, lo=0, hi=MAX_WEIGHT, lo_open=True)
         check_number(w, "min_delta", self.min_delta, lo=0, hi=MAX_WEIGHT)
         check_number(w, "patience", self.patience, lo=1, hi=MAX_EVERY, integer=True)
-        check_number(w, "seed", self.seed, lo=0, hi=MAX_SEED, integer=True)
-        for name in ("eval_every", "log_every", "checkpoint_every"):
-            check_number(w, name, getattr(self, name), lo=1, hi=MAX_EVERY, integer=True)
+        check_number(w, "curvature_init", self.curvature_init, lo=0.1, hi=10.0)
+        q = self.traversal_quantile
+        check_number(w, "traversal_quantile", q, lo=0, hi=1, lo_open=True)
+        v = self.val_fraction
+        check_number(w, "val_fraction", v, lo=0, hi=1, lo_open=True, hi_open=True)

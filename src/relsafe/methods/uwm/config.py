@@ -75,16 +75,14 @@ class UWMConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < float(v) < 1.0:
                 raise ConfigError(f"{name} must be a fraction strictly between 0 and 1, got {v!r}")
-        from relsafe.validate import MAX_BATCH, MAX_N_PER_PAIR, MAX_SEED, MAX_WEIGHT, check_number
+        from relsafe.validate import MAX_WEIGHT, check_number, check_training_fields
 
         a = self.alpha
         if isinstance(a, bool) or not isinstance(a, int | float) or not math.isfinite(float(a)):
             raise ConfigError(f"alpha must be a finite number, got {a!r}")
+        # alpha is the manipulation factor here (negative = negate), not a LoRA scale
+        check_training_fields("uwm", self, {"alpha": None})
         check_number("uwm", "alpha", a, lo=-MAX_WEIGHT, hi=MAX_WEIGHT)
-        check_number("uwm", "n_per_pair", self.n_per_pair, lo=1, hi=MAX_N_PER_PAIR, integer=True)
-        check_number("uwm", "size", self.size, lo=8, hi=1024, integer=True)
-        check_number("uwm", "batch_size", self.batch_size, lo=1, hi=MAX_BATCH, integer=True)
-        check_number("uwm", "seed", self.seed, lo=0, hi=MAX_SEED, integer=True)
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
         for name in ("text_layers", "vision_layers"):
