@@ -123,18 +123,23 @@ def fill(template: str, subject: str, relation: str, obj: str) -> str:
     return template.format(subject=subject, relation=relation, object=obj)
 
 
-def prototype_caption(t: ORO) -> str:
-    """One caption per tuple for a *method's* training losses: the first edit template with the
-    canonical phrasings (``"a picture of a child drinking wine"``). It plays the canonical
-    caption's role in training without being the evaluation-reserved canonical string."""
+def _fill_canonical(t: ORO, template: str) -> str:
+    """``template`` filled with the canonical phrasing of each of ``t``'s words."""
     vocab = default_vocabulary()
     t = vocab.tuple(t)
     return fill(
-        TEMPLATES["edit"][0],
+        template,
         vocab.subjects[t.subject].canonical,
         vocab.relations[t.relation].canonical,
         vocab.objects[t.object].canonical,
     )
+
+
+def prototype_caption(t: ORO) -> str:
+    """One caption per tuple for a *method's* training losses: the first edit template with the
+    canonical phrasings (``"a picture of a child drinking wine"``). It plays the canonical
+    caption's role in training without being the evaluation-reserved canonical string."""
+    return _fill_canonical(t, TEMPLATES["edit"][0])
 
 
 def prototype_marginal(role: str, word: str) -> str:
@@ -148,14 +153,7 @@ def prototype_marginal(role: str, word: str) -> str:
 
 def canonical_caption(t: ORO) -> str:
     """The canonical caption: first train template, canonical phrasings (``"a photo of a child drinking wine"``)."""
-    vocab = default_vocabulary()
-    t = vocab.tuple(t)
-    return fill(
-        TEMPLATES["train"][0],
-        vocab.subjects[t.subject].canonical,
-        vocab.relations[t.relation].canonical,
-        vocab.objects[t.object].canonical,
-    )
+    return _fill_canonical(t, TEMPLATES["train"][0])
 
 
 def caption(t: ORO, rng: random.Random | np.random.Generator, split: str = "train") -> str:
