@@ -8,23 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_runs import TINY_LORA, TINY_REL, TINY_ZS, tiny_run_config
 
 from relsafe import api
 from relsafe.utils_io import sha256_file
-
-TINY_LORA = {
-    "steps": 2,
-    "data": {
-        "texts_per_forget_tuple": 2,
-        "images_per_forget_tuple": 1,
-        "texts_per_retain_tuple": 1,
-        "images_per_retain_tuple": 1,
-        "n_unrelated": 2,
-        "size": 32,
-    },
-}
-TINY_ZS = {"n_per_tuple": 1, "ood_styles": [], "corruptions": [], "paraphrase_variants": 1}
-TINY_REL = {"n_per_tuple": 1, "ood_styles": [], "corruptions": [], "text_variants": 1}
 
 
 def _hashed(prov: dict) -> dict[str, str]:
@@ -87,14 +74,8 @@ def test_edit_and_eval_provenance_hash_every_checkpoint(
 
 
 def test_run_provenance_lists_every_model_evaluated(tiny_clip_dir: Path, tmp_path: Path) -> None:
-    cfg = {
-        "model": str(tiny_clip_dir),
-        "policy": "tiny",
-        "methods": [{"name": "relational-lora", "config": TINY_LORA}],
-        "suites": {"zeroshot": TINY_ZS, "relational": TINY_REL},
-        "examples": 0,
-        "report": False,
-    }
+    suites = {"zeroshot": TINY_ZS, "relational": TINY_REL}
+    cfg = tiny_run_config(tiny_clip_dir, suites=suites, examples=0, report=False)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     res = api.run(tmp_path / "cfg.yaml", out=tmp_path / "out", progress=False)
     prov = json.loads((res.out / "provenance.json").read_text())

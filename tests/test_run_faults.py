@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import yaml
+from tiny_runs import TINY_ZS, tiny_run_config
 
 from relsafe.eval.rows import read_rows
 
@@ -24,36 +25,8 @@ TRIALS = 2
 
 
 def _config(model_dir: Path) -> dict:
-    return {
-        "model": str(model_dir),
-        "policy": "tiny",
-        "methods": [
-            {
-                "name": "relational-lora",
-                "config": {
-                    "steps": 2,
-                    "data": {
-                        "texts_per_forget_tuple": 2,
-                        "images_per_forget_tuple": 1,
-                        "texts_per_retain_tuple": 1,
-                        "images_per_retain_tuple": 1,
-                        "n_unrelated": 2,
-                        "size": 32,
-                    },
-                },
-            }
-        ],
-        "suites": {
-            "zeroshot": {
-                "n_per_tuple": 1,
-                "ood_styles": ["sketch"],
-                "corruptions": [],
-                "paraphrase_variants": 1,
-            }
-        },
-        "examples": 2,
-        "report": False,
-    }
+    suites = {"zeroshot": {**TINY_ZS, "ood_styles": ["sketch"]}}
+    return tiny_run_config(model_dir, suites=suites, examples=2, report=False)
 
 
 def _cmd(cfg: Path, out: Path) -> list[str]:

@@ -9,47 +9,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_runs import TINY_LORA, TINY_REL, TINY_SAFECLIP, TINY_ZS, tiny_run_config
 
 from relsafe.cli import main
 from relsafe.eval.rows import read_rows
 
-TINY_DATA = {
-    "texts_per_forget_tuple": 2,
-    "images_per_forget_tuple": 1,
-    "texts_per_retain_tuple": 1,
-    "images_per_retain_tuple": 1,
-    "n_unrelated": 2,
-    "size": 32,
-}
-
 
 def _config(model_dir: Path, steps: int = 2) -> dict:
-    return {
-        "model": str(model_dir),
-        "policy": "tiny",
-        "methods": [
-            {"name": "relational-lora", "config": {"steps": steps, "data": TINY_DATA}},
-            {
-                "name": "safeclip",
-                "config": {"steps": 2, "n_per_pair": 2, "batch_size": 2, "size": 32},
-            },
-        ],
-        "suites": {
-            "zeroshot": {
-                "n_per_tuple": 1,
-                "ood_styles": ["sketch"],
-                "corruptions": [],
-                "paraphrase_variants": 1,
-            },
-            "relational": {
-                "n_per_tuple": 1,
-                "ood_styles": ["night"],
-                "corruptions": ["blur"],
-                "text_variants": 1,
-            },
-        },
-        "examples": 2,
+    methods = [
+        {"name": "relational-lora", "config": {**TINY_LORA, "steps": steps}},
+        {"name": "safeclip", "config": TINY_SAFECLIP},
+    ]
+    suites = {
+        "zeroshot": {**TINY_ZS, "ood_styles": ["sketch"]},
+        "relational": {**TINY_REL, "ood_styles": ["night"], "corruptions": ["blur"]},
     }
+    return tiny_run_config(model_dir, methods, suites, examples=2)
 
 
 @pytest.fixture(scope="module")
