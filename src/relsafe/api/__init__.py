@@ -29,6 +29,7 @@ from relsafe.api._resolve import (
 from relsafe.api.edit import EditOutcome, edit, edit_model, revert
 from relsafe.api.embed import EmbedOutcome, embed
 from relsafe.api.evaluate import EvalOutcome, evaluate, evaluate_model
+from relsafe.api.gallery import index, open_index, search
 from relsafe.api.run import RunConfig, RunOutcome, load_run_config, run
 from relsafe.api.safety import load_safety_model, policy_of_model
 
@@ -105,16 +106,19 @@ __all__ = [
     "embed",
     "evaluate",
     "evaluate_model",
+    "index",
     "load_model",
     "load_policy",
     "load_run_config",
     "load_safety_model",
     "methods",
+    "open_index",
     "policy_of_model",
     "pretrain",
     "report",
     "resolve_model_spec",
     "revert",
     "run",
+    "search",
     "suites",
 ]
