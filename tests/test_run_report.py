@@ -96,6 +96,11 @@ def test_run_writes_rows_records_and_report(run_dir: Path) -> None:
         "relational-lora",
     ):
         assert needle in html
+    # the models this run produced, put to work: classifier fit (Euclidean), index, serve
+    for name in ("relational-lora", "safeclip"):
+        model = out / "models" / name
+        assert f"relsafe classify fit --model {model} --policy tiny" in html
+        assert f"relsafe serve --model {model} --index {out / 'indexes' / name}" in html
     import re
 
     assert "<script" not in html  # self-contained and static: nothing to run, nothing to fetch

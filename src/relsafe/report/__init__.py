@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,44 @@ def _timings_table(runs: list[_Run]) -> str:
     return "\n".join(out)
 
 
+def _is_hyperbolic_edit(folder: Path) -> bool:
+    cfg = folder / "merged" / "config.json"
+    try:
+        return read_json_file(cfg, "model config").get("architecture") == "hyperbolic"
+    except (InputError, AttributeError):
+        return False
+
+
+def _serve_section(runs: list[_Run]) -> str:
+    """The commands that put each model this run produced to work (index a gallery, serve it)."""
+    items = []
+    for run in runs:
+        policy = (run.provenance.get("config") or {}).get("policy") or "default"
+        for folder in sorted(p for p in (run.folder / "models").glob("*") if p.is_dir()):
+            if not (folder / "merged").is_dir():
+                continue
+            m = shlex.quote(str(folder))
+            idx = shlex.quote(str(run.folder / "indexes" / folder.name))
+            pol = shlex.quote(str(policy))
+            if _is_hyperbolic_edit(folder):
+                fit = "# hyperbolic: classifies with its own fitted radius thresholds, no fit needed\n"
+            else:
+                fit = f"relsafe classify fit --model {m} --policy {pol}\n"
+            cmds = (
+                fit + f"relsafe index --model {m} --relworld test --out {idx}\n"
+                f"relsafe serve --model {m} --index {idx}   # http://127.0.0.1:8000/"
+            )
+            items.append(f"<h3>{html.escape(folder.name)}</h3><pre>{html.escape(cmds)}</pre>")
+    if not items:
+        return ""
+    return (
+        "<h2>Put the models to work</h2><p class=note>Each edited model of this run as a moderation "
+        "and safe-search service (docs/serve.md): fit its unsafe classifier on the policy's VAL "
+        "material (Euclidean models), index the RelWorld test gallery, serve the API and the web "
+        "page.</p>" + "".join(items)
+    )
+
+
 def _suite_sections(rows: list[Row], methods: list[str], runs: list[_Run]) -> list[str]:
     """Each registered suite's declared report tables (and the figures they name), in order."""
     from relsafe.eval.suites import suites
@@ -356,6 +395,7 @@ def build_report(run_dirs: list[str | Path], out_html: str | Path) -> Path:
         _examples_html(runs),
         "<h2>Training curves</h2>",
         _curves_plot(records),
+        _serve_section(runs),
         "<h2>Timings</h2>",
         _timings_table(runs),
         "<h2>Provenance</h2>",
