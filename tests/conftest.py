@@ -26,3 +26,44 @@ def tiny_clip(tiny_clip_dir: Path):  # noqa: ANN201 - HFCLIPModel
     from relsafe.models.registry import load_model
 
     return load_model(str(tiny_clip_dir))
+
+
+@pytest.fixture(scope="session")
+def serve_safety():  # noqa: ANN201 - relsafe.safety.SafetyModel
+    """relsafe-mini with a ``prompt`` unsafe classifier fitted on the default policy (a few
+    seconds), wrapped in a SafetyModel: what the ``serve`` tests run the service on."""
+    from relsafe.api import load_model, load_policy
+    from relsafe.eval.unsafe_cls import fit_unsafe_classifier
+    from relsafe.safety.model import SafetyModel
+
+    model, policy = load_model("relsafe-mini"), load_policy("default")
+    clf = fit_unsafe_classifier(model, policy, "prompt", attach=False)
+    return SafetyModel(model, clf, policy, spec="relsafe-mini", classifier_source="test fit")
+
+
+@pytest.fixture(scope="session")
+def serve_index(serve_safety, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    """A small image gallery index for the ``serve`` tests: 2 RelWorld test images (PNG files,
+    labelled subject/relation/object) of every unsafe tuple, counterpart and neighbour of the
+    default policy, indexed with ``serve_safety``."""
+    from PIL import Image
+
+    from relsafe.data.probes import render_probe_images
+    from relsafe.eval.unsafe_cls import content_groups
+    from relsafe.gallery import build_index
+
+    groups = content_groups(serve_safety.policy, "all")
+    tuples = tuple(groups["unsafe"] + groups["counterparts"] + groups["neighbours"])
+    imgs, labels, _ = render_probe_images(2, 64, 0, tuples, "test")
+    root = tmp_path_factory.mktemp("serve_gallery")
+    paths, rows = [], []
+    for i, (im, lab) in enumerate(zip(imgs, labels, strict=True)):
+        t = tuples[int(lab)]
+        p = root / f"{i:03d}_{t.id.replace('|', '_')}.png"
+        Image.fromarray(im).save(p)
+        paths.append(p)
+        rows.append({"subject": t.subject, "relation": t.relation, "object": t.object})
+    return build_index(
+        serve_safety, images=paths, labels=rows, root=root, out=root.parent / "serve_index",
+        progress=False,
+    )

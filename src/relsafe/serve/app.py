@@ -32,6 +32,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relsafe.errors import CheckpointError, InputError, RelsafeError
 from relsafe.serve.batching import Batcher, Busy
@@ -151,6 +152,15 @@ def create_app(safety: Any, index: Any = None, *, settings: ServeSettings | None
                 ],
             },
             status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed"}
+        return JSONResponse(
+            error_body(str(exc.detail), kind.get(exc.status_code, "invalid_request_error")),
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(RelsafeError)
