@@ -311,6 +311,7 @@ def _is_hyperbolic_edit(folder: Path) -> bool:
 def _serve_section(runs: list[_Run]) -> str:
     """The commands that put each model this run produced to work (index a gallery, serve it)."""
     items = []
+    gallery = shlex.quote(str(runs[0].folder / "gallery-test")) if runs else ""
     for run in runs:
         policy = (run.provenance.get("config") or {}).get("policy") or "default"
         for folder in sorted(p for p in (run.folder / "models").glob("*") if p.is_dir()):
@@ -324,17 +325,19 @@ def _serve_section(runs: list[_Run]) -> str:
             else:
                 fit = f"relsafe classify fit --model {m} --policy {pol}\n"
             cmds = (
-                fit + f"relsafe index --model {m} --relworld test --out {idx}\n"
+                fit + f"relsafe index --model {m} --images {gallery}/manifest.csv --out {idx}\n"
                 f"relsafe serve --model {m} --index {idx}   # http://127.0.0.1:8000/"
             )
             items.append(f"<h3>{html.escape(folder.name)}</h3><pre>{html.escape(cmds)}</pre>")
     if not items:
         return ""
+    export = f"relsafe data export-relworld --split test --out {gallery}"
     return (
         "<h2>Put the models to work</h2><p class=note>Each edited model of this run as a moderation "
         "and safe-search service (docs/serve.md): fit its unsafe classifier on the policy's VAL "
         "material (Euclidean models), index the RelWorld test gallery, serve the API and the web "
-        "page.</p>" + "".join(items)
+        f"page. The gallery, once for all models:</p><pre>{html.escape(export)}</pre>"
+        + "".join(items)
     )
 
 
