@@ -26,6 +26,7 @@ from relsafe.api._resolve import (
     load_policy,
     resolve_model_spec,
 )
+from relsafe.api.classify import ClassifyOutcome, FitOutcome, classify, fit_classifier
 from relsafe.api.edit import EditOutcome, edit, edit_model, revert
 from relsafe.api.embed import EmbedOutcome, embed
 from relsafe.api.evaluate import EvalOutcome, evaluate, evaluate_model
@@ -93,19 +94,23 @@ def backbones() -> dict[str, Any]:
 
 
 __all__ = [
+    "ClassifyOutcome",
     "EditOutcome",
     "EmbedOutcome",
     "EvalOutcome",
+    "FitOutcome",
     "RunConfig",
     "RunOutcome",
     "backbones",
     "build_config",
     "checkpoint_files",
+    "classify",
     "edit",
     "edit_model",
     "embed",
     "evaluate",
     "evaluate_model",
+    "fit_classifier",
     "index",
     "load_model",
     "load_policy",

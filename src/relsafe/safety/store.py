@@ -11,7 +11,7 @@ refuses it for any other model (the scores would be meaningless).
     {"format": "relsafe-unsafe-classifier", "format_version": 1, "kind": "probe",
      "thresholds": {"text": 0.12, "image": -0.3}, "fitted_on": {"text": 532, "image": 1064},
      "score_scale": {"text": 1.0, "image": 1.0}, "model_fingerprint": "...",
-     "policy": "default", "provenance": {...}}
+     "policy": "default", "metrics": {"text": {"auroc": 0.99, ...}}, "provenance": {...}}
 
 Tensors: ``prompt.unsafe`` / ``prompt.safe`` for the ``prompt`` kind; ``probe.<modality>.{w,b,
 mean,std}`` for the ``probe`` kind; nothing for ``radius``.
@@ -78,9 +78,11 @@ def save_classifier(
     score_scale: dict[str, float] | None = None,
     policy: str | None = None,
     provenance: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``clf`` to ``folder`` whole (built in a sibling and renamed into place, so a killed
-    write leaves the previous classifier or none, never half of one). Returns the folder."""
+    write leaves the previous classifier or none, never half of one). ``metrics``: the fit's own
+    numbers (``{modality: {metric: value}}``), kept for the record. Returns the folder."""
     from safetensors.torch import save
 
     from relsafe.utils_io import atomic_dir
@@ -94,6 +96,7 @@ def save_classifier(
         "score_scale": {m: float(s) for m, s in (score_scale or {}).items()},
         "model_fingerprint": model_fingerprint,
         "policy": policy,
+        "metrics": metrics or {},
         "provenance": provenance or {},
     }
     with atomic_dir(folder) as tmp:
