@@ -8,8 +8,9 @@ Three modes (``--safety``):
   Euclidean model with a policy searches with its counterpart's prototype caption); an
   unflagged query is searched as is, so its results are exactly ``off``'s.
 * ``filter``: results whose stored safety score passes the classifier threshold (``flagged`` at
-  index time) are dropped; the search goes deeper (``k`` + the number of flagged items, doubled
-  while too few safe ones come back) so ``k`` safe results return whenever the gallery has them.
+  index time) are dropped; the search goes deeper (twice ``k`` over the gallery's safe share, at
+  most ``k`` + the number of flagged items, doubled for queries that still lack safe results) so
+  ``k`` safe results return whenever the gallery has them.
 
 Every :class:`SearchResult` says which mode was asked, whether it changed anything for this query
 (``acted``) and why (``reason``). All queries of a call share one assessment, one redirect and one
@@ -115,7 +116,10 @@ def _filtered(
     n_safe = int((~flagged).sum())
     want = min(k, n_safe)
     n_flagged = index.size - n_safe
-    depth = min(index.size, k + n_flagged) if n_flagged <= 4 * 1024 else min(index.size, 8 * k)
+    # deep enough for k safe results when flagged items are spread evenly (twice that), at most
+    # k + every flagged item (always enough); doubled for the queries that still lack some
+    spread = -(-2 * k * index.size // max(1, n_safe))
+    depth = min(index.size, k + n_flagged, max(2 * k, spread))
     pending = list(range(len(emb)))
     found: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
     while pending:
