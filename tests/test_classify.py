@@ -360,6 +360,29 @@ def test_a_hyperbolic_model_classifies_with_its_own_thresholds(
     assert not (tmp_path / "x.jsonl").exists()
 
 
+def test_fit_beside_a_model_folder_is_found_by_classify(
+    hyperbolic_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(hyperbolic_dir, model)
+    fit = ["classify", "fit", "--model", str(model), "--policy", "default", "--no-progress"]
+    assert main(fit) == 0
+    folder = model / "unsafe-classifier"
+    meta = json.loads((folder / "classifier.json").read_text())
+    own = api.load_model(str(hyperbolic_dir)).unsafe_threshold["text"]
+    assert meta["kind"] == "radius"  # auto: the model's own radius
+    assert meta["thresholds"]["text"] == pytest.approx(own)  # kept, not refitted
+    assert set(meta["thresholds"]) == {"text", "image"}  # the missing one fitted on VAL
+    capsys.readouterr()
+    texts = _write_lines(tmp_path / "t.txt", ["a child drinking wine"])
+    out = tmp_path / "o.jsonl"
+    assert main(["classify", "--model", str(model), "--texts", str(texts), "--out", str(out)]) == 0
+    assert str(folder) in capsys.readouterr().out
+    assert _rows(out)[0]["classifier"] == "radius"
+
+
 # ---- input-file readers ---------------------------------------------------------------------------
 
 
