@@ -40,6 +40,8 @@ CHUNK_SIZE = 1024
 """Inputs embedded and written per step of :func:`classify` (bounds memory on any input size)."""
 
 FIT_SCORERS = ("auto", "prompt", "probe", "radius")
+VAL_SPLITS = ("validation", "val")
+"""Split names ``classify fit --visu`` uses when a Hugging Face ``DatasetDict`` folder has them."""
 _METRICS = ("balanced_accuracy", "auroc", "tpr_unsafe", "fpr_safe")
 
 
@@ -78,7 +80,16 @@ def _visu_material(engine: Any, path: str | Path) -> dict[str, dict[str, torch.T
     a modality whose safe or unsafe side has no usable item is left out."""
     from relsafe.data.visu import load_visu
 
-    data = load_visu(path)
+    data = None
+    if Path(path).is_dir():  # a datasets folder: its validation split when it has splits
+        for split in VAL_SPLITS:
+            try:
+                data = load_visu(path, split=split)
+                break
+            except InputError as e:
+                if "has no split" not in str(e):
+                    raise
+    data = data or load_visu(path)
     out = {
         "text": {"unsafe": engine.embed_texts(data.U), "counterparts": engine.embed_texts(data.S)}
     }

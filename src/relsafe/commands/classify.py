@@ -93,20 +93,28 @@ def register(add: Any, sub: Any) -> None:
         metavar="DIR",
         help="classifier folder (default: the one beside the model, else its own thresholds)",
     )
-    sp.add_argument("--texts", help="text file, one text per line")
-    sp.add_argument("--images", help="image folder, or a .csv/.jsonl manifest with an image column")
-    sp.add_argument("--out", help="results file (.jsonl), one row per input")
+    sp.add_argument("--texts", metavar="FILE", help="text file, one text per line")
+    sp.add_argument(
+        "--images",
+        metavar="DIR|MANIFEST",
+        help="image folder, or a .csv/.jsonl manifest with an image column",
+    )
+    sp.add_argument("--out", metavar="FILE", help="results file (.jsonl), one row per input")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--top-k", type=int, default=3, help="nearest categories per row (default 3)")
     sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
-    subs = sp.add_subparsers(dest="classify_command", metavar="{fit}")
+    subs = sp.add_subparsers(dest="classify_command", metavar="[fit]", title="sub-commands")
     help_ = "fit the unsafe classifier of a model on labelled data and save it"
     fp = subs.add_parser("fit", help=help_, description=help_)
     fp.set_defaults(func=_cmd_fit)
-    fp.add_argument("--model", dest="fit_model", required=True, help="model spec or folder")
-    fp.add_argument("--policy", dest="fit_policy", default=None, help="fit on its RelWorld VAL")
+    fp.add_argument(
+        "--model", dest="fit_model", required=True, metavar="M", help="model spec or folder"
+    )
+    fp.add_argument(
+        "--policy", dest="fit_policy", default=None, metavar="P", help="fit on its RelWorld VAL"
+    )
     fp.add_argument("--visu", default=None, metavar="FILE", help="fit on a ViSU file instead")
     fp.add_argument(
         "--scorer",
