@@ -1,7 +1,8 @@
-"""Gallery indexes on a cosine model (the tiny random CLIP): FAISS equals exact search, IVF and
-HNSW reach their calibrated recall, builds resume after an interruption without recomputing
-finished shards, damaged files and other models are refused, and ``filter`` drops flagged items
-while still returning ``k``. The hyperbolic side is tests/test_gallery_hysac.py."""
+"""Gallery indexes on a cosine model (relsafe-mini, quicker to load than building the tiny
+CLIP): FAISS equals exact search, IVF and HNSW reach their calibrated recall, builds resume after
+an interruption without recomputing finished shards, damaged files and other models are refused,
+and ``filter`` drops flagged items while still returning ``k``. The hyperbolic side is
+tests/test_gallery_hysac.py."""
 
 from __future__ import annotations
 
@@ -26,22 +27,29 @@ def _texts(n: int, seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def safety(tiny_clip: Any) -> Any:
-    """The tiny CLIP with a prompt classifier ('wine' / 'beer' against 'juice' / 'toy'), its
+def mini() -> Any:
+    from relsafe.models.registry import load_model
+
+    return load_model("relsafe-mini")
+
+
+@pytest.fixture(scope="module")
+def safety(mini: Any) -> Any:
+    """relsafe-mini with a prompt classifier ('wine' / 'beer' against 'juice' / 'toy'), its
     threshold at the median score of a sample so that about half of any gallery is flagged."""
     from relsafe.engine import EmbeddingEngine
     from relsafe.eval.unsafe_cls import UnsafeClassifier
     from relsafe.safety import SafetyModel
 
-    engine = EmbeddingEngine(tiny_clip, device="cpu", progress=False, num_workers=0)
+    engine = EmbeddingEngine(mini, device="cpu", progress=False, num_workers=0)
     params = {
         "unsafe": engine.embed_texts(["wine", "beer drinking"]),
         "safe": engine.embed_texts(["juice", "toy"]),
     }
     clf = UnsafeClassifier("prompt", {"text": 0.0}, params)
     sample = engine.embed_texts(_texts(200, 99))
-    clf.thresholds["text"] = float(clf.score(tiny_clip, sample, "text").median())
-    return SafetyModel(tiny_clip, clf, None, engine=engine, spec="tiny-clip")
+    clf.thresholds["text"] = float(clf.score(mini, sample, "text").median())
+    return SafetyModel(mini, clf, None, engine=engine, spec="relsafe-mini")
 
 
 @pytest.fixture(scope="module")
@@ -227,9 +235,7 @@ def test_unreadable_faiss_file_is_a_checkpoint_error(tmp_path: Path) -> None:
         read_faiss(bad, {"kind": "flat"})
 
 
-def test_another_model_is_refused(
-    safety: Any, flat_index: Any, tmp_path: Path, tiny_clip_dir: Path
-) -> None:
+def test_another_model_is_refused(safety: Any, flat_index: Any, tmp_path: Path) -> None:
     from relsafe.gallery import load_index
     from relsafe.gallery.search import search_embeddings
     from relsafe.models.registry import load_model
@@ -237,7 +243,7 @@ def test_another_model_is_refused(
 
     with pytest.raises(CheckpointError, match="built with a different model"):
         load_index(flat_index.path, model_fingerprint="0" * 64)
-    other = load_model(str(tiny_clip_dir))
+    other = load_model("relsafe-mini")
     with torch.no_grad():
         next(other.parameters()).add_(0.01)
     sm = SafetyModel(other, safety.classifier, None, spec="changed")
@@ -308,7 +314,7 @@ def test_image_gallery_ids_and_cross_modal_search(safety: Any, tmp_path: Path) -
     clf = type(safety.classifier)(
         "prompt", {**safety.classifier.thresholds, "image": 0.0}, safety.classifier.params
     )
-    sm = type(safety)(safety.model, clf, None, engine=safety.engine, spec="tiny-clip")
+    sm = type(safety)(safety.model, clf, None, engine=safety.engine, spec="relsafe-mini")
     idx = build_index(sm, images=paths, root=root, out=tmp_path / "i", progress=False)
     assert idx.ids[1] == "sub/im1.png" and idx.paths[1] == str(paths[1].resolve())
     r = search(sm, idx, text="red wine", k=3)

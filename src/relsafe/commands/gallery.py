@@ -50,11 +50,14 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _fmt_item(hit: dict[str, Any]) -> str:
+    out = str(hit["id"])
     text = hit.get("text")
     if text is not None:
-        short = text if len(text) <= 60 else text[:57] + "..."
-        return f"{hit['id']}  {short!r}"
-    return str(hit["id"])
+        out += f"  {text if len(text) <= 60 else text[:57] + '...'!r}"
+    labels = hit.get("labels") or {}
+    if labels:
+        out += "  " + " ".join(f"{k}={v}" for k, v in list(labels.items())[:4])
+    return out
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -79,6 +82,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
     for h in d["hits"]:
         flag = "yes" if h["flagged"] else "no"
         print(f"{h['rank']:>4}  {h['score']:>9.4f}  {flag:>7}  {_fmt_item(h)}")
+    q = d.get("query") or {}
+    if q:
+        verdict = "flagged" if q["flagged"] else "not flagged"
+        cat = f", {q['category']}" if q.get("category") else ""
+        print(f"query: {verdict} (score {q['score']:.3g}, threshold {q['threshold']:.3g}{cat})")
     state = "acted" if d["acted"] else "did not act"
     print(f"safety {d['mode']}: {state}: {d['reason']}")
     return 0

@@ -2,8 +2,8 @@
 
 **The kind rule** (``--faiss auto``): an exact ``IndexFlatIP`` up to :data:`FLAT_MAX` items;
 above, an ``IndexIVFFlat`` with ``nlist = round(4 * sqrt(N))`` lists and the smallest ``nprobe``
-(1, 2, 4, ...) whose recall@10 against exact search reaches :data:`TARGET_RECALL` on a held-out
-sample of the gallery's own vectors (left out of the k-means training; each query's own item is
+(1, 2, 4, ...) whose recall@10 against exact search reaches :data:`TARGET_RECALL` (plus a margin
+of :data:`CALIBRATION_MARGIN`) on a held-out sample of the gallery's own vectors (left out of the k-means training; each query's own item is
 not counted), measured at build time and recorded in ``index.json``. ``hnsw``
 (``IndexHNSWFlat``, ``M = 32``, ``efSearch`` calibrated the same way) on request; ``none`` skips
 FAISS: exact torch search (also the test oracle, and what works without the ``faiss`` extra).
@@ -52,13 +52,20 @@ FLAT_MAX = 50_000
 """Largest gallery ``auto`` gives an exact flat index (above: IVF)."""
 TARGET_RECALL = 0.95
 """Recall@10 against exact search that the calibrated ``nprobe`` / ``efSearch`` must reach."""
-CALIBRATION_QUERIES = 256
+CALIBRATION_QUERIES = 1000
+CALIBRATION_MARGIN = 0.01
+"""The calibration aims this much above the target: its sample of queries is finite, and fresh
+queries should still reach the target (measured: at exactly 0.95 on 256 queries, fresh ones got
+0.94)."""
 HNSW_M = 32
 GEOMETRIES = ("cosine", "lorentz")
 
 
 def import_faiss() -> Any:
     """The ``faiss`` module, or an :class:`InputError` saying how to get it."""
+    import logging
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines are noise here
     try:
         import faiss
     except ImportError as e:
@@ -183,11 +190,12 @@ def build_faiss(
         _, found = index.search(queries, k + 1)
         recall = _recall(found, truth, held, k)
         params[knob] = int(v)
-        if recall >= target_recall:
+        if recall >= min(1.0, target_recall + CALIBRATION_MARGIN):
             break
     params["calibration"] = {
         "recall_at_10": recall,
         "target": target_recall,
+        "aimed_at": min(1.0, target_recall + CALIBRATION_MARGIN),
         "queries": int(len(held)),
         "rule": "held-out gallery vectors (not trained on), own item excluded",
     }

@@ -168,7 +168,7 @@ def search_embeddings(
         scores, rows = index.search(emb, k, sim)
         results = [(scores[i], rows[i]) for i in range(n)]
         acted = [False] * n
-        reasons = ["safety off: the model's own ranking"] * n
+        reasons = ["the model's own ranking, no safety check on the results"] * n
     elif mode == "redirect":
         assert assessment is not None
         red = safety.redirect(emb, assessment)
