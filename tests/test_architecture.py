@@ -5,6 +5,7 @@ without saying why at its top."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,7 @@ def _top(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
+@functools.cache
 def _imports() -> dict[str, set[str]]:
     """Module -> every relsafe module it imports (at module level or inside functions)."""
     out: dict[str, set[str]] = {}
@@ -120,7 +122,8 @@ def test_eval_and_methods_do_not_import_each_other() -> None:
 
 
 def test_no_import_circles() -> None:
-    graph = {m: {t for t in ts if t in _imports()} for m, ts in _imports().items()}
+    imports = _imports()  # parse every file once, not once per module
+    graph = {m: {t for t in ts if t in imports} for m, ts in imports.items()}
     cycles: list[list[str]] = []
     state: dict[str, int] = {}
     stack: list[str] = []
