@@ -194,7 +194,7 @@ def create_app(safety: Any, index: Any = None, *, settings: ServeSettings | None
 
     # ---- routes ---------------------------------------------------------------------------
     @app.post("/v1/moderations", summary="Classify texts and images (OpenAI moderation shape)")
-    async def moderations(req: ModerationRequest) -> dict[str, Any]:
+    async def moderations(req: ModerationRequest) -> JSONResponse:
         if req.model is not None and req.model not in (safety.spec, "relsafe"):
             raise InputError(
                 f"model {req.model!r}: this server serves {safety.spec!r} only (omit 'model')"
@@ -216,10 +216,13 @@ def create_app(safety: Any, index: Any = None, *, settings: ServeSettings | None
             out = await batcher.submit(f"moderate:{modality}", [items[i][1] for i in rows])
             for i, r in zip(rows, out, strict=True):
                 results[i] = r
-        return {"id": f"modr-{uuid.uuid4().hex}", "model": safety.spec, "results": results}
+        # a JSONResponse skips FastAPI's jsonable_encoder walk: the dicts are JSON-ready already
+        return JSONResponse(
+            {"id": f"modr-{uuid.uuid4().hex}", "model": safety.spec, "results": results}
+        )
 
     @app.post("/v1/search", summary="Search the gallery with a text, an image or an embedding")
-    async def search(req: SearchRequest) -> dict[str, Any]:
+    async def search(req: SearchRequest) -> JSONResponse:
         idx = _need_index()
         given = [n for n in ("text", "image", "embedding") if getattr(req, n) is not None]
         if len(given) != 1:
@@ -242,7 +245,7 @@ def create_app(safety: Any, index: Any = None, *, settings: ServeSettings | None
                 _embedding(req.embedding, safety), req.modality or "text", req.k, req.safety
             )
         (res,) = await batcher.submit(f"search:{kind}", [job])
-        return _search_dict(res, idx)
+        return JSONResponse(_search_dict(res, idx))
 
     @app.get("/v1/items/{index}/thumbnail", summary="A small PNG of an indexed image")
     async def thumbnail(index: int) -> Response:
