@@ -455,6 +455,19 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_result(
         assert batches == 16
 
 
+def test_a_lone_caller_does_not_wait_for_a_batch(serve_safety: Any) -> None:
+    import time
+
+    app = create_app(serve_safety, settings=ServeSettings(max_wait_ms=1000))
+    with TestClient(app) as c:
+        c.post("/v1/moderations", json={"input": "warm up"})
+        t0 = time.perf_counter()
+        for _ in range(3):
+            assert c.post("/v1/moderations", json={"input": [SAFE, UNSAFE]}).status_code == 200
+        assert time.perf_counter() - t0 < 2.5  # would be >= 3 s if each waited max_wait_ms
+    assert app.state.metrics.inflight == 0
+
+
 def test_a_full_queue_is_a_503(serve_safety: Any) -> None:
     app = create_app(serve_safety, settings=ServeSettings(max_queue=4))
     with TestClient(app) as c:

@@ -2,7 +2,8 @@
 
 A request handler :meth:`Batcher.submit` s its inputs (one queue item each) and awaits their
 futures. Each queue has a worker task: it waits for a first item, then collects more until it has
-``max_batch`` or ``max_wait_ms`` passed since the first, and runs the queue's handler on the whole
+``max_batch`` or ``max_wait_ms`` passed since the first (it does not wait when no other HTTP
+request is in flight: a lone caller pays no batching latency), and runs the queue's handler on the whole
 batch in **one** single-thread executor shared by every queue, so the model is never used from two
 threads at once and one call embeds (and classifies, and searches) the batch together. The
 handler returns one result (or one exception) per item; each caller's future gets its own.
@@ -118,8 +119,8 @@ class Batcher:
             except asyncio.QueueEmpty:
                 pass
             left = deadline - loop.time()
-            if left <= 0:
-                break
+            if left <= 0 or self.metrics.inflight <= len(batch):
+                break  # waited enough, or no other request in flight could join this batch
             try:
                 batch.append(await asyncio.wait_for(q.get(), left))
             except TimeoutError:

@@ -87,9 +87,11 @@ class Guard:
                 status[0] = int(message["status"])
             await send(message)
 
+        self.metrics.inflight += 1
         try:
             await self._handle(scope, receive, send_counted)
         finally:
+            self.metrics.inflight -= 1
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(

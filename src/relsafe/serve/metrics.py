@@ -60,6 +60,8 @@ class Metrics:
         self.batches: dict[str, int] = defaultdict(int)
         self.batched_inputs: dict[str, int] = defaultdict(int)
         self.queue_depth: Callable[[], dict[str, int]] = dict
+        self.inflight = 0
+        """HTTP requests being handled now (updated on the event loop by the Guard)."""
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one finished request (``route`` is the route template, not the raw path)."""
