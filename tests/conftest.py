@@ -64,6 +64,10 @@ def serve_index(serve_safety, tmp_path_factory: pytest.TempPathFactory):  # noqa
         paths.append(p)
         rows.append({"subject": t.subject, "relation": t.relation, "object": t.object})
     return build_index(
-        serve_safety, images=paths, labels=rows, root=root, out=root.parent / "serve_index",
+        serve_safety,
+        images=paths,
+        labels=rows,
+        root=root,
+        out=root.parent / "serve_index",
         progress=False,
     )
