@@ -29,6 +29,7 @@ preprocessed in smaller chunks.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections.abc import Callable
@@ -240,6 +241,25 @@ def load_image_file(path: str | os.PathLike[str], index: int | None = None) -> A
     or holds values with no RGB meaning (NaN floats).
     """
     return _open(path, f"image #{index}: " if index is not None else "")
+
+
+class NamedBytes(io.BytesIO):
+    """In-memory image bytes whose ``str`` is a name for messages (an upload's request field)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self._name = name
+
+    def __str__(self) -> str:
+        return self._name
+
+    __repr__ = __str__
+
+
+def load_image_bytes(data: bytes, where: str = "image") -> Any:
+    """Decode in-memory image bytes (an upload) exactly as :func:`load_image_file` decodes a file:
+    the same pixel bound, bit-depth conversions and errors, naming ``where``."""
+    return _open(NamedBytes(data, where), "")
 
 
 def to_pil(item: Any, where: str = "image") -> Any:

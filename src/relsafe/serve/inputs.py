@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
 from typing import Any
 
@@ -24,19 +23,6 @@ __all__ = ["check_text", "decode_image", "decode_images", "image_bytes", "modera
 _DATA_URL = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,"
 )
-
-
-class _NamedBytes(io.BytesIO):
-    """Image bytes whose ``str`` names the request field (PIL and relsafe's messages print it)."""
-
-    def __init__(self, data: bytes, name: str) -> None:
-        super().__init__(data)
-        self._name = name
-
-    def __str__(self) -> str:
-        return self._name
-
-    __repr__ = __str__
 
 
 def check_text(text: Any, where: str, settings: ServeSettings) -> str:
@@ -87,8 +73,10 @@ def image_pixels(raw: bytes, where: str, settings: ServeSettings) -> int:
     and images over ``max_image_pixels`` are an InputError."""
     from PIL import Image, UnidentifiedImageError
 
+    from relsafe.data.images import NamedBytes
+
     try:
-        with Image.open(_NamedBytes(raw, where)) as im:
+        with Image.open(NamedBytes(raw, where)) as im:
             w, h = im.size
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(f"{where}: not a readable image ({e})") from e
@@ -101,10 +89,10 @@ def image_pixels(raw: bytes, where: str, settings: ServeSettings) -> int:
 
 
 def _decode(raw: bytes, where: str) -> Any:
-    from relsafe.data import images
+    from relsafe.data.images import load_image_bytes
 
     # the one decode path of relsafe (header-checked pixel bound, bit depths, PIL's bomb check)
-    return images._open(_NamedBytes(raw, where), "")
+    return load_image_bytes(raw, where)
 
 
 def decode_image(data: Any, where: str, settings: ServeSettings) -> Any:
