@@ -826,3 +826,30 @@ def test_same_count_controls_do_not_turn_unsafe_preferences(
     flat[idx] *= -1
     prefs = _preferences(model, planted_data["test"])
     assert prefs["pt_u"] <= 0.1 and prefs["pv_u"] <= 0.1, prefs
+
+
+def test_a_dead_safe_input_does_not_take_all_the_score_mass() -> None:
+    """A ReLU input exactly 0 on every safe item but active on the unsafe ones: with only an
+    absolute 1e-12 guard its column scores ~1e12 and owns the whole mass; floored at 1% of the
+    pair's mean denominator it scores at most ~100x a typical column, and the other columns are
+    the paper's formula exactly."""
+    from relsafe.methods.uwm.scores import RATIO_FLOOR
+
+    g = torch.Generator().manual_seed(3)
+    b, d_in, d_out = 6, 10, 5
+    a_s, a_u = torch.rand(b, d_in, generator=g) + 0.5, torch.rand(b, d_in, generator=g) + 0.5
+    sig_s, sig_u = torch.rand(b, d_in, generator=g) + 0.5, torch.rand(b, d_in, generator=g) + 0.5
+    a_s[:, 3] = 0.0  # dead on the safe side (sig = 0 + STD_EPS)
+    sig_s[:, 3] = STD_EPS
+    w = torch.rand(d_out, d_in, generator=g) + 0.1
+    unguarded = factorised_score(a_s, sig_s, a_u, sig_u, w, floor=0.0)
+    got = factorised_score(a_s, sig_s, a_u, sig_u, w)
+    col = unguarded.sum(0) / unguarded.sum()
+    assert col[3] > 0.999  # before: one input column is the whole mass
+    share = got.sum(0) / got.sum()
+    assert share[3] < 0.95  # after: strongest column, not all of it
+    typical = got[:, [j for j in range(d_in) if j != 3]].mean()
+    assert got[:, 3].mean() < 2.5 / RATIO_FLOOR * typical
+    assert got[:, 3].mean() > 5 * typical  # still the strongest evidence
+    keep = [j for j in range(d_in) if j != 3]
+    torch.testing.assert_close(got[:, keep], unguarded[:, keep], rtol=1e-6, atol=0)

@@ -69,6 +69,7 @@ from relsafe.methods.uwm.mask import (
 )
 from relsafe.methods.uwm.scores import (
     RATIO_EPS,
+    RATIO_FLOOR,
     STD_EPS,
     factorised_score,
     pair_factors,
@@ -81,6 +82,7 @@ __all__ = [
     "MASK_JSON",
     "MASK_TENSORS",
     "RATIO_EPS",
+    "RATIO_FLOOR",
     "STD_EPS",
     "TOWERS",
     "Calibration",
