@@ -358,3 +358,18 @@ def test_tiny_policy():
     p = load_policy("tiny")
     assert p.unsafe_ids == ("child|drinking|wine", "child|drinking|beer")
     assert all(c == T("child|drinking|juice") for _, c in p.pairs())
+
+
+def test_concepts_policy_covers_every_gun_and_cigarette_tuple():
+    """The concept-level policy (issue 14): every valid tuple with a gun or a cigarette is unsafe,
+    each redirected to a safe scene with a harmless object, and no safe tuple holds either."""
+    from relsafe.world.vocab import default_vocabulary
+
+    p = load_policy("concepts")
+    valid = default_vocabulary().valid_tuples()
+    concept = {t for t in valid if t.object in ("gun", "cigarette")}
+    assert set(p.unsafe) == concept and len(concept) == 15
+    for t in p.unsafe:
+        cp = p.counterpart(t)
+        assert cp.object in ("toy", "apple") and cp.subject == t.subject and not p.is_unsafe(cp)
+    assert not any(t.object in ("gun", "cigarette") for t in p.all_neighbours() + p.unrelated())
