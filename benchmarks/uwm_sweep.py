@@ -6,7 +6,7 @@ applied, scored with the relational suite on VAL images (canonical captions only
 and marginal / neighbour / unrelated accuracy against the original) and reverted bit-exactly.
 
     python benchmarks/uwm_sweep.py --model relsafe-mini --policy default \
-        --taus 0.02 0.05 0.1 0.2 --towers text vision text,vision
+        --taus 0.02 0.05 0.1 0.2 --towers text vision text,vision [--contrast neighbours]
 
 Nothing here touches TEST images or held-out phrasings; pick a setting from this table, then run
 the TEST suites once on it.
@@ -26,6 +26,8 @@ from relsafe.methods.uwm import (
     apply_selection,
     calibration_data,
     compute_scores,
+    min_contrast,
+    neighbour_calibration_data,
     revert,
     select_weights,
 )
@@ -55,6 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--text-layers", nargs="+", default=None, help="text layer globs (default: the preset's)"
     )
+    ap.add_argument(
+        "--contrast",
+        default="counterpart",
+        choices=["counterpart", "neighbours"],
+        help="calibrate against the counterpart (the paper) or every kind of neighbour (minimum)",
+    )
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -68,10 +76,15 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     base = _summary(relational())
-    cfg = UWMConfig(towers=["text", "vision"], text_layers=args.text_layers)
+    cfg = UWMConfig(towers=["text", "vision"], text_layers=args.text_layers, contrast=args.contrast)
     t0 = time.perf_counter()
-    cal = compute_scores(model, calibration_data(policy, cfg), cfg, progress=True)
-    print(f"calibration (both towers): {time.perf_counter() - t0:.1f} s")
+    sets = (
+        neighbour_calibration_data(policy, cfg)
+        if args.contrast == "neighbours"
+        else {"counterpart": calibration_data(policy, cfg)}
+    )
+    cal = min_contrast({k: compute_scores(model, d, cfg, progress=True) for k, d in sets.items()})
+    print(f"calibration (both towers, contrast {args.contrast}): {time.perf_counter() - t0:.1f} s")
     head = f"{'towers':12s} {'tau':>6s} {'negated':>8s} {'unsafe_hit':>10s} " + " ".join(
         f"{s:>10s}" for s in SLICES
     )

@@ -853,3 +853,38 @@ def test_a_dead_safe_input_does_not_take_all_the_score_mass() -> None:
     assert got[:, 3].mean() > 5 * typical  # still the strongest evidence
     keep = [j for j in range(d_in) if j != 3]
     torch.testing.assert_close(got[:, keep], unguarded[:, keep], rtol=1e-6, atol=0)
+
+
+def test_neighbour_contrast_keeps_the_minimum_over_every_minimal_change(
+    tiny_clip_dir: Path,
+) -> None:
+    """contrast: neighbours calibrates the unsafe side against each kind of safe neighbour and
+    keeps, per weight, the smallest of the three scores (a weight is unsafe-specific only if it
+    is against another subject, another object and another relation)."""
+    from relsafe.methods.uwm import min_contrast, neighbour_calibration_data
+    from relsafe.policy import NEIGHBOUR_KINDS
+
+    policy = load_policy("tiny")
+    cfg = _small(n_per_pair=3, size=32, contrast="neighbours")
+    sets = neighbour_calibration_data(policy, cfg)
+    assert set(sets) <= set(NEIGHBOUR_KINDS) and sets
+    for kind, data in sets.items():
+        want = 0
+        for t in policy.unsafe:
+            neigh = policy.derive(t).by_kind(kind)
+            want += len(neigh) * -(-3 // len(neigh)) if neigh else 0
+        assert len(data.S) == len(data.U) == len(data.V) == len(data.G) == want
+        assert not set(data.S) & set(data.U)  # the safe side is never the unsafe caption
+    model = load_model(str(tiny_clip_dir))
+    cals = {k: compute_scores(model, d, cfg) for k, d in sets.items()}
+    both = min_contrast(cals)
+    for key, score in both.scores.items():
+        want = torch.stack([c.scores[key] for c in cals.values()]).amin(0)
+        assert torch.equal(score, want)
+        assert all((score <= c.scores[key]).all() for c in cals.values())
+    assert both.n_pairs["text"] == sum(len(d.S) for d in sets.values())
+    res = uwm(model, policy, cfg, progress=False)
+    assert res.record.extra["contrast"] == "neighbours"
+    assert res.record.data_sizes["text_pairs"] == both.n_pairs["text"]
+    with pytest.raises(ConfigError, match="contrast"):
+        _small(contrast="siblings").validate()

@@ -51,9 +51,14 @@ from typing import Any
 
 from relsafe.config import to_dict
 from relsafe.methods.base import EditRecord, EditResult, register_method
-from relsafe.methods.uwm.calibrate import Calibration, compute_scores, sync
+from relsafe.methods.uwm.calibrate import Calibration, compute_scores, min_contrast, sync
 from relsafe.methods.uwm.config import DEFAULT_ROLES, TOWERS, UWMConfig
-from relsafe.methods.uwm.data import CalibrationData, calibration_data, check_pairs
+from relsafe.methods.uwm.data import (
+    CalibrationData,
+    calibration_data,
+    check_pairs,
+    neighbour_calibration_data,
+)
 from relsafe.methods.uwm.layers import target_layers
 from relsafe.methods.uwm.mask import (
     MASK_JSON,
@@ -93,6 +98,8 @@ __all__ = [
     "apply_selection",
     "calibration_data",
     "compute_scores",
+    "min_contrast",
+    "neighbour_calibration_data",
     "factorised_score",
     "find_mask_dir",
     "mask_state",
@@ -149,11 +156,18 @@ def uwm(
     t_start = time.perf_counter()
     for tower in cfg.towers:  # misspelt layer globs fail before any data is built
         target_layers(model, tower, cfg.text_layers if tower == "text" else cfg.vision_layers)
-    cal_data = calibration_data(policy, cfg, data)
-    for tower in cfg.towers:  # fail on bad data before any forward pass
-        check_pairs(cal_data, tower)
+    if cfg.contrast == "neighbours" and data is None:
+        sets = neighbour_calibration_data(policy, cfg)
+    else:
+        sets = {"counterpart": calibration_data(policy, cfg, data)}
+    for cal_data in sets.values():
+        for tower in cfg.towers:  # fail on bad data before any forward pass
+            check_pairs(cal_data, tower)
     t_data = time.perf_counter() - t_start
-    cal = compute_scores(model, cal_data, cfg, progress=progress)
+    cal = min_contrast(
+        {k: compute_scores(model, d, cfg, progress=progress) for k, d in sets.items()}
+    )
+    cal_data = next(iter(sets.values()))
     t0 = time.perf_counter()
     selection = select_weights(cal.scores, cfg)
     mask = apply_selection(model, selection, float(cfg.alpha), cal.scores)
@@ -165,9 +179,10 @@ def uwm(
     warnings = []
     if cfg.alpha == 1.0:
         warnings.append("alpha=1 leaves every weight unchanged")
-    if cal_data.dropped_image_pairs:
+    if sum(d.dropped_image_pairs for d in sets.values()):
         warnings.append(
-            f"{cal_data.dropped_image_pairs} image pairs lacked a safe or unsafe image and were "
+            f"{sum(d.dropped_image_pairs for d in sets.values())} image pairs lacked a safe or "
+            "unsafe image and were "
             "left out of the vision calibration"
         )
     per_tower = {t: 0 for t in cfg.towers}
@@ -186,7 +201,8 @@ def uwm(
             "layers": mask.summary(),
             "selected_per_tower": per_tower,
             "calibration_size": dict(cal.n_pairs),
-            "calibration_source": cal_data.source,
+            "calibration_source": ", ".join(d.source for d in sets.values()),
+            "contrast": cfg.contrast,
             "calibration_s": cal.timings["forward_s"],
             "data_s": t_data,
             "scoring_s": cal.timings["scoring_s"],

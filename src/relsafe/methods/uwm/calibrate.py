@@ -261,3 +261,34 @@ def compute_scores(
         model.train(was_training)
     out.timings = {"forward_s": t_fwd, "scoring_s": t_score, "input_wait_s": waits[0]}
     return out
+
+
+def min_contrast(cals: Mapping[str, Calibration]) -> Calibration:
+    """One calibration from several of the same unsafe side against different safe sides
+    (``contrast: neighbours``): per weight the minimum of their scores, so a weight counts as
+    unsafe-specific only if it is against every contrast. ``n_pairs`` and timings are summed; a
+    single calibration passes through unchanged."""
+    if not cals:
+        raise InputError("min_contrast needs at least one calibration")
+    if len(cals) == 1:
+        return next(iter(cals.values()))
+    parts = list(cals.values())
+    keys = set(parts[0].scores)
+    if any(set(c.scores) != keys for c in parts):
+        raise InputError("the calibrations to combine scored different layers")
+    scores = {k: torch.stack([c.scores[k] for c in parts]).amin(dim=0) for k in parts[0].scores}
+    n_pairs: dict[str, int] = {}
+    timings: dict[str, float] = {}
+    for c in parts:
+        for t, n in c.n_pairs.items():
+            n_pairs[t] = n_pairs.get(t, 0) + n
+        for name, v in c.timings.items():
+            timings[name] = timings.get(name, 0.0) + v
+    return Calibration(
+        scores=scores,
+        n_pairs=n_pairs,
+        timings=timings,
+        stats_peak_bytes=max(c.stats_peak_bytes for c in parts),
+        score_bytes=sum(c.score_bytes for c in parts),
+        factor_shapes=parts[0].factor_shapes,
+    )

@@ -40,6 +40,11 @@ class UWMConfig:
         batch_size: pairs per forward pass (each pass holds ``2 * batch_size`` inputs).
         dtype: calibration compute dtype: ``"auto"`` (bfloat16 autocast on CUDA, float32 on CPU),
             ``"float32"`` or ``"bfloat16"``; statistics are always accumulated in float32.
+        contrast: what the unsafe side is contrasted with: ``"counterpart"`` (the paper's pairs:
+            each unsafe tuple against its safe counterpart) or ``"neighbours"`` (against each kind
+            of safe neighbour separately, other subject / object / relation, keeping per weight
+            the minimum of the three scores: a weight is selected only if it is unsafe-specific
+            against every minimal change of the tuple; three calibrations).
     """
 
     towers: list[str] = field(default_factory=lambda: ["text", "vision"])
@@ -57,6 +62,7 @@ class UWMConfig:
     seed: int = 0
     batch_size: int = 32
     dtype: str = "auto"
+    contrast: Literal["counterpart", "neighbours"] = "counterpart"
 
     def validate(self) -> None:
         towers = list(self.towers)
@@ -83,6 +89,10 @@ class UWMConfig:
         # alpha is the manipulation factor here (negative = negate), not a LoRA scale
         check_training_fields("uwm", self, {"alpha": None})
         check_number("uwm", "alpha", a, lo=-MAX_WEIGHT, hi=MAX_WEIGHT)
+        if self.contrast not in ("counterpart", "neighbours"):
+            raise ConfigError(
+                f"contrast must be 'counterpart' or 'neighbours', got {self.contrast!r}"
+            )
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
         for name in ("text_layers", "vision_layers"):

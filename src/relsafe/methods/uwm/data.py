@@ -16,7 +16,7 @@ import torch
 from relsafe.errors import InputError
 from relsafe.methods.uwm.config import UWMConfig
 
-__all__ = ["CalibrationData", "calibration_data", "check_pairs"]
+__all__ = ["CalibrationData", "calibration_data", "check_pairs", "neighbour_calibration_data"]
 
 
 @dataclass
@@ -94,6 +94,50 @@ def calibration_data(policy: Any, cfg: UWMConfig, data: Any = None) -> Calibrati
         source=str(_field(data, "source") or "data"),
         dropped_image_pairs=dropped,
     )
+
+
+def neighbour_calibration_data(policy: Any, cfg: UWMConfig) -> dict[str, CalibrationData]:
+    """One calibration set per neighbour kind (``contrast: neighbours``): every unsafe tuple
+    against its safe neighbours of that kind, scene-matched minimal pairs that differ only in the
+    subject, the object or the relation (``child|drinking|wine`` against ``adult|drinking|wine``,
+    ``child|drinking|juice``, ``child|holding|wine``).
+
+    About ``cfg.n_per_pair`` records per unsafe tuple and kind, spread evenly over its neighbours
+    of that kind (at least one each); base seed ``EDIT + cfg.seed`` (offset per kind and tuple,
+    inside the EDIT block), ``edit`` captions, training styles. Kinds that no unsafe tuple has
+    are left out; an unsafe tuple without neighbours of a kind adds nothing to that kind's set.
+    """
+    from relsafe.policy import NEIGHBOUR_KINDS
+    from relsafe.world import splits
+    from relsafe.world.dataset import quadruplets
+
+    if policy is None:
+        raise InputError("uwm with contrast 'neighbours' needs a safety policy (--policy)")
+    out: dict[str, CalibrationData] = {}
+    for k, kind in enumerate(NEIGHBOUR_KINDS):
+        quads = []
+        for u, t in enumerate(policy.unsafe):
+            neigh = policy.derive(t).by_kind(kind)
+            if not neigh:
+                continue
+            per = max(1, -(-cfg.n_per_pair // len(neigh)))  # ceil: every neighbour gets some
+            seed = splits.EDIT + cfg.seed + 10_000 * (k + 1) + 100 * u
+            quads += quadruplets(
+                [(t, n) for n in neigh], per, caption_split="edit", seed=seed, size=cfg.size
+            )
+        if quads:
+            out[kind] = CalibrationData(
+                S=[q.safe_text for q in quads],
+                U=[q.unsafe_text for q in quads],
+                V=[q.safe_image for q in quads],
+                G=[q.unsafe_image for q in quads],
+                source=f"relworld:{getattr(policy, 'name', 'policy')}:neighbours:{kind}",
+            )
+    if not out:
+        raise InputError(
+            f"policy {getattr(policy, 'name', '?')!r} has no safe neighbours to contrast with"
+        )
+    return out
 
 
 def check_pairs(cal: CalibrationData, tower: str) -> int:
