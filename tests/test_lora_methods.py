@@ -337,3 +337,27 @@ def test_text_layers_restricts_the_lora_to_the_top_layers(tiny_clip_dir: Path) -
         lora_targets(model, LoraEditConfig(text_head=True))
     with pytest.raises(ConfigError, match="text_layers"):
         LoraEditConfig(text_layers=-1).validate()
+
+
+def test_safeclip_info_nce_counts_rows_of_one_tuple_as_positives() -> None:
+    """Hand-worked: two identical rows of the same safe tuple. The one-positive InfoNCE calls the
+    twin a negative, loss log 2 per direction; the multi-positive form (same group = positive)
+    gives 0. With all-distinct groups it is the standard loss."""
+    import math
+
+    from relsafe.methods.safeclip import _info_nce
+
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert abs(float(_info_nce(a, a, 100.0)) - math.log(2)) < 1e-6
+    assert float(_info_nce(a, a, 100.0, torch.tensor([7, 7]))) < 1e-6
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(5, 4, generator=g), dim=1)
+    y = torch.nn.functional.normalize(torch.randn(5, 4, generator=g), dim=1)
+    torch.testing.assert_close(_info_nce(x, y, 10.0, torch.arange(5)), _info_nce(x, y, 10.0))
+    # a third row of another group: the twins still are positives, the third a negative
+    b = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    loss = float(_info_nce(b, b, 1.0, torch.tensor([0, 0, 1])))
+    p_twin = 2 * math.e / (2 * math.e + 1)  # row 0: positives {0, 1}, logits e, e, 1 -> e^1
+    p_third = math.e / (math.e + 2)  # row 2: its own logit 1 against two 0s
+    want = -(2 * math.log(p_twin) + math.log(p_third)) / 3
+    assert abs(loss - want) < 1e-5

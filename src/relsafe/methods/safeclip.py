@@ -5,7 +5,10 @@ image). With ``T``/``V`` the edited towers and ``T0``/``V0`` the frozen original
 
 * cosine terms: ``T(S)~T0(S)`` 0.1, ``V(V)~V0(V)`` 0.1, ``T(U)~T0(S)`` 0.1, ``V(G)~V0(V)`` 0.2;
 * contrastive terms (InfoNCE over the batch, logit scale fixed at 100, both directions):
-  ``T(S)~V0(V)`` 0.25, ``T(U)~V0(V)`` 0.25, ``T0(S)~V(V)`` 0.25, ``T0(S)~V(G)`` 0.5;
+  ``T(S)~V0(V)`` 0.25, ``T(U)~V0(V)`` 0.25, ``T0(S)~V(V)`` 0.25, ``T0(S)~V(G)`` 0.5; rows showing
+  the same safe tuple are positives of each other (multi-positive InfoNCE: on RelWorld about a
+  third of a batch shares a tuple, and treating those rows as negatives pushed identical content
+  apart);
 * the weights are normalised once to sum to 1.
 
 Reference optimiser: Adam, lr 1e-3; LoRA r=16, alpha=1, dropout 0.1 on attention k/v/out
@@ -75,21 +78,51 @@ class SafeClipConfig:
         check_number(w, "logit_scale", self.logit_scale, lo=0, hi=MAX_WEIGHT, lo_open=True)
 
 
-def _info_nce(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """Symmetric InfoNCE between matching rows of ``a`` and ``b`` (both L2-normalised)."""
+def _info_nce(
+    a: torch.Tensor, b: torch.Tensor, scale: float, groups: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Symmetric InfoNCE between matching rows of ``a`` and ``b`` (both L2-normalised).
+
+    ``groups (N,)``: rows with the same id show the same content (RelWorld quadruplets repeat
+    each safe tuple many times per batch). Row ``i``'s positives are then every row of its group,
+    not only ``i`` (multi-positive InfoNCE: ``-log sum_{j in P(i)} p_ij``), so two pictures of
+    ``child|drinking|juice`` are never pushed apart as negatives. ``None``: every row is its own
+    group (the standard loss; ViSU items are all distinct).
+    """
     logits = scale * a @ b.T
-    target = torch.arange(len(a), device=a.device)
-    return 0.5 * (
-        nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)
-    )
+    if groups is None:
+        target = torch.arange(len(a), device=a.device)
+        return 0.5 * (
+            nn.functional.cross_entropy(logits, target)
+            + nn.functional.cross_entropy(logits.T, target)
+        )
+    groups = groups.to(a.device)
+    pos = groups[:, None] == groups[None, :]
+
+    def one_side(lg: torch.Tensor) -> torch.Tensor:
+        all_ = torch.logsumexp(lg, dim=1)
+        mine = torch.logsumexp(lg.masked_fill(~pos, float("-inf")), dim=1)
+        return (all_ - mine).mean()
+
+    return 0.5 * (one_side(logits) + one_side(logits.T))
+
+
+def _group_ids(data: dict[str, Any]) -> torch.Tensor | None:
+    """Per record, an integer id of the safe tuple it shows (``safe_id``), or None without ids."""
+    ids = data.get("safe_id")
+    if ids is None:
+        return None
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(str(i), len(index)) for i in ids], dtype=torch.long)
 
 
 def quadruplet_arrays(policy: Any, cfg: SafeClipConfig) -> dict[str, Any]:
     """S, V, U, G for the policy's pairs from RelWorld (``edit`` captions, training styles, EDIT
-    seed): :func:`relsafe.data.quadruplets.build_quadruplets` in the ViSU array form, without ids."""
+    seed): :func:`relsafe.data.quadruplets.build_quadruplets` in the ViSU array form, with the
+    ``safe_id`` / ``unsafe_id`` of every record (the contrastive terms' positives)."""
     return build_quadruplets(
         policy, cfg.n_per_pair, splits.EDIT + cfg.seed, size=cfg.size, caption_split="edit"
-    ).as_arrays(ids=False)
+    ).as_arrays(ids=True)
 
 
 @register_method(
@@ -115,6 +148,9 @@ def safeclip(
     n = len(data["S"])
     if n == 0 or not (len(data["U"]) == len(data["V"]) == len(data["G"]) == n):
         raise InputError("safeclip needs equal, non-empty S, U, V, G lists")
+    groups = _group_ids(data)
+    if groups is not None and len(groups) != n:
+        raise InputError(f"safeclip: safe_id has {len(groups)} entries for {n} quadruplets")
     with Timer() as timer:
         model.eval()
         pix_V = to_pixels(model, data["V"], what="data['V']")
@@ -149,6 +185,7 @@ def safeclip(
             ts, tu = T([data["S"][i] for i in idx]), T([data["U"][i] for i in idx])
             vv, vg = Vf(pix_V[idx]), Vf(pix_G[idx])
             t0s, v0v = T0_S[idx], V0_V[idx]
+            g = groups[idx] if groups is not None else None  # same safe tuple = positive
             cos = nn.functional.cosine_similarity
             s = cfg.logit_scale
             return {
@@ -156,10 +193,10 @@ def safeclip(
                 "cos_V": (1 - cos(vv, v0v)).mean(),
                 "cos_U": (1 - cos(tu, t0s)).mean(),
                 "cos_G": (1 - cos(vg, v0v)).mean(),
-                "nce_S_V0": _info_nce(ts, v0v, s),
-                "nce_U_V0": _info_nce(tu, v0v, s),
-                "nce_S0_V": _info_nce(t0s, vv, s),
-                "nce_S0_G": _info_nce(t0s, vg, s),
+                "nce_S_V0": _info_nce(ts, v0v, s, g),
+                "nce_U_V0": _info_nce(tu, v0v, s, g),
+                "nce_S0_V": _info_nce(t0s, vv, s, g),
+                "nce_S0_G": _info_nce(t0s, vg, s, g),
             }
 
         fp = hashlib.sha256(
