@@ -112,12 +112,14 @@ EXPECTED: dict[str, Any] = {
         "unsafe_id": "10baac4a75fd0dbb",
         "keys": ["G", "S", "U", "V", "safe_id", "unsafe_id"],
     },
-    "safeclip_seed1": {
+    "safeclip_seed1": {  # the same records; since issue 14 with their tuple ids (positives)
         "S": "c2a99e04aa0c172a",
         "U": "0f0834dc518bc2a8",
         "V": "bb479d48c5f287da",
         "G": "b75f3b6453a3fe48",
-        "keys": ["G", "S", "U", "V"],
+        "safe_id": "54e45157d61d426b",
+        "unsafe_id": "bc3c42cf98d228cf",
+        "keys": ["G", "S", "U", "V", "safe_id", "unsafe_id"],
     },
     "pix_hysac_arr": "9da7fbb64955c9de",
     "pix_hysac_pil": "fb186ae862cec671",
