@@ -1,5 +1,6 @@
 """``relsafe data export-relworld``: write RelWorld images and their tuple-labelled manifest
-(DATA.md) to a folder, e.g. the test gallery ``relsafe index`` and ``relsafe serve`` work on."""
+(DATA.md) to a folder, e.g. the test gallery ``relsafe index`` and ``relsafe serve`` work on;
+``relsafe data check MANIFEST``: validate such a manifest and print its counts."""
 
 from __future__ import annotations
 
@@ -29,6 +30,26 @@ def _cmd_export_relworld(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from relsafe.data.manifest_check import check_manifest
+    from relsafe.errors import InputError
+
+    report = check_manifest(args.manifest, decode=args.decode, progress=not args.no_progress)
+    if report.per_tuple:
+        print(report.table())
+    if not report.ok:
+        shown = "\n  ".join(report.problems)
+        more = report.n_problems - len(report.problems)
+        raise InputError(
+            f"{args.manifest}: {report.n_problems} problem(s) in {report.n_rows} rows"
+            + (f" ({more} more not shown)" if more > 0 else "")
+            + f":\n  {shown}"
+        )
+    done = " (images decoded)" if args.decode else ""
+    print(f"{args.manifest}: {report.n_rows} rows, all valid{done}")
+    return 0
+
+
 def register(add: Any, sub: Any) -> None:
     data = sub.add_parser("data", help="datasets: export RelWorld as a tuple-labelled manifest")
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -47,4 +68,13 @@ def register(add: Any, sub: Any) -> None:
     sp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sp.set_defaults(func=_cmd_export_relworld)
+    sp = dsub.add_parser(
+        "check", help="validate a tuple-labelled manifest (DATA.md) and count it per tuple, split"
+    )
+    sp.add_argument(
+        "manifest", help=".csv or .jsonl manifest (image, subject, relation, object, split)"
+    )
+    sp.add_argument("--decode", action="store_true", help="also decode every image (slower)")
+    sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sp.set_defaults(func=_cmd_check)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])

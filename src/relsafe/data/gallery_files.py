@@ -32,6 +32,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MANIFEST_SUFFIXES",
     "list_images",
+    "manifest_rows",
     "read_image_manifest",
     "read_texts",
 ]
@@ -115,11 +116,24 @@ def read_image_manifest(
             f"images or a manifest ending in {' or '.join(MANIFEST_SUFFIXES)} with an "
             f"{IMAGE_COLUMN!r} column"
         )
+    triples = manifest_rows(p)
+    return [t[1] for t in triples], [t[2] for t in triples]
+
+
+def manifest_rows(path: str | os.PathLike[str]) -> list[tuple[int, Path, dict[str, Any]]]:
+    """``(line number, image path, other columns)`` per row of a manifest: what
+    :func:`read_image_manifest` returns, with each row's line for messages (``relsafe data check``)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in MANIFEST_SUFFIXES:
+        raise InputError(
+            f"image manifest {p}: unsupported type {suffix or '(no suffix)'!r}; use a "
+            f"{' or '.join(MANIFEST_SUFFIXES)} file with an {IMAGE_COLUMN!r} column"
+        )
     text = read_text_file(p, "image manifest")
     raw = _csv_rows(p, text) if suffix == ".csv" else _jsonl_rows(p, text)
     base = p.parent
-    paths: list[Path] = []
-    rows: list[dict[str, Any]] = []
+    out: list[tuple[int, Path, dict[str, Any]]] = []
     for lineno, row in raw:
         if IMAGE_COLUMN not in row:
             raise InputError(
@@ -134,11 +148,10 @@ def read_image_manifest(
             )
         if not value.strip():
             raise InputError(f"image manifest {p}, line {lineno}: empty {IMAGE_COLUMN!r} path")
-        paths.append(_resolve(base, value.strip()))
-        rows.append(row)
-    if not paths:
+        out.append((lineno, _resolve(base, value.strip()), row))
+    if not out:
         raise InputError(f"image manifest {p} has no rows")
-    return paths, rows
+    return out
 
 
 def list_images(path: str | os.PathLike[str], what: str = "--images") -> list[Path]:
