@@ -257,6 +257,28 @@ def read_json_file(
     return obj
 
 
+def read_format_file(
+    path: str | os.PathLike[str], fmt: str, version: int, what: str
+) -> dict[str, Any]:
+    """The JSON header of a relsafe folder format (an index, a classifier): a mapping whose
+    ``format`` is ``fmt`` and ``format_version`` is ``version``. Anything else, malformed JSON
+    included, is a :class:`~relsafe.errors.CheckpointError` naming the file (``what``: the
+    format's name in messages, e.g. ``"gallery index"``)."""
+    from relsafe.errors import CheckpointError, RelsafeError
+
+    try:
+        meta = read_json_file(path, f"{what} file")
+    except RelsafeError as e:
+        raise CheckpointError(str(e)) from e
+    if meta.get("format") != fmt:
+        raise CheckpointError(f"{path}: not a relsafe {what} file")
+    if meta.get("format_version") != version:
+        raise CheckpointError(
+            f"{path}: format_version {meta.get('format_version')!r}; this relsafe reads {version}"
+        )
+    return meta
+
+
 def _bounded_loader(text: str, source: str) -> Any:
     """A :class:`yaml.SafeLoader` on ``text`` that refuses documents nested deeper than
     :data:`YAML_MAX_DEPTH` or standing for more than :data:`YAML_MAX_NODES` nodes once aliases are

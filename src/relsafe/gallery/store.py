@@ -179,8 +179,7 @@ def _check_file(folder: Path, name: str, record: dict[str, Any]) -> Path:
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
-    from relsafe.errors import RelsafeError
-    from relsafe.utils_io import read_json_file
+    from relsafe.utils_io import read_format_file
 
     jpath = folder / INDEX_JSON
     if not folder.is_dir():
@@ -192,17 +191,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
             else ""
         )
         raise CheckpointError(f"{folder} is not a gallery index: it has no {INDEX_JSON}{hint}")
-    try:
-        meta = read_json_file(jpath, "index file")
-    except RelsafeError as e:
-        raise CheckpointError(str(e)) from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{jpath}: not a relsafe gallery index file")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{jpath}: format_version {meta.get('format_version')!r}; this relsafe reads "
-            f"{FORMAT_VERSION}"
-        )
+    meta = read_format_file(jpath, FORMAT, FORMAT_VERSION, "gallery index")
     model = meta.get("model")
     if (
         not isinstance(model, dict)

@@ -122,7 +122,7 @@ def load_classifier(
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from relsafe.utils_io import read_json_file
+    from relsafe.utils_io import read_format_file
 
     folder = Path(folder).expanduser()
     jpath, tpath = folder / _JSON, folder / _TENSORS
@@ -131,14 +131,7 @@ def load_classifier(
             f"{folder} is not an unsafe-classifier folder (it needs {_JSON} and {_TENSORS}; "
             "write one with `relsafe classify fit`)"
         )
-    meta = read_json_file(jpath, "classifier file")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{jpath}: not a relsafe unsafe-classifier file")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{jpath}: format_version {meta.get('format_version')!r}; this relsafe reads "
-            f"{FORMAT_VERSION}"
-        )
+    meta = read_format_file(jpath, FORMAT, FORMAT_VERSION, "unsafe-classifier")
     kind = meta.get("kind")
     if kind not in SCORERS:
         raise CheckpointError(f"{jpath}: kind {kind!r} is not one of {list(SCORERS)}")
