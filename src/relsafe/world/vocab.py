@@ -198,3 +198,22 @@ def default_vocabulary() -> Vocabulary:
     text = resources.files("relsafe.world").joinpath("vocab.yaml").read_text(encoding="utf-8")
     source = "relsafe/world/vocab.yaml"
     return Vocabulary.from_dict(load_yaml_text(text, source), source)
+
+
+BUILTIN_VOCABULARIES = ("relworld",)
+"""Vocabulary names that need no file: ``relworld`` is the bundled RelWorld vocabulary."""
+
+
+def load_vocabulary(spec: str | Path | Vocabulary | None = None) -> Vocabulary:
+    """A vocabulary from a built-in name (``relworld``, the default), a YAML path, or itself."""
+    if isinstance(spec, Vocabulary):
+        return spec
+    if spec is None or str(spec) == "relworld":
+        return default_vocabulary()
+    path = Path(spec)
+    if not path.suffix and not path.exists():
+        raise ConfigError(
+            f"unknown vocabulary {str(spec)!r}: give a built-in name {list(BUILTIN_VOCABULARIES)} "
+            "or the path of a vocabulary YAML file"
+        )
+    return Vocabulary.from_yaml(path)
