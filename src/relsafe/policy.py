@@ -3,11 +3,12 @@
 Longer than 500 lines because loading (with line-numbered errors), validation and the derivations
 (marginals, neighbours, counterparts) share one data model; they are one concern, policies.
 
-A policy is a YAML file listing unsafe tuples of the RelWorld vocabulary (see ``docs/policies.md``
+A policy is a YAML file listing unsafe tuples of a vocabulary (see ``docs/policies.md``
 and ``policies/default.yaml``)::
 
     name: default
     description: what this policy forbids
+    vocabulary: relworld                          # the default; or a vocabulary YAML path
     unsafe:
       - child|drinking|wine                       # string form
       - [child, drinking, beer]                   # list form
@@ -28,6 +29,11 @@ For every unsafe tuple relsafe derives (:meth:`Policy.derive`, returning a :clas
 Policy-level unions (:meth:`Policy.all_neighbours`, :meth:`Policy.all_marginals`,
 :meth:`Policy.unrelated`, :meth:`Policy.pairs`) feed the methods' retain sets, the quadruplet
 generator and the relational metrics.
+
+Everything downstream (edit sets, probes, suites) takes the policy's :attr:`Policy.vocabulary`,
+never a global one. Derivations never list the vocabulary's combinations: neighbours are lookups
+per word, and :meth:`Policy.unrelated` samples (:data:`UNRELATED_SAMPLE` tuples, deterministic) once
+a vocabulary has more than :data:`UNRELATED_ENUMERATE` tuples.
 
 Every problem in a policy file is a :class:`~relsafe.errors.ConfigError` that names the file and the
 line (``policies/x.yaml, line 7 (unsafe[2]): unknown object 'wnie'; did you mean 'wine'?``).
@@ -50,7 +56,7 @@ import yaml
 
 from relsafe.errors import ConfigError, InputError
 from relsafe.world.splits import is_unseen_tuple
-from relsafe.world.vocab import ORO, ROLES, Vocabulary, default_vocabulary
+from relsafe.world.vocab import ORO, ROLES, Vocabulary, default_vocabulary, load_vocabulary
 
 __all__ = [
     "NEIGHBOUR_KINDS",
@@ -76,7 +82,13 @@ DEFAULT_STRATEGY = "keep_subject"
 UNRELATED_POOLS = ("all", "retain", "unseen")
 """Which unrelated tuples :meth:`Policy.unrelated` returns."""
 
-_TOP_KEYS = ("name", "description", "unsafe", "counterpart_strategy")
+_TOP_KEYS = ("name", "description", "vocabulary", "unsafe", "counterpart_strategy")
+
+UNRELATED_ENUMERATE = 20_000
+"""Up to this many tuples in the vocabulary, :meth:`Policy.unrelated` lists every unrelated tuple."""
+
+UNRELATED_SAMPLE = 1_000
+"""Past :data:`UNRELATED_ENUMERATE`, :meth:`Policy.unrelated` is a fixed sample of this many."""
 _ENTRY_KEYS = ("tuple", "counterpart")
 
 # Which role each neighbour kind changes.
@@ -231,6 +243,7 @@ class Policy:
     source: str = "<dict>"
     sha256: str = ""
     lines: Mapping[ORO, int] = field(default_factory=dict, repr=False, compare=False)
+    vocabulary_spec: str = "relworld"  # as the file wrote it (a built-in name or a path)
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
@@ -246,7 +259,7 @@ class Policy:
         except (TypeError, ValueError):  # keys of mixed types, a cycle: _build names the fault
             canon = repr(data)
         digest = hashlib.sha256(canon.encode("utf-8", "surrogatepass")).hexdigest()
-        return _build(data, source, vocab or default_vocabulary(), {}, digest)
+        return _build(data, source, vocab, {}, digest)
 
     # ---- lookups -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -337,11 +350,34 @@ class Policy:
         """
         if pool not in UNRELATED_POOLS:
             raise InputError(f"pool must be one of {list(UNRELATED_POOLS)}, got {pool!r}")
-        near = self._unsafe_set | set(self.neighbour_sources())
-        out = [t for t in self.vocabulary.valid_tuples() if t not in near]
+        out = self._unrelated_all
         if pool == "all":
             return out
         return [t for t in out if is_unseen_tuple(t.id) == (pool == "unseen")]
+
+    @cached_property
+    def _unrelated_all(self) -> list[ORO]:
+        near = self._unsafe_set | set(self.neighbour_sources())
+        vocab = self.vocabulary
+        if vocab.count_valid() <= UNRELATED_ENUMERATE:
+            return [t for t in vocab.iter_valid() if t not in near]
+        picked = set(vocab.sample_tuples(UNRELATED_SAMPLE, seed=0, exclude=near))
+        # vocabulary order, as for small vocabularies (a sample is a set; its order is not random)
+        return sorted(picked, key=self._vocab_order)
+
+    def _vocab_order(self, t: ORO) -> tuple[int, int, int]:
+        pos = self._word_positions
+        return (pos[0][t.subject], pos[1][t.relation], pos[2][t.object])
+
+    @cached_property
+    def _word_positions(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        v = self.vocabulary
+        return tuple({w: i for i, w in enumerate(v.words(r))} for r in ROLES)  # type: ignore[return-value]
+
+    @property
+    def unrelated_sampled(self) -> bool:
+        """Whether :meth:`unrelated` is a sample (a vocabulary past :data:`UNRELATED_ENUMERATE`)."""
+        return self.vocabulary.count_valid() > UNRELATED_ENUMERATE
 
     def pairs(self) -> list[tuple[ORO, ORO]]:
         """``(unsafe, counterpart)`` for each unsafe tuple, in file order (for quadruplets)."""
@@ -364,6 +400,8 @@ class Policy:
         spec: dict[str, Any] = {"name": self.name}
         if self.description:
             spec["description"] = self.description
+        if self.vocabulary_spec != "relworld":
+            spec["vocabulary"] = self.vocabulary_spec
         spec["unsafe"] = entries
         spec["counterpart_strategy"] = self.counterpart_strategy
         if not derived:
@@ -373,7 +411,7 @@ class Policy:
             "unsafe": list(self.unsafe_ids),
             "source": self.source,
             "sha256": self.sha256,
-            "vocabulary": self.vocabulary.source,
+            "vocabulary": self.vocabulary.describe(),
             "derivations": [d.to_dict() for d in self.derivations],
             "counts": {
                 "unsafe": len(self.unsafe),
@@ -381,6 +419,7 @@ class Policy:
                 "marginals": len(self.all_marginals()),
                 "unrelated": len(self.unrelated()),
                 "unrelated_unseen": len(self.unrelated("unseen")),
+                "unrelated_sampled": self.unrelated_sampled,
             },
         }
 
@@ -436,7 +475,7 @@ def load_policy(path: str | Path, vocab: Vocabulary | None = None) -> Policy:
     return _build(
         data,
         source,
-        vocab or default_vocabulary(),
+        vocab,
         lines,
         hashlib.sha256(text.encode("utf-8")).hexdigest(),
     )
@@ -518,8 +557,11 @@ def _convert(
     return loader.construct_object(node, deep=True)
 
 
-def _build(data: Any, source: str, vocab: Vocabulary, lines: _Lines, digest: str) -> Policy:
-    """Validate the document ``data`` and build the policy (``lines`` may be empty)."""
+def _build(data: Any, source: str, vocab: Vocabulary | None, lines: _Lines, digest: str) -> Policy:
+    """Validate the document ``data`` and build the policy (``lines`` may be empty).
+
+    The vocabulary is the one the document names (``vocabulary:``, relative paths against the
+    policy file's folder); ``vocab`` is used when the document names none (default ``relworld``)."""
 
     def where(*path: Any) -> str:
         line = lines.get(path)
@@ -544,6 +586,19 @@ def _build(data: Any, source: str, vocab: Vocabulary, lines: _Lines, digest: str
     description = data.get("description", "") or ""
     if not isinstance(description, str):
         raise ConfigError(f"{where('description')}: `description` must be a string")
+    vocab_spec = data.get("vocabulary")
+    if vocab_spec is not None:
+        if not isinstance(vocab_spec, str) or not vocab_spec.strip():
+            raise ConfigError(
+                f"{where('vocabulary')}: `vocabulary` is a built-in name (relworld) or a path"
+            )
+        base = None if source.startswith("<") else Path(source).parent
+        try:
+            vocab = load_vocabulary(vocab_spec.strip(), base=base)
+        except ConfigError as e:
+            raise ConfigError(f"{where('vocabulary')}: {e}") from e
+    elif vocab is None:
+        vocab = default_vocabulary()
     strategy = data.get("counterpart_strategy", DEFAULT_STRATEGY)
     if strategy not in STRATEGIES:
         raise ConfigError(
@@ -625,6 +680,9 @@ def _build(data: Any, source: str, vocab: Vocabulary, lines: _Lines, digest: str
         source=source,
         sha256=digest,
         lines=MappingProxyType(line_of),
+        vocabulary_spec=vocab_spec.strip()
+        if isinstance(vocab_spec, str)
+        else ("relworld" if vocab is default_vocabulary() else vocab.source),
     )
 
 
