@@ -244,6 +244,21 @@ class Policy:
     sha256: str = ""
     lines: Mapping[ORO, int] = field(default_factory=dict, repr=False, compare=False)
     vocabulary_spec: str = "relworld"  # as the file wrote it (a built-in name or a path)
+    world: Any = field(default=None, repr=False, compare=False)  # see bind_world
+
+    def bind_world(self, world: Any) -> Policy:
+        """This policy with its material coming from ``world`` (a
+        :class:`relsafe.data.world.World` of the same vocabulary): edit sets, probes and suites
+        built from the returned policy use the world's images (``relsafe.data.world.world_of``)."""
+        from dataclasses import replace
+
+        if world is not None and getattr(world, "vocabulary", None) is not self.vocabulary:
+            if getattr(world.vocabulary, "sha256", None) != self.vocabulary.sha256:
+                raise ConfigError(
+                    f"policy {self.name!r} uses vocabulary {self.vocabulary.name!r}; the world "
+                    f"uses {world.vocabulary.name!r}"
+                )
+        return replace(self, world=world)
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod

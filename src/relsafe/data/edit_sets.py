@@ -1,4 +1,4 @@
-"""Forget and retain sets for LoRA safety edits, built from a policy (and RelWorld) alone.
+"""Forget and retain sets for LoRA safety edits, built from a policy and its world alone.
 
 Two builders share one structure, :class:`EditSets`:
 
@@ -16,8 +16,11 @@ Retain sets never contain an evaluation-only tuple (:func:`relsafe.world.splits.
 the relational sets take their unrelated tuples from ``policy.unrelated("retain")``), and every
 :class:`EditSets` records which tuples it retained and which tuples no loss may touch.
 Each forget text comes with a *minimal-pair* target text, the same template and phrasings with the
-tuple's safe counterpart in its place, and each forget image with its counterpart rendered from the
-same seed (same layout and colours, the swapped element changed).
+tuple's safe counterpart in its place, and each forget image with its counterpart: in RelWorld
+rendered from the same seed (same layout and colours, the swapped element changed), in a manifest
+world one of the counterpart tuple's own train images (:mod:`relsafe.data.world`). Words, templates
+and contexts are the policy's vocabulary's; a world without images gives text-only sets (with a
+warning in :attr:`EditSets.warnings`).
 """
 
 from __future__ import annotations
@@ -28,13 +31,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from relsafe.data.world import World, world_of
 from relsafe.errors import InputError
 from relsafe.world import splits
-from relsafe.world.captions import TEMPLATES, caption_pair, contextualize
-from relsafe.world.dataset import item_seeds
-from relsafe.world.render import render_batch
+from relsafe.world.captions import caption_pair, contextualize, templates
 from relsafe.world.splits import is_unseen_tuple
-from relsafe.world.styles import TRAIN_STYLES
 from relsafe.world.vocab import ORO, Vocabulary
 
 CAPTION_SPLIT = "edit"
@@ -115,56 +116,32 @@ class SetSizes:
 
 
 def _texts_for(
-    a: ORO, b: ORO, n: int, rng: random.Random, context_fraction: float
+    a: ORO, b: ORO, n: int, rng: random.Random, context_fraction: float, vocab: Vocabulary
 ) -> list[tuple[str, str]]:
     """``n`` minimal pairs (text of a, text of b) from the ``edit`` caption split, some wrapped in
     one shared ``edit`` context."""
     out = []
     for _ in range(n):
-        ta, tb = caption_pair(a, b, rng, CAPTION_SPLIT)
+        ta, tb = caption_pair(a, b, rng, CAPTION_SPLIT, vocab=vocab)
         if rng.random() < context_fraction:
             state = rng.getstate()
-            ta = contextualize(ta, rng, CAPTION_SPLIT)
+            ta = contextualize(ta, rng, CAPTION_SPLIT, vocab=vocab)
             rng.setstate(state)
-            tb = contextualize(tb, rng, CAPTION_SPLIT)
+            tb = contextualize(tb, rng, CAPTION_SPLIT, vocab=vocab)
         out.append((ta, tb))
     return out
-
-
-def _render_pairs(
-    pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
-) -> tuple[np.ndarray, np.ndarray, list[ORO]]:
-    """``n`` renders of each pair's first tuple and of its second with the same seeds/styles."""
-    a_t, b_t, seeds, styles = [], [], [], []
-    for p, (a, b) in enumerate(pairs):
-        for j in range(n):
-            s, _ = item_seeds(splits.EDIT + seed, offset + p * n + j)
-            a_t.append(a)
-            b_t.append(b)
-            seeds.append(s)
-            styles.append(TRAIN_STYLES[j % len(TRAIN_STYLES)])
-    if not a_t:
-        empty = np.zeros((0, size, size, 3), np.uint8)
-        return empty, empty.copy(), []
-    a_img = np.zeros((len(a_t), size, size, 3), np.uint8)
-    b_img = np.zeros_like(a_img)
-    for style in TRAIN_STYLES:
-        idx = [i for i, s in enumerate(styles) if s == style]
-        if idx:
-            a_img[idx] = render_batch([a_t[i] for i in idx], [seeds[i] for i in idx], style, size)
-            b_img[idx] = render_batch([b_t[i] for i in idx], [seeds[i] for i in idx], style, size)
-    return a_img, b_img, a_t
 
 
 def _marginal_texts(role: str, word: str, vocab: Vocabulary) -> list[str]:
     """Edit-template texts for a word alone (``"a picture of wine"``, ``"an image of red wine"``).
 
-    The prefixes come from ``TEMPLATES["edit"]``, so never the evaluation probe form
-    (``"a photo of wine"``, :func:`relsafe.world.captions.object_caption`)."""
+    The prefixes come from the vocabulary's edit templates, so never the evaluation probe form
+    (``"a photo of wine"``, :func:`relsafe.world.captions.object_caption`); a vocabulary whose
+    edit templates all start with the subject gives the bare phrasings."""
     phr = vocab.words(role)[word].train
-    prefixes = sorted(
-        {t.split("{subject}")[0] for t in TEMPLATES[CAPTION_SPLIT] if t.split("{subject}")[0]}
-    )
+    prefixes = sorted({t.split("{subject}")[0] for t in templates(vocab)[CAPTION_SPLIT]})
+    if len(prefixes) > 1:
+        prefixes = [p for p in prefixes if p]
     return [f"{p}{w}" for p in prefixes for w in phr]
 
 
@@ -173,17 +150,20 @@ def _build(
     retain_tuples: Sequence[tuple[ORO, str]],
     retain_marginals: Sequence[tuple[str, str]],
     sizes: SetSizes,
-    vocab: Vocabulary,
+    world: World,
     eval_only: Sequence[ORO] = (),
 ) -> EditSets:
+    vocab = world.vocabulary
     rng = random.Random(splits.EDIT + sizes.seed)
     f_texts, f_targets, f_tt = [], [], []
     for u, cp in forget:
-        for a, b in _texts_for(u, cp, sizes.texts_per_forget_tuple, rng, sizes.context_fraction):
+        for a, b in _texts_for(
+            u, cp, sizes.texts_per_forget_tuple, rng, sizes.context_fraction, vocab
+        ):
             f_texts.append(a)
             f_targets.append(b)
             f_tt.append(u)
-    f_img, f_tgt, f_it = _render_pairs(
+    f_img, f_tgt, f_it, _ = world.images.pair_images(
         forget, sizes.images_per_forget_tuple, sizes.size, sizes.seed, 0
     )
     r_texts: list[str] = []
@@ -191,7 +171,9 @@ def _build(
     kinds: dict[str, int] = {}
     by_kind: dict[str, list[ORO]] = {}
     for t, kind in retain_tuples:
-        for a, _ in _texts_for(t, t, sizes.texts_per_retain_tuple, rng, sizes.context_fraction):
+        for a, _ in _texts_for(
+            t, t, sizes.texts_per_retain_tuple, rng, sizes.context_fraction, vocab
+        ):
             r_texts.append(a)
             r_tt.append(t)
         kinds[kind] = kinds.get(kind, 0) + 1
@@ -201,13 +183,19 @@ def _build(
         r_texts.extend(texts)
         r_tt.extend([None] * len(texts))
     kinds["marginal"] = len(retain_marginals)
-    r_img, _, r_it = _render_pairs(
+    r_img, _, r_it, _ = world.images.pair_images(
         [(t, t) for t, _ in retain_tuples],
         sizes.images_per_retain_tuple,
         sizes.size,
         sizes.seed,
         10_000_000,
     )
+    warnings = []
+    if not len(f_img) and not len(r_img):
+        warnings.append(
+            f"world {world.name!r} has no images: these edit sets are text-only (image losses "
+            "have nothing to train on)"
+        )
     sets = EditSets(
         forget_texts=f_texts,
         forget_text_targets=f_targets,
@@ -223,6 +211,7 @@ def _build(
         retain_kinds=kinds,
         retain_tuples=by_kind,
         eval_only_tuples=list(eval_only),
+        warnings=warnings,
     )
     sets.check()
     return sets
@@ -236,7 +225,6 @@ def relational_sets(policy: object, sizes: SetSizes | None = None) -> EditSets:
     the evaluation-only ``policy.unrelated("unseen")`` are never used.
     """
     sizes = sizes or SetSizes()
-    vocab = policy.vocabulary  # type: ignore[attr-defined]
     forget = list(policy.pairs())  # type: ignore[attr-defined]
     neighbours = list(policy.all_neighbours())  # type: ignore[attr-defined]
     unrelated = list(policy.unrelated("retain"))  # type: ignore[attr-defined]
@@ -245,7 +233,7 @@ def relational_sets(policy: object, sizes: SetSizes | None = None) -> EditSets:
     retain = [(t, "neighbour") for t in neighbours] + [(t, "unrelated") for t in sample]
     marginals = list(policy.all_marginals())  # type: ignore[attr-defined]
     eval_only = list(policy.unrelated("unseen"))  # type: ignore[attr-defined]
-    return _build(forget, retain, marginals, sizes, vocab, eval_only)
+    return _build(forget, retain, marginals, sizes, world_of(policy), eval_only)
 
 
 def concept_of(t: ORO, role: str) -> str:
@@ -303,7 +291,7 @@ def concept_sets(policy: object, role: str = "object", sizes: SetSizes | None = 
     retain = [(t, "unrelated") for t in sorted(rng.sample(rest, n_keep))]
     marginals = [(r, w) for r, w in policy.all_marginals() if not (r == role and w in concepts)]  # type: ignore[attr-defined]
     eval_only = [t for t in vocab.valid_tuples() if is_unseen_tuple(t.id) and t not in forget_set]
-    sets = _build(forget, retain, marginals, sizes, vocab, eval_only)
+    sets = _build(forget, retain, marginals, sizes, world_of(policy), eval_only)
     # the concept's own marginal texts ("a picture of wine") are forgotten too, redirected to the
     # word its first tuple was redirected to
     for word in concepts:

@@ -1,0 +1,401 @@
+"""A world behind one interface: a vocabulary (words, captions) and an image source.
+
+Edit sets, probes, attacks and suites ask a :class:`World` for their material, never RelWorld
+directly:
+
+* the **vocabulary** (the policy's, :attr:`relsafe.policy.Policy.vocabulary`) gives the words, the
+  caption templates and the context wrappers (:mod:`relsafe.world.captions` with ``vocab=``);
+* the **image source** gives images of tuples for a use: :class:`RenderedImages` renders RelWorld
+  scenes (the built-in world: counterpart images are minimal pairs, the same scene with one element
+  swapped); :class:`ManifestImages` reads a tuple-labelled manifest (DATA.md): edits use its
+  ``train`` rows, tuning its ``val`` rows, the suites its ``test`` rows, and a counterpart's images
+  are the counterpart tuple's own train images; :class:`NoImages` is a text-only world (every image
+  step is skipped with a warning, or refused where a suite needs images).
+
+A policy carries its world: :func:`world_of` returns the one bound with
+:meth:`relsafe.policy.Policy.bind_world`, else the default for its vocabulary (RelWorld's renderer
+for the built-in ``relworld`` vocabulary, no images for any other). :func:`open_world` builds one
+from a run config's ``world:`` entry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from relsafe.errors import ConfigError, InputError
+from relsafe.world import splits
+from relsafe.world.styles import TRAIN_STYLES
+from relsafe.world.vocab import ORO, Vocabulary, default_vocabulary, load_vocabulary
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ImageSource",
+    "ManifestImages",
+    "NoImages",
+    "RenderedImages",
+    "World",
+    "open_world",
+    "relworld",
+    "world_of",
+]
+
+USES = ("edit", "val", "test")
+"""What images are for: ``edit`` (training and calibration), ``val`` (tuning), ``test`` (scores)."""
+
+_MANIFEST_SPLIT = {"edit": "train", "val": "val", "test": "test"}
+
+
+class ImageSource(Protocol):
+    """Where a world's images come from."""
+
+    name: str
+    paired: bool  # counterpart images are minimal pairs of their forget images
+
+    def pair_images(
+        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
+    ) -> tuple[np.ndarray, np.ndarray, list[ORO], list[ORO]]:
+        """Up to ``n`` edit images of each pair's first tuple and as many of its second;
+        returns (a images, b images, a tuples, b tuples), uint8 (N, size, size, 3)."""
+        ...
+
+    def probe_images(
+        self,
+        tuples: Sequence[ORO],
+        n_per_tuple: int,
+        size: int,
+        seed: int,
+        split: str,
+        styles: Sequence[str] = TRAIN_STYLES,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Up to ``n_per_tuple`` ``split`` (val/test) images per tuple, tuple-major; returns
+        (writable uint8 images, tuple index of each, the base seed of image-side transforms)."""
+        ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class RenderedImages:
+    """RelWorld's renderer: any number of images of any tuple, for any use, from its own seeds."""
+
+    name: str = "relworld-renderer"
+    paired: bool = True
+
+    def pair_images(
+        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
+    ) -> tuple[np.ndarray, np.ndarray, list[ORO], list[ORO]]:
+        from relsafe.world.dataset import item_seeds
+        from relsafe.world.render import render_batch
+
+        a_t, b_t, seeds, styles = [], [], [], []
+        for p, (a, b) in enumerate(pairs):
+            for j in range(n):
+                s, _ = item_seeds(splits.EDIT + seed, offset + p * n + j)
+                a_t.append(a)
+                b_t.append(b)
+                seeds.append(s)
+                styles.append(TRAIN_STYLES[j % len(TRAIN_STYLES)])
+        if not a_t:
+            empty = np.zeros((0, size, size, 3), np.uint8)
+            return empty, empty.copy(), [], []
+        a_img = np.zeros((len(a_t), size, size, 3), np.uint8)
+        b_img = np.zeros_like(a_img)
+        for style in TRAIN_STYLES:
+            idx = [i for i, s in enumerate(styles) if s == style]
+            if idx:
+                sd = [seeds[i] for i in idx]
+                a_img[idx] = render_batch([a_t[i] for i in idx], sd, style, size)
+                b_img[idx] = render_batch([b_t[i] for i in idx], sd, style, size)
+        return a_img, b_img, a_t, b_t
+
+    def probe_images(
+        self,
+        tuples: Sequence[ORO],
+        n_per_tuple: int,
+        size: int,
+        seed: int,
+        split: str,
+        styles: Sequence[str] = TRAIN_STYLES,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        from relsafe.world.dataset import item_seeds
+        from relsafe.world.render import render_batch
+
+        labels = np.repeat(np.arange(len(tuples)), n_per_tuple)
+        reps = np.tile(np.arange(n_per_tuple), len(tuples))
+        base = splits.ALL[split] + seed
+        seeds = [item_seeds(base, int(i))[0] for i in range(len(labels))]
+        img = np.zeros((len(labels), size, size, 3), np.uint8)
+        for k, style in enumerate(styles):
+            idx = np.nonzero(reps % len(styles) == k)[0]
+            if len(idx):
+                img[idx] = render_batch(
+                    [tuples[labels[i]] for i in idx], [seeds[i] for i in idx], style, size
+                )
+        return img, labels, base
+
+    def describe(self) -> dict[str, Any]:
+        return {"images": self.name}
+
+
+@dataclass(frozen=True)
+class NoImages:
+    """A text-only world: no image of any tuple."""
+
+    name: str = "none"
+    paired: bool = False
+
+    def pair_images(
+        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
+    ) -> tuple[np.ndarray, np.ndarray, list[ORO], list[ORO]]:
+        empty = np.zeros((0, size, size, 3), np.uint8)
+        return empty, empty.copy(), [], []
+
+    def probe_images(
+        self,
+        tuples: Sequence[ORO],
+        n_per_tuple: int,
+        size: int,
+        seed: int,
+        split: str,
+        styles: Sequence[str] = TRAIN_STYLES,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        raise InputError(
+            "this world has no images (a vocabulary other than relworld and no manifest): give "
+            "the run a manifest (world: {vocabulary: ..., data: manifest.csv}) for image suites"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"images": self.name}
+
+
+@dataclass(frozen=True, eq=False)
+class ManifestImages:
+    """Images from a tuple-labelled manifest (:class:`relsafe.data.manifest.Manifest`).
+
+    ``edit`` images are the tuple's ``train`` rows, probes its ``val``/``test`` rows, in manifest
+    order, at most ``n`` per tuple (never repeated, so every ``n`` counts distinct images).
+    In-distribution probes use the test domains that also occur in train; each other test domain
+    is an OOD attack ``domain:<name>`` (:meth:`probe_images` with ``styles=("domain:<name>",)``).
+    Images are decoded when asked for and resized to the requested square size."""
+
+    manifest: Any
+    name: str = "manifest"
+    paired: bool = False
+    _index: dict[tuple[str, str], list[Any]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for r in self.manifest.rows:
+            self._index.setdefault((r.tuple.id, r.split), []).append(r)
+
+    def rows(self, t: ORO, split: str, domains: Sequence[str] | None = None) -> list[Any]:
+        got = self._index.get((t.id, split), [])
+        return got if domains is None else [r for r in got if r.domain in set(domains)]
+
+    def in_domains(self) -> tuple[str, ...]:
+        """The domains of the train split: probes without an OOD attack use these."""
+        return tuple(self.manifest.domains("train"))
+
+    def ood_domains(self) -> tuple[str, ...]:
+        return tuple(self.manifest.ood_domains())
+
+    def _load(self, rows: Sequence[Any], size: int) -> np.ndarray:
+        from PIL import Image
+
+        from relsafe.data.images import load_image_file
+
+        out = np.zeros((len(rows), size, size, 3), np.uint8)
+        for i, r in enumerate(rows):
+            try:
+                im = load_image_file(r.image)
+            except InputError as e:
+                raise InputError(f"manifest {self.manifest.path}, {r.where}: {e}") from e
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BICUBIC)
+            out[i] = np.asarray(im, dtype=np.uint8)
+        return out
+
+    def pair_images(
+        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
+    ) -> tuple[np.ndarray, np.ndarray, list[ORO], list[ORO]]:
+        a_rows, b_rows, a_t, b_t = [], [], [], []
+        missing = []
+        for a, b in pairs:
+            ra, rb = self.rows(a, "train"), self.rows(b, "train")
+            if not ra or not rb:
+                missing.append((a if not ra else b).id)
+                continue
+            for j in range(min(n, len(ra))):
+                a_rows.append(ra[j])
+                b_rows.append(rb[j % len(rb)])
+                a_t.append(a)
+                b_t.append(b)
+        if missing:
+            log.warning(
+                "manifest %s has no train images of %d tuple(s) (%s): their edit pairs are "
+                "text-only",
+                self.manifest.path,
+                len(set(missing)),
+                ", ".join(sorted(set(missing))[:5]),
+            )
+        return self._load(a_rows, size), self._load(b_rows, size), a_t, b_t
+
+    def probe_images(
+        self,
+        tuples: Sequence[ORO],
+        n_per_tuple: int,
+        size: int,
+        seed: int,
+        split: str,
+        styles: Sequence[str] = TRAIN_STYLES,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        domains = _domains_of(styles, self.in_domains())
+        split_name = _MANIFEST_SPLIT[split]
+        rows, labels = [], []
+        for k, t in enumerate(tuples):
+            got = self.rows(t, split_name, domains)[:n_per_tuple]
+            rows.extend(got)
+            labels.extend([k] * len(got))
+        if not rows:
+            raise InputError(
+                f"manifest {self.manifest.path} has no {split_name} images of the "
+                f"{len(tuples)} tuples asked for in domains {list(domains)}"
+            )
+        return self._load(rows, size), np.asarray(labels, np.int64), splits.ALL[split] + seed
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "images": self.name,
+            "manifest": str(self.manifest.path),
+            "manifest_sha256": self.manifest.sha256,
+            "rows": len(self.manifest.rows),
+            "ood_domains": list(self.ood_domains()),
+        }
+
+
+def _domains_of(styles: Sequence[str], in_domains: Sequence[str]) -> tuple[str, ...]:
+    """A manifest's domains for a probe: ``domain:<name>`` entries name them; RelWorld's training
+    styles (the default of every probe) mean the in-distribution domains."""
+    named = [s.split(":", 1)[1] for s in styles if s.startswith("domain:")]
+    if named:
+        return tuple(named)
+    if tuple(styles) == tuple(TRAIN_STYLES):
+        return tuple(in_domains)
+    raise InputError(
+        f"a manifest world has no RelWorld styles {list(styles)}: its OOD attacks are "
+        "domain:<name> for each test domain absent from train"
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class World:
+    """A vocabulary and an image source (compare by identity; :meth:`describe` for records)."""
+
+    vocabulary: Vocabulary
+    images: Any  # an ImageSource
+    name: str = "relworld"
+
+    @property
+    def is_builtin(self) -> bool:
+        """RelWorld itself: the built-in vocabulary rendered by its own renderer."""
+        return self.vocabulary is default_vocabulary() and isinstance(self.images, RenderedImages)
+
+    def ood_attacks(self) -> tuple[str, ...]:
+        """The world's own OOD image attacks: ``domain:<name>`` for a manifest world (RelWorld's
+        held-out styles are its attacks otherwise; empty here)."""
+        if isinstance(self.images, ManifestImages):
+            return tuple(f"domain:{d}" for d in self.images.ood_domains())
+        return ()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "world": self.name,
+            "vocabulary": self.vocabulary.describe(),
+            **self.images.describe(),
+        }
+
+
+_RELWORLD: list[World] = []
+
+
+def relworld() -> World:
+    """The built-in world: the ``relworld`` vocabulary and RelWorld's renderer."""
+    if not _RELWORLD:
+        _RELWORLD.append(World(default_vocabulary(), RenderedImages(), "relworld"))
+    return _RELWORLD[0]
+
+
+def world_of(policy: Any) -> World:
+    """The world a policy is bound to, else the default for its vocabulary."""
+    bound = getattr(policy, "world", None)
+    if bound is not None:
+        return bound
+    vocab = getattr(policy, "vocabulary", None)
+    if vocab is None or vocab is default_vocabulary():
+        return relworld()
+    return _text_only(vocab)
+
+
+_TEXT_ONLY: dict[int, World] = {}
+
+
+def _text_only(vocab: Vocabulary) -> World:
+    w = _TEXT_ONLY.get(id(vocab))
+    if w is None or w.vocabulary is not vocab:
+        log.warning(
+            "vocabulary %r has no image source (no manifest given): image edits and image "
+            "suites are skipped; give world: {vocabulary: ..., data: MANIFEST} for images",
+            vocab.name,
+        )
+        w = World(vocab, NoImages(), f"{vocab.name} (text only)")
+        _TEXT_ONLY[id(vocab)] = w
+    return w
+
+
+def open_world(
+    spec: Any, policy_vocab: Vocabulary | None = None, base: Path | None = None
+) -> World:
+    """A world from a run config's ``world:`` entry: ``relworld`` (or None) for the built-in
+    world, or ``{vocabulary: NAME|PATH, data: MANIFEST, skip_bad: false}``.
+
+    The vocabulary defaults to the policy's; a world whose vocabulary differs from the policy's
+    is refused (the policy's words would not be the data's)."""
+    from relsafe.data.manifest import load_manifest
+
+    if spec is None or spec == "relworld":
+        w = relworld()
+    elif isinstance(spec, dict):
+        bad = sorted(set(spec) - {"vocabulary", "data", "skip_bad"})
+        if bad:
+            raise ConfigError(f"world: unknown key {bad[0]!r}; expected vocabulary, data, skip_bad")
+        vocab = (
+            load_vocabulary(spec["vocabulary"], base=base)
+            if spec.get("vocabulary") is not None
+            else (policy_vocab or default_vocabulary())
+        )
+        data = spec.get("data")
+        if data is None:
+            w = relworld() if vocab is default_vocabulary() else _text_only(vocab)
+        else:
+            path = Path(data)
+            if base is not None and not path.is_absolute() and not path.exists():
+                path = base / path
+            manifest = load_manifest(path, vocab, skip_bad=bool(spec.get("skip_bad", False)))
+            w = World(vocab, ManifestImages(manifest), f"{vocab.name} + {path.name}")
+    else:
+        raise ConfigError(
+            f"world must be 'relworld' or a mapping {{vocabulary: ..., data: ...}}, got {spec!r}"
+        )
+    if policy_vocab is not None and w.vocabulary.sha256 != policy_vocab.sha256:
+        raise ConfigError(
+            f"the world's vocabulary {w.vocabulary.name!r} ({w.vocabulary.source}) is not the "
+            f"policy's {policy_vocab.name!r} ({policy_vocab.source}): name the same vocabulary "
+            "in both"
+        )
+    return w
