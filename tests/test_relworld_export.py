@@ -42,38 +42,26 @@ def test_export_refuses_a_non_empty_folder_and_bad_arguments(
     assert "not empty" in err and "n_per_tuple" in err and "moonlight" in err
 
 
-def test_data_check_counts_an_export_and_lists_every_bad_row(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_an_export_loads_as_a_manifest_with_the_exported_counts(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from relsafe.data.manifest import load_manifest
+    from relsafe.world.vocab import default_vocabulary
+
     out = tmp_path / "gal"
     assert main(["data", "export-relworld", "--out", str(out), "--per-tuple", "3", "--size", "32",
-                 "--no-progress"]) == 0  # fmt: skip
+                 "--split", "val", "--no-progress"]) == 0  # fmt: skip
     capsys.readouterr()
+    m = load_manifest(out / "manifest.csv", default_vocabulary(), decode=True)
+    tuples = probe_tuples(None)
+    assert len(m.rows) == 3 * len(tuples) and not m.skipped
+    assert m.counts().per_tuple == {(t.id, "val"): 3 for t in tuples}
+    assert m.counts().per_domain == {("val", d): len(tuples) for d in ("plain", "pastel", "vivid")}
+    assert m.rows_for("child|drinking|wine", "val")[0].image == (
+        out / "images" / "child-drinking-wine" / "0.png"
+    )
     assert main(["data", "check", str(out / "manifest.csv"), "--decode", "--no-progress"]) == 0
     shown = capsys.readouterr().out
-    assert "288 rows, all valid (images decoded)" in shown
-    assert "child|drinking|wine" in shown and "test   plain" in shown
-    from relsafe.data.manifest_check import check_manifest
-
-    rep = check_manifest(out / "manifest.csv", progress=False)
-    assert rep.ok and rep.per_tuple[("child|drinking|wine", "test")] == 3
-    assert sum(rep.per_domain.values()) == 288
-    (out / "images" / "child-drinking-wine" / "0.png").write_bytes(b"not a png")
-    bad = out / "bad.jsonl"
-    bad.write_text(
-        "\n".join(
-            [
-                '{"image": "images/child-drinking-wine/0.png", "subject": "child", '
-                '"relation": "drinking", "object": "wine", "split": "train"}',
-                '{"image": "images/child-drinking-juice/0.png", "subject": "teenager", '
-                '"relation": "drinking", "object": "vodka", "split": "train"}',
-                '{"image": "missing.png", "subject": "dog", "relation": "smoking", '
-                '"object": "juice", "split": "later", "caption": 5}',
-            ]
-        )
+    assert (
+        f"{3 * len(tuples)} valid rows, {len(tuples)} tuples" in shown
+        and "(images decoded)" in shown
     )
-    assert main(["data", "check", str(bad), "--decode", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "line 1:" in err and "0.png" in err  # the corrupt image, decoded
-    assert "line 2: unknown subject 'teenager'" in err
-    for needle in ("line 3:", "smoking", "'later'", "caption must be a string", "missing.png"):
-        assert needle in err
-    assert "6 problem(s) in 3 rows" in err
+    assert "child|drinking|wine" in shown and "val    plain" in shown

@@ -31,27 +31,23 @@ def _cmd_export_relworld(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from relsafe.data.manifest_check import check_manifest
-    from relsafe.errors import InputError
+    from relsafe.data.manifest_check import check_manifest, counts_table, summary
 
-    report = check_manifest(args.manifest, decode=args.decode, progress=not args.no_progress)
-    if report.per_tuple:
-        print(report.table())
-    if not report.ok:
-        shown = "\n  ".join(report.problems)
-        more = report.n_problems - len(report.problems)
-        raise InputError(
-            f"{args.manifest}: {report.n_problems} problem(s) in {report.n_rows} rows"
-            + (f" ({more} more not shown)" if more > 0 else "")
-            + f":\n  {shown}"
-        )
-    done = " (images decoded)" if args.decode else ""
-    print(f"{args.manifest}: {report.n_rows} rows, all valid{done}")
+    m = check_manifest(
+        args.manifest,
+        args.vocabulary,
+        decode=args.decode,
+        skip_bad=args.skip_bad,
+        progress=not args.no_progress,
+    )
+    print(counts_table(m))
+    print()
+    print(summary(m))
     return 0
 
 
 def register(add: Any, sub: Any) -> None:
-    data = sub.add_parser("data", help="datasets: export RelWorld as a tuple-labelled manifest")
+    data = sub.add_parser("data", help="datasets: check a tuple-labelled manifest; export RelWorld as one")
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     sp = dsub.add_parser(
         "export-relworld",
@@ -69,12 +65,25 @@ def register(add: Any, sub: Any) -> None:
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sp.set_defaults(func=_cmd_export_relworld)
     sp = dsub.add_parser(
-        "check", help="validate a tuple-labelled manifest (DATA.md) and count it per tuple, split"
+        "check",
+        help="validate a tuple-labelled manifest (DATA.md); count it per tuple, split, domain",
     )
     sp.add_argument(
-        "manifest", help=".csv or .jsonl manifest (image, subject, relation, object, split)"
+        "manifest",
+        help=".csv, .jsonl or .parquet manifest, or a Hugging Face datasets folder (save_to_disk); "
+        "columns image, subject, relation, object, split [, caption, domain, id]",
+    )
+    sp.add_argument(
+        "--vocabulary",
+        default=None,
+        help="built-in vocabulary name or vocabulary YAML file (default: relworld)",
     )
     sp.add_argument("--decode", action="store_true", help="also decode every image (slower)")
+    sp.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave bad rows out and list them (default: refuse the manifest, listing every one)",
+    )
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sp.set_defaults(func=_cmd_check)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
