@@ -11,12 +11,19 @@
   batch of huge files is preprocessed in smaller chunks, with the same values);
 * a thread pool prepares the next batches (JPEG decoding, resizing, tokenisation) while the current
   one runs, like a ``DataLoader`` with worker threads (PIL and the tokenizers release the GIL);
-* ``dtype="auto"`` computes in bfloat16 with ``torch.autocast`` on CUDA and in float32 on CPU;
-  outputs are always float32 on CPU. The attention implementation (SDPA on CUDA) and the weight
+* ``dtype="auto"`` computes in bfloat16 with ``torch.autocast`` on CUDA; on CPU in bfloat16 only
+  where the CPU has bf16 units and a probe batch agrees with float32 (min cosine >= 0.999), else
+  float32; ``int8-text`` runs the text tower with dynamic int8 linears (see
+  :mod:`relsafe.engine.precision`); outputs are always float32 on CPU. On CPU the torch threads are
+  fitted to the cores (:func:`~relsafe.engine.precision.fit_threads`). The attention implementation (SDPA on CUDA) and the weight
   dtype are chosen by whoever loads the model; :func:`recommended_load_kwargs` gives the defaults;
 * with ``cache_dir`` set, every call's result is stored on disk (see :mod:`relsafe.engine.cache`)
   keyed by the model fingerprint (recomputed on every call, so edited weights never hit stale
-  entries) and a hash of the inputs; a repeated call loads the matrix without running the model.
+  entries) and a hash of the inputs; a repeated call loads the matrix without running the model;
+* with ``distributed=True`` under a launcher (``accelerate launch`` / ``torchrun``), each process
+  embeds its share of whole batches and the rows are gathered on every process
+  (:mod:`relsafe.engine.sharding`); with a cache each share is its own entry, so a killed
+  launch resumes per shard. Without a launcher it is the one-process path.
 """
 
 from __future__ import annotations
@@ -36,6 +43,13 @@ import torch
 
 from relsafe.data.images import image_source, load_image_file, source_pixels
 from relsafe.engine.cache import EmbeddingCache, cache_key, hash_images, hash_texts
+from relsafe.engine.precision import (
+    Precision,
+    choose_precision,
+    fit_threads,
+    probe_cosine,
+    resolve_dtype,
+)
 from relsafe.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -48,12 +62,6 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
 ]
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -73,23 +81,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
     return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"`` -> bfloat16 on CUDA, float32 elsewhere; float16 needs CUDA."""
-    if isinstance(dtype, torch.dtype):
-        out = dtype
-    elif dtype == "auto":
-        out = torch.bfloat16 if device.type == "cuda" else torch.float32
-    elif dtype in _DTYPES:
-        out = _DTYPES[dtype]
-    else:
-        raise InputError(f"unknown dtype {dtype!r}; use one of 'auto', {', '.join(_DTYPES)}")
-    if out not in _DTYPES.values():
-        raise InputError(f"unsupported compute dtype {out}; use one of {', '.join(_DTYPES)}")
-    if out == torch.float16 and device.type != "cuda":
-        raise InputError("float16 compute needs CUDA; use bfloat16 or float32 on CPU")
-    return out
 
 
 def recommended_load_kwargs(device: str | torch.device = "auto") -> dict[str, Any]:
@@ -127,9 +118,10 @@ class EmbeddingEngine:
         model: the dual encoder. It is moved to ``device`` if it is not there already, and put in
             eval mode for the duration of each call (its training flag is restored afterwards).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        dtype: compute dtype: ``"auto"`` (bfloat16 autocast on CUDA, float32 on CPU),
-            ``"float32"``, ``"bfloat16"`` (autocast, also on CPU) or ``"float16"`` (CUDA only).
-            Outputs are float32 whatever the compute dtype.
+        dtype: compute dtype: ``"auto"`` (bfloat16 autocast on CUDA; on CPU bfloat16 where bf16
+            units exist and the probe passes, else float32), ``"float32"``, ``"bfloat16"``
+            (autocast, also on CPU), ``"float16"`` (CUDA only) or ``"int8-text"`` (CPU: dynamic
+            int8 text tower when its probe passes). Outputs are float32 whatever the dtype.
         batch_size: items per forward pass; bounds peak memory.
         cache_dir: folder for the on-disk embedding cache; ``None`` disables caching.
         progress: show a tqdm bar (never under ``CI=true``).
@@ -138,6 +130,8 @@ class EmbeddingEngine:
             ``min(8, cpu_count)``.
         prefetch_batches: how many prepared batches may wait ahead of the running one (at least
             ``num_workers`` are in flight so every worker has something to do).
+        distributed: shard each call across the processes of a launch and gather the rows
+            (every process must make the same calls); a no-op without a launcher.
 
     ``stats`` counts ``forward_batches``, ``cache_hits`` and ``cache_misses`` over the engine's
     life; ``last_call`` describes the latest call (items, seconds, items/s, cached).
@@ -153,6 +147,7 @@ class EmbeddingEngine:
         progress: bool = True,
         num_workers: int | None = None,
         prefetch_batches: int = 2,
+        distributed: bool = False,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -162,9 +157,11 @@ class EmbeddingEngine:
             raise InputError(f"prefetch_batches must be >= 0, got {prefetch_batches}")
         self.model = model
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
         if _model_device(model) != self.device:
             model.to(self.device)
+        self.distributed = bool(distributed)
+        if self.device.type == "cpu":
+            fit_threads(_local_processes() if self.distributed else 1)
         self.batch_size = batch_size
         self.cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
         self.progress = progress
@@ -172,11 +169,27 @@ class EmbeddingEngine:
         self.prefetch_batches = prefetch_batches
         self.stats: dict[str, int] = {"forward_batches": 0, "cache_hits": 0, "cache_misses": 0}
         self.last_call: dict[str, Any] = {}
+        self._int8: Any = None
+        self.precision: Precision = choose_precision(
+            dtype,
+            self.device,
+            fingerprint=self.model_fingerprint,
+            probe=self._probe,
+            cache_dir=self.cache_dir_path(cache_dir),
+        )
+        self.dtype = self.precision.autocast
 
     # ---- public API ----------------------------------------------------------------------
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        """The compute mode: ``float32``, ``bfloat16``, ``float16`` or ``int8-text``."""
+        return self.precision.mode
+
+    @staticmethod
+    def cache_dir_path(cache_dir: str | os.PathLike[str] | None) -> Any:
+        from pathlib import Path
+
+        return Path(cache_dir) if cache_dir is not None else None
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Embed texts ``-> (N, D)`` float32 on CPU, postprocessed into the model's geometry."""
@@ -287,8 +300,12 @@ class EmbeddingEngine:
                 log.debug("embedding cache hit for %d %s inputs (%s)", n, modality, key[:12])
                 return hit
             self.stats["cache_misses"] += 1
-        out = self._compute(modality, n, produce)
-        if self.cache is not None and key is not None:
+        out = (
+            self._compute_sharded(modality, n, produce, key)
+            if self.distributed
+            else self._compute(modality, n, produce)
+        )
+        if self.cache is not None and key is not None and _is_main(self.distributed):
             self.cache.save(
                 key,
                 out,
@@ -321,24 +338,51 @@ class EmbeddingEngine:
             " from cache" if cached else "",
         )
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.dtype == torch.float32:
+    def _autocast(self, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+        if dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _forward(self, modality: str, inputs: Any) -> torch.Tensor:
-        """One batch through the model: ``inputs -> (B, D)`` float32 on CPU."""
+    def _int8_model(self) -> Any:
+        if self._int8 is None:
+            from relsafe.engine.precision import int8_text_model
+
+            self._int8 = int8_text_model(self.model)
+        return self._int8
+
+    def _forward(self, modality: str, inputs: Any, mode: str | None = None) -> torch.Tensor:
+        """One batch through the model in ``mode`` (default: the engine's) ``-> (B, D)`` float32
+        on CPU."""
         model = self.model
+        mode = mode or self.precision.mode
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(mode, torch.float32)
         with torch.inference_mode():
-            with self._autocast():
+            with self._autocast(dtype):
                 if modality == "text":
                     tokens = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-                    feats = model.forward_text(tokens)
+                    tower = self._int8_model() if mode == "int8-text" else model
+                    feats = tower.forward_text(tokens)
                 else:
                     feats = model.forward_image(inputs.to(self.device, non_blocking=True))
             emb = model.postprocess(feats.float(), modality).float()
         self.stats["forward_batches"] += 1
         return emb.to("cpu")
+
+    def _probe(self, mode: str) -> float:
+        """Min cosine of ``mode`` against float32 on the probe batch (eval mode, restored)."""
+        was_training = bool(getattr(self.model, "training", False))
+        batches = self.stats["forward_batches"]
+        self.model.eval()
+        try:
+            modalities = ("text",) if mode == "int8-text" else ("text", "image")
+
+            def run(which: str, batch: tuple[str, Any]) -> torch.Tensor:
+                return self._forward(batch[0], batch[1], "float32" if which == "float32" else mode)
+
+            return probe_cosine(run, self.model, modalities)
+        finally:
+            self.model.train(was_training)
+            self.stats["forward_batches"] = batches  # the probe is not the caller's work
 
     def _batches(self, n: int, produce: Callable[[slice], Any]) -> Iterator[tuple[int, Any]]:
         """Yield ``(start, prepared batch)`` in order, preparing up to ``depth`` batches ahead."""
@@ -367,6 +411,20 @@ class EmbeddingEngine:
             for _, fut in pending:
                 fut.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _compute_sharded(
+        self, modality: str, n: int, produce: Callable[[slice], Any], key: str | None
+    ) -> torch.Tensor:
+        """This process's share of whole batches, then all shares gathered in order
+        (:func:`relsafe.engine.sharding.sharded_rows`; each share cached on its own)."""
+        from relsafe.engine.sharding import sharded_rows
+
+        def compute(lo: int, hi: int) -> torch.Tensor:
+            return self._compute(
+                modality, hi - lo, lambda sl: produce(slice(lo + sl.start, min(hi, lo + sl.stop)))
+            )
+
+        return sharded_rows(n, self.batch_size, compute, self.cache, key, modality)
 
     def _compute(self, modality: str, n: int, produce: Callable[[slice], Any]) -> torch.Tensor:
         from tqdm.auto import tqdm
@@ -402,6 +460,21 @@ class EmbeddingEngine:
             model.train(was_training)
         assert out is not None  # n >= 1 is checked by every caller
         return out
+
+
+def _is_main(distributed: bool) -> bool:
+    if not distributed:
+        return True
+    from relsafe.engine.sharding import is_main
+
+    return is_main()
+
+
+def _local_processes() -> int:
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _safe_len(obj: Any) -> int | None:

@@ -9,6 +9,11 @@ embeds the rest; a plan for another gallery or model is refused (``--overwrite``
 When every shard is done the final files are written (``index.json`` last, the completion marker)
 and ``shards/`` is removed. A killed run never leaves a half-written file: each file is written
 to a temporary name and renamed.
+
+Under a launcher (``accelerate launch`` / ``torchrun``, ``WORLD_SIZE`` > 1) the main process writes
+the plan, every process embeds every ``world_size``-th missing shard and writes its file, and the
+main process writes the final files from all shards while the others wait and then load the
+finished index. A rerun with any process count resumes from the shard files there.
 """
 
 from __future__ import annotations
@@ -131,6 +136,7 @@ def build_index(
     faiss: str = "auto",
     provenance: dict[str, Any] | None = None,
     on_shard: ShardHook | None = None,
+    distributed: bool | None = None,
 ) -> GalleryIndex:
     """Embed a gallery with ``safety``'s model and write an index folder at ``out`` (see the
     module docs); returns it loaded. Exactly one of ``images`` (paths) and ``texts``.
@@ -138,7 +144,10 @@ def build_index(
     ``faiss``: ``auto`` / ``flat`` / ``ivf`` / ``hnsw`` / ``none`` (:mod:`relsafe.gallery.
     faiss_index`). ``provenance``: recorded as is (the api layer collects it with checkpoint
     hashes); None collects one here. ``overwrite`` replaces an existing index; an unfinished
-    build of the same gallery is resumed either way. ``batch_size`` is the engine's."""
+    build of the same gallery is resumed either way. ``batch_size`` is the engine's.
+    ``distributed``: share the shards among a launch's processes (module docs); None does so
+    whenever ``WORLD_SIZE`` > 1."""
+    from relsafe.engine.sharding import barrier, world
     from relsafe.gallery.faiss_index import check_geometry, choose_kind
     from relsafe.outputs import writing
 
@@ -178,15 +187,36 @@ def build_index(
         "shard_size": shard_size,
         "items_sha256": _ids_hash(keys),
     }
+    if distributed is None:
+        distributed = _launched()
+    rank, ws = world() if distributed else (0, 1)
     with writing(out):
-        out.mkdir(parents=True, exist_ok=True)
-        if (out / INDEX_JSON).exists():  # replacing a finished index (overwrite was checked)
-            (out / INDEX_JSON).unlink()
-        if overwrite and (out / SHARDS).is_dir() and not _same_plan(out, plan):
-            shutil.rmtree(out / SHARDS)
-        _plan(out, plan)
-        shards = _run_shards(safety, modality, items, keys, out, shard_size, progress, on_shard)
-        return _finish(safety, out, modality, items, ids, labels, shards, kind, provenance)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            if (out / INDEX_JSON).exists():  # replacing a finished index (overwrite was checked)
+                (out / INDEX_JSON).unlink()
+            if overwrite and (out / SHARDS).is_dir() and not _same_plan(out, plan):
+                shutil.rmtree(out / SHARDS)
+            _plan(out, plan)
+        barrier()
+        shards = _run_shards(
+            safety, modality, items, keys, out, shard_size, progress, on_shard, (rank, ws)
+        )
+        if rank != 0:
+            barrier()  # the main process writes the final files
+            return load_index(out, model_fingerprint=safety.fingerprint)
+        index = _finish(safety, out, modality, items, ids, labels, shards, kind, provenance)
+        barrier()
+        return index
+
+
+def _launched() -> bool:
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
 
 
 def check_out(out: str | Path, overwrite: bool) -> Path:
@@ -222,7 +252,10 @@ def _run_shards(
     shard_size: int,
     progress: bool,
     on_shard: ShardHook | None,
+    rank_world: tuple[int, int] = (0, 1),
 ) -> list[dict[str, torch.Tensor]]:
+    """Embed the shards missing from ``out`` (this rank's ``world``-th share of them); returns
+    every shard's tensors on rank 0 once all ranks are done (other ranks: their own only)."""
     from safetensors.torch import save
 
     from relsafe.engine.embed import progress_enabled
@@ -234,7 +267,9 @@ def _run_shards(
     for s in range(n_shards):
         lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
         done.append(_read_shard(_shard_path(out, s), lo, hi - lo, _ids_hash(ids[lo:hi])))
-    todo = [s for s, d in enumerate(done) if d is None]
+    rank, ws = rank_world
+    missing = [s for s, d in enumerate(done) if d is None]
+    todo = missing[rank::ws]
     bar = None
     if todo and progress_enabled(progress):
         from tqdm.auto import tqdm
@@ -259,6 +294,18 @@ def _run_shards(
     finally:
         if bar is not None:
             bar.close()
+    if ws > 1:
+        from relsafe.engine.sharding import barrier
+
+        barrier()  # every rank's shard files are written
+        if rank != 0:
+            return []
+        for s in missing:
+            if done[s] is None:
+                lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+                done[s] = _read_shard(_shard_path(out, s), lo, hi - lo, _ids_hash(ids[lo:hi]))
+                if done[s] is None:
+                    raise InputError(f"shard {s} of {out} was not written by its process")
     return [d for d in done if d is not None]
 
 

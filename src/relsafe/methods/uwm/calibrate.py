@@ -1,5 +1,10 @@
 """UWM calibration: forward pre-hooks record per-sample input statistics, scores accumulate as
-``R^T C`` batch by batch (:func:`compute_scores`)."""
+``R^T C`` batch by batch (:func:`compute_scores`).
+
+Under a launcher (``accelerate launch`` / ``torchrun``, ``WORLD_SIZE`` > 1) each process scores a
+contiguous share of whole batches and the score sums are all-reduced before the division by the
+pair count, so every process ends with the scores of the one-process run (up to float summation
+order)."""
 
 from __future__ import annotations
 
@@ -102,14 +107,21 @@ def _prepare(model: Any, data: CalibrationData, tower: str, lo: int, hi: int) ->
 
 
 def _prepared(
-    model: Any, data: CalibrationData, tower: str, n: int, bs: int, workers: int
+    model: Any,
+    data: CalibrationData,
+    tower: str,
+    n: int,
+    bs: int,
+    workers: int,
+    start: int = 0,
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(lo, inputs)`` in order while worker threads tokenise / decode and preprocess
-    the next batches (PIL and the tokenizers release the GIL); at most ``workers + 1`` ahead."""
+    the next batches (PIL and the tokenizers release the GIL); at most ``workers + 1`` ahead.
+    Batches start at ``start`` and end at pair ``n``."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    starts = iter(range(0, n, bs))
+    starts = iter(range(start, n, bs))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="relsafe-uwm")
     pending: deque[tuple[int, Future[Any]]] = deque()
     try:
@@ -150,6 +162,7 @@ def compute_scores(
     cfg: UWMConfig,
     *,
     progress: bool = False,
+    distributed: bool | None = None,
 ) -> Calibration:
     """Score every targeted weight of every tower in ``cfg.towers`` (no gradients).
 
@@ -159,10 +172,17 @@ def compute_scores(
     is on. Inputs are tokenised / preprocessed by worker threads ahead of the forward loop.
     Timings: ``forward_s`` (forward passes incl. the hooks' per-sample reductions), ``scoring_s``
     (factor matmuls and priors), ``input_wait_s`` (time the loop waited for prepared inputs).
+    ``distributed``: shard the batches across a launch's processes (see the module docs); None
+    does so whenever ``WORLD_SIZE`` > 1, False never (a process calling this alone).
     """
     from tqdm.auto import tqdm
 
     from relsafe.engine.embed import progress_enabled, resolve_dtype
+    from relsafe.engine.sharding import all_sum, shard_batches, world
+
+    if distributed is None:
+        distributed = _launched()
+    rank, ws = world() if distributed else (0, 1)
 
     device = model.device
     dtype = resolve_dtype(cfg.dtype, device)
@@ -188,8 +208,9 @@ def compute_scores(
                 for name, mod in layers.items()
             }
             bs = cfg.batch_size
+            lo_r, hi_r = shard_batches(n, bs, rank, ws)  # all of it in one process
             bar = tqdm(
-                total=n,
+                total=hi_r - lo_r,
                 desc=f"uwm calibrate {tower}",
                 unit="pair",
                 disable=not progress_enabled(progress),
@@ -198,7 +219,7 @@ def compute_scores(
             with rec.attached(), torch.no_grad():
                 # one tokenising thread: a fast tokenizer must not be called concurrently
                 n_workers = 1 if tower == "text" else workers
-                batches = _prepared(model, data, tower, n, bs, n_workers)
+                batches = _prepared(model, data, tower, hi_r, bs, n_workers, start=lo_r)
                 try:
                     for lo, inputs in _timed(batches, waits):
                         b = min(n, lo + bs) - lo
@@ -247,6 +268,7 @@ def compute_scores(
                     batches.close()
             bar.close()
             t0 = time.perf_counter()
+            all_sum(list(sums.values()))  # every rank's share (a no-op in one process)
             prior = cfg.text_prior if tower == "text" else cfg.vision_prior
             for name, mod in layers.items():
                 score = sums.pop(name).div_(n)
@@ -261,6 +283,13 @@ def compute_scores(
         model.train(was_training)
     out.timings = {"forward_s": t_fwd, "scoring_s": t_score, "input_wait_s": waits[0]}
     return out
+
+
+def _launched() -> bool:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
 
 
 def min_contrast(cals: Mapping[str, Calibration]) -> Calibration:
