@@ -39,6 +39,7 @@ import torch
 
 import relsafe.data.edit_sets
 import relsafe.data.quadruplets
+import relsafe.data.world
 import relsafe.methods.hysac
 import relsafe.methods.relational_lora
 import relsafe.methods.safeclip
@@ -140,7 +141,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch, tiny_clip: Any) -> Iterator[Record
         for name, mod in list(sys.modules.items())
         if name.startswith("relsafe") and getattr(mod, "item_seeds", None) is item_seeds
     ]
-    assert relsafe.world.dataset in users and relsafe.data.edit_sets in users
+    assert relsafe.world.dataset in users and relsafe.data.world in users
     for mod in users:
         monkeypatch.setattr(mod, "item_seeds", seeds)
     yield rec

@@ -7,7 +7,14 @@ An :class:`Attack` is what the evaluation suites loop over. Its ``name`` is the 
 * ``paraphrase`` (``"text"``): held-out templates and phrasings for the captions;
 * ``context`` (``"text"``): canonical captions wrapped in held-out context wrappers;
 * ``ood:<style>`` (``"image"``): images in a held-out style;
-* ``corruption:<kind>`` (``"image"``): canonical images with noise, blur or JPEG artefacts.
+* ``corruption:<kind>`` (``"image"``): canonical images with noise, blur or JPEG artefacts;
+* ``domain:<name>`` (``"image"``): test images of one domain of a manifest world (DATA.md: each
+  test domain absent from the train split); on RelWorld, ``domain:<style>`` is ``ood:<style>``.
+
+Every caption method takes ``vocab=`` (the world's vocabulary) and :meth:`Attack.test_images`
+takes ``world=`` (:mod:`relsafe.data.world`); both default to the built-in RelWorld. Suites pass
+``vocab`` only for a vocabulary other than the built-in one (:func:`vocab_kwargs`), so an outside
+attack written without a ``vocab`` argument keeps working on RelWorld.
 
 A text-side attack keeps the canonical images; an image-side attack keeps the canonical captions.
 Each attack gives four things, built from :mod:`relsafe.data.probes`: one caption per tuple for
@@ -69,6 +76,8 @@ __all__ = [
     "TextAttack",
     "corruption_attack",
     "default_attacks",
+    "domain_attack",
+    "vocab_kwargs",
     "get_attack",
     "get_attacks",
     "image_attacks",
@@ -118,18 +127,22 @@ class Attack:
         captions, so they all share one."""
         return (self, variant) if self.varies_captions else ("none", 0)
 
-    def captions(self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0) -> list[str]:
+    def captions(
+        self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0, vocab: Any = None
+    ) -> list[str]:
         """One caption per tuple (``variant`` draws another independent set, where it varies)."""
-        return probes.canonical_captions(tuples)
+        return probes.canonical_captions(tuples, vocab)
 
-    def query_captions(self, t: ORO, seed: int = 0, variants: int = 1) -> list[str]:
+    def query_captions(
+        self, t: ORO, seed: int = 0, variants: int = 1, vocab: Any = None
+    ) -> list[str]:
         """The text->image query captions of one tuple under this attack, in a fixed order.
 
         The base (``none``, image attacks, and any attack that keeps the canonical captions):
         every evaluation caption of ``t`` (the evaluation-reserved canonical template x every
         train phrasing, :func:`relsafe.data.probes.eval_queries`; 18 for RelWorld), the canonical
         caption first. ``seed`` and ``variants`` matter only to attacks that draw captions."""
-        return probes.eval_queries(t)
+        return probes.eval_queries(t, vocab)
 
     def query_key(self, variants: int = 1) -> Any:
         """A key under which a suite may cache the embeddings of :meth:`query_captions` (per
@@ -137,10 +150,10 @@ class Attack:
         return (self, variants) if self.varies_captions else ("none",)
 
     def marginal_captions(
-        self, role: str, variant: int = 0, seed: int = 0
+        self, role: str, variant: int = 0, seed: int = 0, vocab: Any = None
     ) -> tuple[list[str], list[str]]:
         """(words, probe captions) for recognising a ``role`` word alone under this attack."""
-        return probes.marginal_probes(role)
+        return probes.marginal_probes(role, vocab)
 
     # ---- images ----------------------------------------------------------------------------
     @property
@@ -156,21 +169,38 @@ class Attack:
         seed: int = 0,
         tuples: Sequence[ORO] | None = None,
         split: str = "test",
+        world: Any = None,
     ) -> ImageSet:
-        """``n_per_tuple`` test images of each tuple (every valid tuple when ``tuples`` is None).
+        """``n_per_tuple`` test images of each tuple (every valid tuple of the world's vocabulary
+        when ``tuples`` is None; a manifest world may have fewer of a tuple: ``labels`` say which).
 
-        ``split="val"`` draws them from the ``VAL`` base seed instead, for choosing
-        hyperparameters without touching the test images. Cached: asking again is free."""
+        ``split="val"`` draws them from the ``VAL`` base seed (a manifest's ``val`` rows)
+        instead, for choosing hyperparameters without touching the test images. Cached: asking
+        again is free."""
+        from relsafe.data.world import relworld
+
         probes.check_probe_split(split)
+        world = world or relworld()
         src = self.image_source
-        out = _cached_images(src, n_per_tuple, size, seed, probes.probe_tuples(tuples), split)
+        chosen = probes.probe_tuples(tuples, world.vocabulary)
+        out = _cached_images(src, n_per_tuple, size, seed, chosen, split, world)
         return out if src is self else replace(out, attack=self.name)
 
     def build_images(
-        self, n_per_tuple: int, size: int, seed: int, tuples: tuple[ORO, ...], split: str
-    ) -> np.ndarray:
-        """The (uncached, writable) test images: canonical images of the training styles."""
-        return probes.render_probe_images(n_per_tuple, size, seed, tuples, split)[0]
+        self,
+        n_per_tuple: int,
+        size: int,
+        seed: int,
+        tuples: tuple[ORO, ...],
+        split: str,
+        world: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The (uncached, writable) test images and their tuple labels: canonical images of the
+        training styles (a manifest world: its in-distribution domains)."""
+        img, labels, _ = probes.render_probe_images(
+            n_per_tuple, size, seed, tuples, split, world=world
+        )
+        return img, labels
 
 
 @dataclass(frozen=True)
@@ -179,14 +209,20 @@ class TextAttack(Attack):
 
     side: str | None = "text"
 
-    def captions(self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0) -> list[str]:
+    def captions(
+        self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0, vocab: Any = None
+    ) -> list[str]:
         raise NotImplementedError(f"text attack {self.name!r} must define captions()")
 
-    def query_captions(self, t: ORO, seed: int = 0, variants: int = 1) -> list[str]:
+    def query_captions(
+        self, t: ORO, seed: int = 0, variants: int = 1, vocab: Any = None
+    ) -> list[str]:
         """The text->image queries of ``t`` for a text attack that does not give its own: its
         caption of ``t`` in each of ``variants`` caption sets (never the canonical captions, which
         it does not attack)."""
-        return [self.captions([t], v, seed)[0] for v in range(variants)]
+        if vocab is None:  # attacks written before vocabularies took no vocab argument
+            return [self.captions([t], v, seed)[0] for v in range(variants)]
+        return [self.captions([t], v, seed, vocab)[0] for v in range(variants)]
 
 
 @dataclass(frozen=True)
@@ -195,17 +231,21 @@ class ParaphraseAttack(TextAttack):
 
     name: str = "paraphrase"
 
-    def captions(self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0) -> list[str]:
-        return probes.paraphrase_captions(tuples, variant, seed)
+    def captions(
+        self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0, vocab: Any = None
+    ) -> list[str]:
+        return probes.paraphrase_captions(tuples, variant, seed, vocab)
 
-    def query_captions(self, t: ORO, seed: int = 0, variants: int = 1) -> list[str]:
+    def query_captions(
+        self, t: ORO, seed: int = 0, variants: int = 1, vocab: Any = None
+    ) -> list[str]:
         """Every held-out caption of ``t`` (held-out templates x phrasings; 48 for RelWorld)."""
-        return probes.paraphrase_queries(t)
+        return probes.paraphrase_queries(t, vocab)
 
     def marginal_captions(
-        self, role: str, variant: int = 0, seed: int = 0
+        self, role: str, variant: int = 0, seed: int = 0, vocab: Any = None
     ) -> tuple[list[str], list[str]]:
-        return probes.paraphrase_marginals(role, variant, seed)
+        return probes.paraphrase_marginals(role, variant, seed, vocab)
 
 
 @dataclass(frozen=True)
@@ -214,18 +254,22 @@ class ContextAttack(TextAttack):
 
     name: str = "context"
 
-    def captions(self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0) -> list[str]:
-        return probes.context_captions(tuples, variant, seed)
+    def captions(
+        self, tuples: Sequence[ORO], variant: int = 0, seed: int = 0, vocab: Any = None
+    ) -> list[str]:
+        return probes.context_captions(tuples, variant, seed, vocab)
 
-    def query_captions(self, t: ORO, seed: int = 0, variants: int = 1) -> list[str]:
+    def query_captions(
+        self, t: ORO, seed: int = 0, variants: int = 1, vocab: Any = None
+    ) -> list[str]:
         """Every evaluation caption of ``t`` in every held-out wrapper (18 x 6 = 108 for
         RelWorld; exhaustive, so no seed)."""
-        return probes.context_queries(t)
+        return probes.context_queries(t, vocab)
 
     def marginal_captions(
-        self, role: str, variant: int = 0, seed: int = 0
+        self, role: str, variant: int = 0, seed: int = 0, vocab: Any = None
     ) -> tuple[list[str], list[str]]:
-        return probes.context_marginals(role, variant, seed)
+        return probes.context_marginals(role, variant, seed, vocab)
 
 
 @dataclass(frozen=True)
@@ -260,12 +304,18 @@ class ImageAttack(Attack):
         return out
 
     def build_images(
-        self, n_per_tuple: int, size: int, seed: int, tuples: tuple[ORO, ...], split: str
-    ) -> np.ndarray:
-        img, _, base = probes.render_probe_images(
-            n_per_tuple, size, seed, tuples, split, self.styles
+        self,
+        n_per_tuple: int,
+        size: int,
+        seed: int,
+        tuples: tuple[ORO, ...],
+        split: str,
+        world: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        img, labels, base = probes.render_probe_images(
+            n_per_tuple, size, seed, tuples, split, self.styles, world=world
         )
-        return self.transform(img, base)
+        return self.transform(img, base), labels
 
 
 @dataclass(frozen=True)
@@ -285,13 +335,19 @@ class CorruptionAttack(ImageAttack):
 
 @lru_cache(maxsize=16)
 def _cached_images(
-    attack: Attack, n: int, size: int, seed: int, tuples: tuple[ORO, ...], split: str
+    attack: Attack,
+    n: int,
+    size: int,
+    seed: int,
+    tuples: tuple[ORO, ...],
+    split: str,
+    world: Any,
 ) -> ImageSet:
     if n <= 0:
         raise InputError(f"n_per_tuple must be positive, got {n}")
-    img = attack.build_images(n, size, seed, tuples, split)
+    img, labels = attack.build_images(n, size, seed, tuples, split, world)
     img.setflags(write=False)
-    return ImageSet(img, probes.probe_labels(n, len(tuples)), tuples, attack.name)
+    return ImageSet(img, np.asarray(labels, np.int64), tuples, attack.name)
 
 
 # ---- families ---------------------------------------------------------------------------------
@@ -328,6 +384,22 @@ def ood_attack(style: str) -> ImageAttack:
     return ImageAttack(f"ood:{style}", styles=(style,))
 
 
+def vocab_kwargs(vocab: Any) -> dict[str, Any]:
+    """``{"vocab": vocab}`` for a vocabulary other than the built-in one, else ``{}``: the keyword
+    arguments a suite passes to an attack's caption methods."""
+    from relsafe.world.vocab import default_vocabulary
+
+    return {} if vocab is None or vocab is default_vocabulary() else {"vocab": vocab}
+
+
+def domain_attack(name: str) -> ImageAttack:
+    """``domain:<name>``: the test images of one domain (a manifest world's test domain absent
+    from its train split; on RelWorld, a style name)."""
+    if not name.strip():
+        raise InputError("domain:<name> needs a domain name")
+    return ImageAttack(f"domain:{name}", styles=(f"domain:{name}",))
+
+
 def corruption_attack(kind: str) -> CorruptionAttack:
     """``corruption:<kind>``: canonical test images with noise, blur or JPEG artefacts."""
     return CorruptionAttack(f"corruption:{kind}", kind=kind)
@@ -343,6 +415,10 @@ ATTACKS.register("paraphrase", PARAPHRASE)
 ATTACKS.register("context", CONTEXT)
 ATTACKS.register(
     "ood", AttackFamily("ood", ood_attack, "image", OOD_STYLES, "images in a held-out style")
+)
+ATTACKS.register(
+    "domain",
+    AttackFamily("domain", domain_attack, "image", None, "test images of one data domain"),
 )
 ATTACKS.register(
     "corruption",

@@ -1,4 +1,4 @@
-"""RelWorld test probes: test images, captions per tuple, and marginal (word-alone) captions.
+"""Test probes of a world: test images, captions per tuple, and marginal (word-alone) captions.
 
 These are the raw materials the attacks of :mod:`relsafe.data.attacks` combine: the canonical
 material (training styles, canonical captions) and each held-out variation of it (held-out
@@ -11,6 +11,10 @@ Everything uses the ``TEST`` base seed (:mod:`relsafe.world.splits`), which no m
 pretraining touches (or ``VAL``, for choosing hyperparameters), and held-out phrasings, contexts
 and styles only where a caller asks for them. The seed offsets below are part of the benchmark's
 numbers: changing one changes every probe drawn with it.
+
+Every function takes the world's vocabulary (``vocab=``; default the built-in ``relworld``) or the
+world itself (``world=``, :mod:`relsafe.data.world`; default RelWorld's renderer), so the same
+probes work on any vocabulary and on a manifest's images.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import io
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,11 +37,10 @@ from relsafe.world.captions import (
     contextualize,
     object_caption,
     subject_caption,
+    templates,
 )
-from relsafe.world.dataset import item_seeds
-from relsafe.world.render import render_batch
 from relsafe.world.styles import TRAIN_STYLES
-from relsafe.world.vocab import ORO, default_vocabulary
+from relsafe.world.vocab import ORO, Vocabulary, default_vocabulary
 
 __all__ = [
     "CORRUPTIONS",
@@ -85,9 +89,11 @@ def check_probe_split(split: str) -> str:
     return split
 
 
-def probe_tuples(tuples: Sequence[ORO] | None = None) -> tuple[ORO, ...]:
-    """``tuples`` as a tuple, or every valid tuple of the default vocabulary when ``None``."""
-    return tuple(tuples or default_vocabulary().valid_tuples())
+def probe_tuples(
+    tuples: Sequence[ORO] | None = None, vocab: Vocabulary | None = None
+) -> tuple[ORO, ...]:
+    """``tuples`` as a tuple, or every valid tuple of ``vocab`` (default relworld) when ``None``."""
+    return tuple(tuples or (vocab or default_vocabulary()).valid_tuples())
 
 
 def probe_labels(n_per_tuple: int, n_tuples: int) -> np.ndarray:
@@ -102,25 +108,21 @@ def render_probe_images(
     tuples: tuple[ORO, ...],
     split: str,
     styles: Sequence[str] = TRAIN_STYLES,
+    world: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """``n_per_tuple`` images of each tuple (tuple-major order), image ``i`` of a tuple in style
     ``styles[i % len(styles)]``; returns (writable uint8 images, labels, the base seed used).
 
-    The base seed is ``splits.ALL[split] + seed``; image-side transforms seed from it too."""
+    The base seed is ``splits.ALL[split] + seed``; image-side transforms seed from it too.
+    ``world`` (default RelWorld) gives the images: a manifest world gives up to ``n_per_tuple``
+    of each tuple's ``split`` rows (``styles`` then names domains, ``domain:<name>``)."""
+    from relsafe.data.world import relworld
+
     if n_per_tuple <= 0:
         raise InputError(f"n_per_tuple must be positive, got {n_per_tuple}")
-    labels = probe_labels(n_per_tuple, len(tuples))
-    reps = np.tile(np.arange(n_per_tuple), len(tuples))
-    base = splits.ALL[check_probe_split(split)] + seed
-    seeds = [item_seeds(base, int(i))[0] for i in range(len(labels))]
-    img = np.zeros((len(labels), size, size, 3), np.uint8)
-    for k, style in enumerate(styles):
-        idx = np.nonzero(reps % len(styles) == k)[0]
-        if len(idx):
-            img[idx] = render_batch(
-                [tuples[labels[i]] for i in idx], [seeds[i] for i in idx], style, size
-            )
-    return img, labels, base
+    check_probe_split(split)
+    source = (world or relworld()).images
+    return source.probe_images(tuples, n_per_tuple, size, seed, split, styles)
 
 
 def corrupt(arr: np.ndarray, kind: str, seed: int) -> np.ndarray:
@@ -151,61 +153,71 @@ def _caption_rng(seed: int, variant: int, offset: int) -> random.Random:
     return random.Random(splits.TEST + seed * 1009 + variant * 7919 + offset)
 
 
-def canonical_captions(tuples: Sequence[ORO]) -> list[str]:
+def canonical_captions(tuples: Sequence[ORO], vocab: Vocabulary | None = None) -> list[str]:
     """One canonical caption per tuple (``"a photo of a child drinking wine"``)."""
-    return [canonical_caption(t) for t in tuples]
+    return [canonical_caption(t, vocab) for t in tuples]
 
 
-def paraphrase_captions(tuples: Sequence[ORO], variant: int = 0, seed: int = 0) -> list[str]:
+def paraphrase_captions(
+    tuples: Sequence[ORO], variant: int = 0, seed: int = 0, vocab: Vocabulary | None = None
+) -> list[str]:
     """One held-out caption per tuple (held-out templates and phrasings only); ``variant``
     draws another independent set."""
     rng = _caption_rng(seed, variant, _PARAPHRASE)
-    return [caption(t, rng, "heldout") for t in tuples]
+    return [caption(t, rng, "heldout", vocab) for t in tuples]
 
 
-def context_captions(tuples: Sequence[ORO], variant: int = 0, seed: int = 0) -> list[str]:
+def context_captions(
+    tuples: Sequence[ORO], variant: int = 0, seed: int = 0, vocab: Vocabulary | None = None
+) -> list[str]:
     """One canonical caption per tuple wrapped in a held-out context; ``variant`` draws another
     independent set."""
     rng = _caption_rng(seed, variant, _CONTEXT)
-    return [contextualize(canonical_caption(t), rng, "heldout") for t in tuples]
+    return [contextualize(canonical_caption(t, vocab), rng, "heldout", vocab) for t in tuples]
 
 
-def marginal_probes(role: str) -> tuple[list[str], list[str]]:
+def marginal_probes(role: str, vocab: Vocabulary | None = None) -> tuple[list[str], list[str]]:
     """(words, canonical probe captions) for recognising a ``role`` (``"subject"`` or
     ``"object"``) word alone, in the vocabulary's order."""
-    words = list(default_vocabulary().words(role))
-    probes = [subject_caption(w) if role == "subject" else object_caption(w) for w in words]
-    return words, probes
+    words = list((vocab or default_vocabulary()).words(role))
+    probe = subject_caption if role == "subject" else object_caption
+    return words, [probe(w, vocab) for w in words]
 
 
-def paraphrase_marginals(role: str, variant: int = 0, seed: int = 0) -> tuple[list[str], list[str]]:
-    """(words, probes) with a held-out phrasing of each word in a held-out template."""
-    vocab = default_vocabulary()
-    words, _ = marginal_probes(role)
+def paraphrase_marginals(
+    role: str, variant: int = 0, seed: int = 0, vocab: Vocabulary | None = None
+) -> tuple[list[str], list[str]]:
+    """(words, probes) with a held-out phrasing of each word after the first held-out template's
+    prefix (RelWorld: ``"a snapshot showing a toddler"``)."""
+    vocab = vocab or default_vocabulary()
+    words, _ = marginal_probes(role, vocab)
+    prefix = templates(vocab)["heldout"][0].split("{subject}")[0]
     rng = _caption_rng(seed, variant, _PARAPHRASE_MARGINAL)
-    return words, [f"a snapshot showing {rng.choice(vocab.words(role)[w].heldout)}" for w in words]
+    return words, [f"{prefix}{rng.choice(vocab.words(role)[w].heldout)}" for w in words]
 
 
-def context_marginals(role: str, variant: int = 0, seed: int = 0) -> tuple[list[str], list[str]]:
+def context_marginals(
+    role: str, variant: int = 0, seed: int = 0, vocab: Vocabulary | None = None
+) -> tuple[list[str], list[str]]:
     """(words, probes) with each canonical word probe wrapped in a held-out context."""
-    words, probes = marginal_probes(role)
+    words, probes = marginal_probes(role, vocab)
     rng = _caption_rng(seed, variant, _CONTEXT_MARGINAL)
-    return words, [contextualize(c, rng, "heldout") for c in probes]
+    return words, [contextualize(c, rng, "heldout", vocab) for c in probes]
 
 
 # ---- text->image queries: every caption of one tuple ------------------------------------------
-def eval_queries(t: ORO) -> list[str]:
+def eval_queries(t: ORO, vocab: Vocabulary | None = None) -> list[str]:
     """Every evaluation caption of ``t``: the evaluation-reserved canonical template with every
     train phrasing (18 for RelWorld's default vocabulary), the canonical caption first."""
-    return all_captions(t, "eval")
+    return all_captions(t, "eval", vocab)
 
 
-def paraphrase_queries(t: ORO) -> list[str]:
+def paraphrase_queries(t: ORO, vocab: Vocabulary | None = None) -> list[str]:
     """Every held-out caption of ``t``: held-out templates x held-out phrasings (48 for RelWorld)."""
-    return all_captions(t, "heldout")
+    return all_captions(t, "heldout", vocab)
 
 
-def context_queries(t: ORO) -> list[str]:
+def context_queries(t: ORO, vocab: Vocabulary | None = None) -> list[str]:
     """Every evaluation caption of ``t`` in every held-out context wrapper, caption-major
     (18 x 6 = 108 for RelWorld): exhaustive, so no seed."""
-    return [w for c in eval_queries(t) for w in all_contexts(c, "heldout")]
+    return [w for c in eval_queries(t, vocab) for w in all_contexts(c, "heldout", vocab)]

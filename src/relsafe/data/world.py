@@ -30,6 +30,8 @@ import numpy as np
 
 from relsafe.errors import ConfigError, InputError
 from relsafe.world import splits
+from relsafe.world.dataset import item_seeds
+from relsafe.world.render import render_batch
 from relsafe.world.styles import TRAIN_STYLES
 from relsafe.world.vocab import ORO, Vocabulary, default_vocabulary, load_vocabulary
 
@@ -91,9 +93,6 @@ class RenderedImages:
     def pair_images(
         self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
     ) -> tuple[np.ndarray, np.ndarray, list[ORO], list[ORO]]:
-        from relsafe.world.dataset import item_seeds
-        from relsafe.world.render import render_batch
-
         a_t, b_t, seeds, styles = [], [], [], []
         for p, (a, b) in enumerate(pairs):
             for j in range(n):
@@ -124,9 +123,7 @@ class RenderedImages:
         split: str,
         styles: Sequence[str] = TRAIN_STYLES,
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        from relsafe.world.dataset import item_seeds
-        from relsafe.world.render import render_batch
-
+        styles = [st.split(":", 1)[1] if st.startswith("domain:") else st for st in styles]
         labels = np.repeat(np.arange(len(tuples)), n_per_tuple)
         reps = np.tile(np.arange(n_per_tuple), len(tuples))
         base = splits.ALL[split] + seed
