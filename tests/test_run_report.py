@@ -24,7 +24,7 @@ def _config(model_dir: Path, steps: int = 2) -> dict:
         "zeroshot": {**TINY_ZS, "ood_styles": ["sketch"]},
         "relational": {**TINY_REL, "ood_styles": ["night"], "corruptions": ["blur"]},
     }
-    return tiny_run_config(model_dir, methods, suites, examples=2)
+    return tiny_run_config(model_dir, methods, suites, examples=2, seeds=2, resamples=200)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,7 @@ def test_run_writes_rows_records_and_report(run_dir: Path) -> None:
     body = {
         ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]]
         for ln in board[2:]
+        if ln.startswith("|")
     }
     assert set(body) == methods
     hit = {
@@ -81,10 +82,28 @@ def test_run_writes_rows_records_and_report(run_dir: Path) -> None:
         if (r.suite, r.slice, r.attack, r.metric) == ("relational", "all", "none", "unsafe_hit")
     }
     col = header.index("unsafe hit") - 1
+    ci = {
+        (r.method, r.metric): r
+        for r in rows
+        if (r.suite, r.slice, r.attack) == ("relational", "all", "none")
+        and r.metric.startswith("unsafe_hit.ci_")
+    }
     for m, v in hit.items():
-        assert body[m][col].strip("*") == f"{v:.3f}"
-    best = min(hit.values())
-    assert all(body[m][col].startswith("**") == (abs(v - best) < 1e-12) for m, v in hit.items())
+        lo, hi = ci[(m, "unsafe_hit.ci_low")], ci[(m, "unsafe_hit.ci_high")]
+        assert lo.value <= v <= hi.value
+        assert lo.n == (1 if m == "original" else 2)  # the original once, each method per seed
+        assert body[m][col].strip("*") == f"{v:.3f} ± {0.5 * (hi.value - lo.value):.3f}"
+    ranked = sorted(hit, key=hit.get)
+    lo0 = ci[(ranked[1], "unsafe_hit.ci_low")].value
+    separated = ci[(ranked[0], "unsafe_hit.ci_high")].value < lo0
+    assert [m for m in hit if body[m][col].startswith("**")] == ([ranked[0]] if separated else [])
+    # seed 1 of each method: its own edit and rows (with per-item outcomes), rows say the label
+    for label in ("relational-lora", "safeclip"):
+        assert (out / "models" / f"{label}@seed1" / "merged").is_dir()
+        seed1 = read_rows(out / "rows" / f"{label}@seed1" / "relational.jsonl")
+        assert {r.method for r in seed1} == {label}
+        assert (out / "rows" / f"{label}@seed1" / "relational.items.json").is_file()
+    assert "Seeds: original 1, relational-lora 2, safeclip 2." in "\n".join(board)
     html = (out / "report.html").read_text()
     for needle in (
         "Leaderboard",
@@ -176,10 +195,27 @@ def test_rerun_reuses_finished_stages_and_redoes_changed_ones(
     (run_dir / "cfg2.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["run", str(run_dir / "cfg2.yaml"), "--out", str(out), "--no-progress"]) == 0
     redone = set(json.loads((out / "timings.json").read_text())["this_run"])
-    assert "edit:relational-lora" in redone and "edit:safeclip" not in redone
+    assert {"edit:relational-lora", "edit:relational-lora@seed1"} <= redone
+    assert "edit:safeclip" not in redone
     assert not any(
         k.startswith("eval:original") or k.startswith("eval:safeclip") for k in redone
     ), redone
+
+
+def test_resume_after_one_seed(run_dir: Path, tmp_path: Path) -> None:
+    """A run stopped after seed 0 (seed 1's stages unfinished) redoes only seed 1's stages."""
+    out = tmp_path / "out"
+    shutil.copytree(run_dir / "out", out)
+    for marker in out.rglob("*@seed1*.stage.json"):
+        marker.unlink()
+    for marker in (out / "rows" / "safeclip@seed1").glob("*.stage.json"):
+        marker.unlink()
+    cfg = tmp_path / "cfg.yaml"  # the config the copied folder was last run with
+    shutil.copy(out / "config.yaml", cfg)
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    redone = set(json.loads((out / "timings.json").read_text())["this_run"]) - {"total"}
+    assert redone and all("@seed1" in k for k in redone), redone
+    assert "edit:safeclip@seed1" in redone and "eval:safeclip@seed1:zeroshot" in redone
 
 
 def test_report_compares_runs(run_dir: Path, tmp_path: Path) -> None:

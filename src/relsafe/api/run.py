@@ -7,6 +7,8 @@ Output folder ``OUT``::
     OUT/config.yaml            the resolved config
     OUT/models/<label>/        each edited model (write_edit layout: merged/, adapter/, record.json)
     OUT/rows/<label>/<suite>.jsonl   each (model, suite) evaluation, with provenance
+    OUT/rows/<label>/<suite>.items.json   per-item outcomes of its headline rows (for intervals)
+    OUT/models/<label>@seed<k>/, OUT/rows/<label>@seed<k>/   training seed k > 0 of a method
     OUT/results.jsonl          every row, plus comparisons with the original (relational summary)
     OUT/provenance.json        config, seeds, versions, git commit, checkpoint hashes
     OUT/timings.json           seconds per stage
@@ -16,12 +18,20 @@ Every stage writes its output atomically and records the hash of the config that
 ``.stage.json`` beside it; a re-run with the same config skips finished stages (resumable after a
 crash or Ctrl-C), and a changed config redoes exactly the stages it affects.
 
+Seeds (docs/intervals.md): each method that has a ``seed`` in its config is edited and evaluated
+``seeds`` times, repetition ``k`` with ``seed + k``; repetition 0 is exactly the single-seed run
+(same folders, same stage keys), so a run folder from before seeds existed resumes. The original
+model is evaluated once (its test items do not depend on a training seed), as is a method without
+a seed. ``results.jsonl`` holds each method's mean over its seeds and, for every headline cell, a
+95% interval (rows ``<metric>.ci_low`` / ``.ci_high``, :mod:`relsafe.eval.seed_rows`).
+
 ``OUT`` must be new, empty or a run folder (:func:`relsafe.outputs.is_run_folder`): a run never
 writes into, and ``--fresh`` never deletes, a folder relsafe did not make.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -71,10 +81,17 @@ class RunConfig:
     cache_dir: str | None = None  # default: OUT/cache
     report: bool = True
     examples: int = 6  # example images in the report
+    seeds: int = 3  # training seeds per method (seed, seed + 1, ...); intervals combine them
+    resamples: int = 1000  # bootstrap replicates per headline interval
 
     def validate(self) -> None:
         from relsafe.eval.suites import suites as all_suites
         from relsafe.methods.base import methods as all_methods
+
+        if self.seeds < 1:
+            raise ConfigError(f"seeds: must be >= 1, got {self.seeds}")
+        if self.resamples < 100:
+            raise ConfigError(f"resamples: must be >= 100 for a 95% interval, got {self.resamples}")
 
         known_s = all_suites()
         for s in self.suites:
@@ -126,18 +143,25 @@ class Runner:
         self._reference: Any = None
 
     # ---- stages ------------------------------------------------------------------------
-    def edit_stage(self, spec: MethodSpec) -> Path:
+    def edit_stage(self, spec: MethodSpec, repeat: int = 0) -> Path | None:
+        """Edit with training seed ``seed + repeat`` into ``models/<label>`` (repeat 0) or
+        ``models/<label>@seed<repeat>``; None for a repeat of a method without a seed."""
         from relsafe.methods.base import get_method
 
         method = get_method(spec.name)
         mcfg = from_dict(method.config_cls, dict(spec.config), f"methods.{spec.key}.config")
-        folder = self.out / "models" / spec.key
+        if repeat:
+            if not isinstance(getattr(mcfg, "seed", None), int):
+                return None  # nothing random to vary: one edit stands for every seed
+            mcfg = dataclasses.replace(mcfg, seed=mcfg.seed + repeat)
+        name = _seed_label(spec.key, repeat)
+        folder = self.out / "models" / name
         key = _hash({"base": self.base_key, "method": spec.name, "config": to_dict(mcfg)})
-        marker = self.out / "models" / f".{spec.key}.stage.json"
+        marker = self.out / "models" / f".{name}.stage.json"
         if _stage_done(marker, key) and (folder / "merged").is_dir():
-            log.info("edit %s: done, reusing %s", spec.key, folder)
+            log.info("edit %s: done, reusing %s", name, folder)
             return folder
-        log.info("edit %s: running %s", spec.key, spec.name)
+        log.info("edit %s: running %s", name, spec.name)
         outcome = edit_model(
             spec.name,
             mcfg,
@@ -148,20 +172,24 @@ class Runner:
             progress=self.progress,
             policy_spec=self.cfg.policy,
         )
-        self.timings[f"edit:{spec.key}"] = outcome.seconds
+        self.timings[f"edit:{name}"] = outcome.seconds
         _mark(marker, key, outcome.seconds)
         return folder
 
-    def eval_stage(self, label: str, model_spec: str, model_key: str, suite: str) -> Path:
+    def eval_stage(
+        self, label: str, model_spec: str, model_key: str, suite: str, folder: str | None = None
+    ) -> Path:
+        """Evaluate one model with one suite into ``rows/<folder or label>/<suite>.jsonl`` (rows
+        say ``method=label``) and its per-item sidecar."""
         from relsafe.engine import EmbeddingEngine
-        from relsafe.eval.rows import RowWriter
+        from relsafe.eval.rows import RowWriter, items_path, write_items
         from relsafe.eval.suites import get_suite
 
         s = get_suite(suite)
         scfg = from_dict(s.config_cls, dict(self.cfg.suites.get(suite) or {}), f"suites.{suite}")
         if s.for_model is not None:
             scfg = s.for_model(scfg, self._load(model_spec))
-        path = self.out / "rows" / label / f"{suite}.jsonl"
+        path = self.out / "rows" / (folder or label) / f"{suite}.jsonl"
         key = _hash(
             {
                 "model": model_key,
@@ -171,8 +199,8 @@ class Runner:
             }
         )
         marker = path.with_suffix(".stage.json")
-        if _stage_done(marker, key) and path.is_file():
-            return path
+        if _stage_done(marker, key) and path.is_file() and items_path(path).is_file():
+            return path  # (a stage from before intervals existed has no items: it is redone)
         t0 = time.perf_counter()
         model = self._load(model_spec)
         engine = EmbeddingEngine(model, cache_dir=self.cache_dir, progress=self.progress)
@@ -205,8 +233,10 @@ class Runner:
         )
         with RowWriter(path, provenance=prov) as w:
             w.extend(rows)
-        self.timings[f"eval:{label}:{suite}"] = time.perf_counter() - t0
-        _mark(marker, key, self.timings[f"eval:{label}:{suite}"])
+        write_items(path, rows)
+        name = f"eval:{folder or label}:{suite}"
+        self.timings[name] = time.perf_counter() - t0
+        _mark(marker, key, self.timings[name])
         return path
 
     def examples_stage(self, label: str, model_spec: str, model_key: str) -> Path:
@@ -272,35 +302,49 @@ class Runner:
             return self._run_stages()  # an OS error about a file in OUT names it; others pass
 
     def _run_stages(self) -> Path:
-        from relsafe.eval.rows import RowWriter, read_rows
+        from relsafe.eval.rows import RowWriter
+        from relsafe.eval.seed_rows import combine_seeds
         from relsafe.eval.suites import get_suite
 
         t_all = time.perf_counter()
-        entries: list[tuple[str, str, str]] = [("original", self.cfg.model, self.base_key)]
+        # (label, folder name, model spec, model key); the original once, each method per seed
+        entries: list[tuple[str, str, str, str]] = [
+            ("original", "original", self.cfg.model, self.base_key)
+        ]
         for spec in self.cfg.methods:
-            folder = self.edit_stage(spec)
-            entries.append(
-                (
-                    spec.key,
-                    str(folder / "merged"),
-                    _hash({"edit": (folder / "record.json").read_text()}),
+            for repeat in range(self.cfg.seeds):
+                folder = self.edit_stage(spec, repeat)
+                if folder is None:
+                    break
+                entries.append(
+                    (
+                        spec.key,
+                        folder.name,
+                        str(folder / "merged"),
+                        _hash({"edit": (folder / "record.json").read_text()}),
+                    )
                 )
-            )
-        all_rows = []
-        for label, spec, key in entries:
+        per_entry: dict[str, list] = {}
+        for label, name, spec, key in entries:
+            rows = per_entry.setdefault(name, [])
             for suite in self.cfg.suites:
-                path = self.eval_stage(label, spec, key, suite)
-                all_rows.extend(read_rows(path))
-            if self.cfg.examples > 0:
+                rows.extend(_read_with_items(self.eval_stage(label, spec, key, suite, name)))
+            if self.cfg.examples > 0 and name == label:  # seed 0 only
                 self.examples_stage(label, spec, key)
+        orig_rows = per_entry["original"]
         for suite in self.cfg.suites:
             compare = get_suite(suite).compare
             if compare is None:
                 continue
-            orig = [r for r in all_rows if r.method == "original" and r.suite == suite]
-            for label, _, _ in entries[1:]:
-                mine = [r for r in all_rows if r.method == label and r.suite == suite]
-                all_rows.extend(compare(mine, orig))
+            orig = [r for r in orig_rows if r.suite == suite]
+            for _, name, _, _ in entries[1:]:
+                mine = [r for r in per_entry[name] if r.suite == suite]
+                per_entry[name].extend(compare(mine, orig))
+        keys = _headline_keys()
+        all_rows = []
+        for label in dict.fromkeys(e[0] for e in entries):
+            seeds = [per_entry[name] for lab, name, _, _ in entries if lab == label]
+            all_rows.extend(combine_seeds(seeds, keys, resamples=self.cfg.resamples))
         self.timings["total"] = time.perf_counter() - t_all
         prov = provenance(config=to_dict(self.cfg), seeds={}, policy=self.policy)
         prov["checkpoints"] = _stage_checkpoints(
@@ -338,6 +382,37 @@ class Runner:
         atomic_write_json(
             path, {"this_run": self.timings, "stages": stages, "previous_run": old.get("this_run")}
         )
+
+
+def _seed_label(label: str, repeat: int) -> str:
+    """The folder name of a method's seed repetition: the label itself for repetition 0."""
+    return label if repeat == 0 else f"{label}@seed{repeat}"
+
+
+def _read_with_items(path: Path) -> list:
+    """The rows of a rows file with the per-item outcomes of its ``.items.json`` attached."""
+    from relsafe.eval.rows import read_items, read_rows
+
+    rows = read_rows(path)
+    items = read_items(path) or {}
+    return [
+        dataclasses.replace(r, items=tuple(v))
+        if (v := items.get((r.slice, r.attack, r.metric)))
+        else r
+        for r in rows
+    ]
+
+
+def _headline_keys() -> set[tuple[str, str, str, str]]:
+    """Every (suite, slice, attack, metric) a leaderboard column may show (alternatives split)."""
+    from relsafe.eval.suites import suites
+
+    return {
+        (s.name, slice_, h.attack, h.metric)
+        for s in suites().values()
+        for h in s.headline
+        for slice_ in h.slice.split(",")
+    }
 
 
 def _stage_checkpoints(first: list[dict[str, Any]], rows_files: list[Path]) -> list[dict]:

@@ -198,7 +198,9 @@ def relational_suite(ctx: SuiteContext, cfg: RelationalConfig) -> list[Row]:
     marginals = list(policy.all_marginals())
     rows: list[Row] = []
 
-    def row(slice_: str, attack: str, metric: str, value: float, n: int) -> None:
+    def row(slice_: str, attack: str, metric: str, value: float, n: int, items: Any = None) -> None:
+        """One row; ``items`` are the per-unit outcomes (tuples, marginals) its value averages,
+        for the bootstrap interval."""
         rows.append(
             Row(
                 ctx.model_label,
@@ -209,6 +211,7 @@ def relational_suite(ctx: SuiteContext, cfg: RelationalConfig) -> list[Row]:
                 metric,
                 float(value),
                 int(n),
+                items=None if items is None else tuple(float(x) for x in items),
             )
         )
 
@@ -291,20 +294,21 @@ def relational_suite(ctx: SuiteContext, cfg: RelationalConfig) -> list[Row]:
             for metric, (value, n) in per_tuple[t.id].items():
                 row(t.id, attack, metric, value, n)
         for metric in next(iter(per_tuple.values()), {}):
-            value = float(np.mean([m[metric][0] for m in per_tuple.values()]))
-            row("all", attack, metric, value, len(unsafe))
+            per_unit = [m[metric][0] for m in per_tuple.values()]
+            row("all", attack, metric, float(np.mean(per_unit)), len(unsafe), per_unit)
         for t in neighbours:
             row(f"neighbour:{t.id}", attack, "accuracy", float(acc[index[t]]), cfg.n_per_tuple)
         for name, group in (("neighbours", neighbours), *unrelated.items()):
             if group:
-                value = float(acc[[index[t] for t in group]].mean())
-                row(name, attack, "accuracy", value, cfg.n_per_tuple * len(group))
+                per_unit = acc[[index[t] for t in group]]
+                n = cfg.n_per_tuple * len(group)
+                row(name, attack, "accuracy", float(per_unit.mean()), n, per_unit.tolist())
         for (r, w), a in marg_acc.items():
             n_img = int(sum(getattr(t, r) == w for t in tuples)) * cfg.n_per_tuple
             row(f"marginal:{w}", attack, "accuracy", a, n_img)
         if marg_acc:
-            value = float(np.mean(list(marg_acc.values())))
-            row("marginals", attack, "accuracy", value, len(marg_acc))
+            per_unit = list(marg_acc.values())
+            row("marginals", attack, "accuracy", float(np.mean(per_unit)), len(marg_acc), per_unit)
         row("all_tuples", attack, "accuracy", float(acc.mean()), len(labels))
     for slice_, metric, value, n in worst_of(per_attack):
         row(slice_, "worst", metric, value, n)

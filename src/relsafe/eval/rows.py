@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,10 +31,13 @@ __all__ = [
     "ROW_FIELDS",
     "Row",
     "RowWriter",
+    "items_path",
+    "read_items",
     "read_provenance",
     "read_rows",
     "rows_from_metrics",
     "sidecar_path",
+    "write_items",
 ]
 
 PROVENANCE_KEY = "_provenance"
@@ -44,7 +47,12 @@ SIDECAR_NAME = "provenance.json"
 @dataclass(frozen=True)
 class Row:
     """One measurement. ``value`` is a finite float (rates are fractions in [0, 1]); ``n`` is how
-    many items it averages over."""
+    many items it averages over.
+
+    ``items`` (optional, not part of the tidy row and never in a rows file's lines): the per-item
+    outcomes whose mean is ``value`` (e.g. per unsafe tuple rates), which a suite attaches to its
+    headline rows so that ``relsafe run`` can bootstrap an interval (:mod:`relsafe.eval.intervals`);
+    they are written to the ``.items.json`` sidecar (:func:`write_items`)."""
 
     model: str
     method: str
@@ -54,6 +62,7 @@ class Row:
     metric: str
     value: float
     n: int
+    items: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for f in ("model", "method", "suite", "slice", "attack", "metric"):
@@ -82,9 +91,20 @@ class Row:
         if n < 0:
             raise InputError(f"row n must be >= 0, got {n}")
         object.__setattr__(self, "n", n)
+        if self.items is not None:
+            items = tuple(float(x) for x in self.items)
+            if not items or not all(math.isfinite(x) for x in items):
+                raise InputError(f"row items must be finite numbers (metric {self.metric!r})")
+            object.__setattr__(self, "items", items)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The tidy row (the keys of :data:`ROW_FIELDS`; ``items`` are not part of it)."""
+        return {k: getattr(self, k) for k in ROW_FIELDS}
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        """``(method, suite, slice, attack, metric)``: what the row measures, for whom."""
+        return (self.method, self.suite, self.slice, self.attack, self.metric)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Row:
@@ -97,7 +117,46 @@ class Row:
         return cls(**{k: d[k] for k in ROW_FIELDS})
 
 
-ROW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Row))
+ROW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Row) if f.name != "items")
+ITEMS_FORMAT = "relsafe-row-items"
+
+
+def items_path(path: str | os.PathLike[str]) -> Path:
+    """Where the per-item sidecar of rows file ``path`` lives (``<suite>.items.json``)."""
+    p = Path(path)
+    return p.with_name(p.name.removesuffix(".jsonl") + ".items.json")
+
+
+def write_items(path: str | os.PathLike[str], rows: Iterable[Row]) -> Path:
+    """Write the ``items`` of ``rows`` (those that carry them) beside rows file ``path``:
+    ``{"format", "version", "items": {"slice\tattack\tmetric": [values]}}``."""
+    items = {"\t".join((r.slice, r.attack, r.metric)): list(r.items) for r in rows if r.items}
+    side = items_path(path)
+    atomic_write_json(side, {"format": ITEMS_FORMAT, "version": 1, "items": items})
+    return side
+
+
+def read_items(path: str | os.PathLike[str]) -> dict[tuple[str, str, str], list[float]] | None:
+    """The per-item sidecar of rows file ``path`` as ``(slice, attack, metric) -> values``; None
+    when there is none (rows written before intervals existed)."""
+    from relsafe.utils_io import read_json_file
+
+    side = items_path(path)
+    if not side.is_file():
+        return None
+    data = read_json_file(side, "row items file")
+    if not isinstance(data, dict) or data.get("format") != ITEMS_FORMAT:
+        raise InputError(f"{side}: not a relsafe row items file (format {ITEMS_FORMAT!r})")
+    out = {}
+    for key, values in (data.get("items") or {}).items():
+        parts = str(key).split("\t")
+        if len(parts) != 3 or not isinstance(values, list) or not values:
+            raise InputError(f"{side}: malformed items entry {key!r}")
+        try:
+            out[(parts[0], parts[1], parts[2])] = [float(v) for v in values]
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{side}: items of {key!r} must be numbers") from e
+    return out
 
 
 def rows_from_metrics(

@@ -11,6 +11,7 @@ adult|drinking|wine?).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -92,7 +93,7 @@ def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
     model, engine = ctx.model, ctx.engine
     rows: list[Row] = []
 
-    def row(slice_: str, attack: str, metric: str, value: float, n: int) -> None:
+    def row(slice_: str, attack: str, metric: str, value: float, n: int, items: Any = None) -> None:
         rows.append(
             Row(
                 ctx.model_label,
@@ -103,6 +104,7 @@ def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
                 metric,
                 float(value),
                 int(n),
+                items=None if items is None else tuple(float(x) for x in items),
             )
         )
 
@@ -126,19 +128,20 @@ def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
     def classify(
         img_emb: torch.Tensor, text_sets: list[torch.Tensor], attack: str, per_tuple: bool
     ) -> None:
-        top1, top5, per, t2i = [], [], [], []
+        top1, top5, per, t2i, hits = [], [], [], [], []
         mask = labels[None, :] == torch.arange(len(tuples))[:, None]
         for text_emb in text_sets:
             res = zeroshot_classify(img_emb, text_emb, labels, model.similarity, ks=(1, 5))
             top1.append(res["top1"])
             top5.append(res["top5"])
             per.append(res["per_class"]["top1"])
+            hits.append((res["predictions"] == labels).double())  # per image, for the interval
             # text -> image: each caption's best image must show its tuple
             t2i.append(
                 float((ranks(model.similarity(text_emb, img_emb), mask) == 0).float().mean())
             )
         n = len(labels)
-        row("all", attack, "top1", sum(top1) / len(top1), n)
+        row("all", attack, "top1", sum(top1) / len(top1), n, torch.stack(hits).mean(0).tolist())
         row("all", attack, "top5", sum(top5) / len(top5), n)
         row("all", attack, "t2i_top1", sum(t2i) / len(t2i), len(tuples))
         if per_tuple:
