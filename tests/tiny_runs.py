@@ -35,5 +35,6 @@ def tiny_run_config(
         "policy": "tiny",
         "methods": methods or [{"name": "relational-lora", "config": TINY_LORA}],
         "suites": suites or {"zeroshot": TINY_ZS},
+        "seeds": 1,  # one training seed keeps end-to-end tests fast; tests of seeds ask for more
         **top,
     }
