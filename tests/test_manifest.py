@@ -4,6 +4,7 @@ is refused with a message naming the file, the row and the problem."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import sys
@@ -142,6 +143,19 @@ def test_every_format_reads_to_the_same_manifest(root: Path) -> None:
     with pytest.raises(InputError, match=r"no val rows for \['child\|drinking\|wine'\]"):
         ref.require_rows([ORO("child", "drinking", "wine")], split="val")
     assert [im.size for im in ref.iter_images(ref.rows[:2])] == [(8, 8), (8, 8)]
+
+
+def test_rows_keep_file_order_across_chunks_and_threads(root: Path, monkeypatch: Any) -> None:
+    from relsafe.data import manifest
+
+    p = _jsonl(root / "m.jsonl", _records())
+    one = load_manifest(p, VOCAB, decode=True, workers=1)
+    monkeypatch.setattr(manifest, "CHUNK_ROWS", 4)
+    many = load_manifest(p, VOCAB, decode=True, workers=3)
+    assert many.rows == one.rows and [r.where for r in many.rows] == [r.where for r in one.rows]
+    assert [r.image_sha256 for r in one.rows] == [
+        hashlib.sha256((root / b[0]).read_bytes()).hexdigest() for b in BASE
+    ]
 
 
 def test_defaults_for_the_optional_columns(root: Path) -> None:

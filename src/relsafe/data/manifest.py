@@ -36,6 +36,7 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from relsafe.world.vocab import ORO, ROLES, Vocabulary
 
 __all__ = [
     "DEFAULT_DOMAIN",
+    "CHUNK_ROWS",
     "MAX_LISTED",
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
@@ -64,6 +66,8 @@ OPTIONAL_COLUMNS = ("caption", "domain", "id")
 DEFAULT_DOMAIN = "default"
 MAX_LISTED = 500
 """Most bad rows one refusal lists (the count of the rest is given)."""
+CHUNK_ROWS = 256
+"""Rows whose images are checked together on the thread pool (bounded: one chunk in flight)."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +265,13 @@ class _Checker:
             problems.append(f"impossible tuple: {e}")
             return None
 
-    def image(self, row: dict[str, Any], problems: list[str]) -> tuple[Path, str] | None:
+    def image(self, row: dict[str, Any]) -> tuple[tuple[Path, str] | None, list[str]]:
+        """``((path, content SHA-256) or None, problems)`` of a row's image; thread-safe (it
+        reads only the table's base folder), so rows' images are checked on a thread pool."""
+        problems: list[str] = []
+        return self._image(row, problems), problems
+
+    def _image(self, row: dict[str, Any], problems: list[str]) -> tuple[Path, str] | None:
         from relsafe.utils_io import sha256_file_cached
 
         raw = row.get(IMAGE_COLUMN)
@@ -292,16 +302,21 @@ class _Checker:
             problems.append(f"cannot read image {str(p)!r}: {e.strerror or e}")
             return None
         if self.decode:
-            from relsafe.data.images import load_image_file
-
             try:
-                load_image_file(p)  # decoded and dropped: only whether it decodes matters here
+                _decodes(p)
             except InputError as e:
                 problems.append(str(e))
                 return None
         return p, sha
 
-    def row(self, n: int, where: str, row: dict[str, Any]) -> tuple[ManifestRow | None, list[str]]:
+    def row(
+        self,
+        n: int,
+        where: str,
+        row: dict[str, Any],
+        checked: tuple[tuple[Path, str] | None, list[str]],
+    ) -> tuple[ManifestRow | None, list[str]]:
+        """Check one row, given its image's :meth:`image` result; records what it claims."""
         problems: list[str] = []
         if self.table.columns is None:  # JSONL: keys are per row
             extra = _column_problems(row, REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
@@ -314,7 +329,8 @@ class _Checker:
         caption = _text(row, "caption", problems)
         domain = _text(row, "domain", problems) or DEFAULT_DOMAIN
         rid = _text(row, "id", problems) or str(n)
-        image = self.image(row, problems)
+        image = checked[0]
+        problems.extend(checked[1])
         if rid in self.ids:
             problems.append(f"duplicate id {rid!r} (also {self.ids[rid]})")
         if problems or t is None or image is None or split is None:
@@ -343,12 +359,15 @@ def load_manifest(
     skip_bad: bool = False,
     decode: bool = False,
     progress: bool = False,
+    workers: int | None = None,
 ) -> Manifest:
     """Read and validate the manifest at ``path`` against ``vocab`` (see the module docs).
 
     Raises :class:`InputError` naming the file and every bad row (up to :data:`MAX_LISTED`) unless
     ``skip_bad``, which leaves bad rows out (:attr:`Manifest.skipped`); missing or unknown columns
-    and split leaks are refused either way. ``decode`` also decodes every image, one at a time."""
+    and split leaks are refused either way. ``decode`` also decodes every image. Images are hashed
+    (and decoded) on ``workers`` threads (default: up to 8), :data:`CHUNK_ROWS` rows at a time;
+    decoded images share :mod:`relsafe.data.images`' decoded-bytes budget and are dropped at once."""
     from tqdm.auto import tqdm
 
     table = open_table(path)
@@ -366,12 +385,18 @@ def load_manifest(
     checker = _Checker(table, vocab, decode)
     rows: list[ManifestRow] = []
     bad: list[SkippedRow] = []
-    for n, where, raw in tqdm(table.rows, desc=f"checking {p.name}", disable=not progress):
-        row, problems = checker.row(n, where, raw)
-        if row is not None:
-            rows.append(row)
-        elif problems:
-            bad.append(SkippedRow(where, tuple(problems)))
+    n_workers = workers or min(8, os.cpu_count() or 1)
+    bar = tqdm(desc=f"checking {p.name}", unit=" rows", disable=not progress)
+    with ThreadPoolExecutor(n_workers) as pool, bar:
+        for chunk in _chunks(table.rows, CHUNK_ROWS):
+            checked = pool.map(checker.image, [raw for _, _, raw in chunk])
+            for (n, where, raw), img in zip(chunk, checked, strict=True):
+                row, problems = checker.row(n, where, raw, img)
+                if row is not None:
+                    rows.append(row)
+                elif problems:
+                    bad.append(SkippedRow(where, tuple(problems)))
+            bar.update(len(chunk))
     n_rows = len(rows) + len(bad) + len(checker.leaks)
     if n_rows == 0:
         raise InputError(f"manifest {p} has no rows")
@@ -387,6 +412,38 @@ def load_manifest(
     return Manifest(
         p, manifest_sha256(p), table.format, vocab.source, tuple(rows), tuple(bad), decode
     )
+
+
+def _chunks(
+    rows: Iterator[tuple[int, str, dict[str, Any]]], size: int
+) -> Iterator[list[tuple[int, str, dict[str, Any]]]]:
+    chunk: list[tuple[int, str, dict[str, Any]]] = []
+    for r in rows:
+        chunk.append(r)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _decodes(path: Path) -> None:
+    """Decode ``path`` fully and drop it (an :class:`InputError` when it does not decode). Threads
+    decoding at once hold at most the image reader's decoded-bytes budget together: each waits,
+    holding nothing, for its image's share (one image over the whole budget still decodes alone)."""
+    from relsafe.data import images
+
+    cap, held = images.max_decoded_bytes(), 0
+
+    def reserve(n: int) -> None:
+        nonlocal held
+        images._BUDGET.acquire(n, cap, block=True)  # noqa: SLF001 - the reader's shared budget
+        held = n
+
+    try:
+        images._open(path, "", reserve)  # noqa: SLF001 - load_image_file, with the reservation
+    finally:
+        images._BUDGET.release(held)  # noqa: SLF001
 
 
 def _listing(path: Path, n_rows: int, items: list[str], what: str) -> str:
