@@ -163,6 +163,9 @@ def test_defaults_for_the_optional_columns(root: Path) -> None:
     m = load_manifest(_csv(root / "m.csv", recs, COLUMNS[1:6]), VOCAB)
     assert [r.id for r in m.rows] == ["1", "2", "3", "4", "5", "6"]  # the row number
     assert {r.domain for r in m.rows} == {"default"} and {r.caption for r in m.rows} == {None}
+    recs = [{**r, "caption": float("nan"), "domain": float("nan")} for r in recs]  # pandas' gaps
+    m2 = load_manifest(_parquet(root / "m.parquet", recs), VOCAB)
+    assert [(r.caption, r.domain) for r in m2.rows] == [(None, "default")] * 6
 
 
 def test_unknown_words_name_file_row_and_the_nearest_word(root: Path) -> None:
@@ -237,6 +240,8 @@ def test_columns_missing_unknown_and_not_utf8(root: Path) -> None:
     assert "unknown column 'subjet'; did you mean 'subject'?" in msg
     msg = _refused(_parquet(root / "m.parquet", recs))
     assert "unknown column 'subjet'" in msg
+    (root / "twice.csv").write_text("image,subject,relation,object,split,split\n")
+    assert "column(s) ['split'] appear more than once" in _refused(root / "twice.csv")
     _jsonl(root / "m.jsonl", _records())
     with (root / "m.jsonl").open("a") as f:
         f.write(json.dumps({**_records()[0], "id": "x", "lable": "x"}) + "\n")

@@ -216,7 +216,7 @@ def _text(row: dict[str, Any], key: str, problems: list[str]) -> str | None:
     """The stripped text in ``row[key]`` (None when absent or empty); a non-text value or bytes
     that are not UTF-8 are a problem."""
     v = row.get(key)
-    if v is None:
+    if v is None or (isinstance(v, float) and v != v):  # pandas writes a missing value as NaN
         return None
     if isinstance(v, bytes):
         try:
@@ -377,6 +377,9 @@ def load_manifest(
         problems = _column_problems(table.columns, REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
         if missing:
             problems.insert(0, f"missing required column(s) {missing}")
+        twice = sorted({c for c in table.columns if table.columns.count(c) > 1})
+        if twice:
+            problems.insert(0, f"column(s) {twice} appear more than once")
         if problems:
             at = ", line 1 (the header)" if table.format == "csv" else ""
             raise InputError(
