@@ -47,7 +47,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def register(add: Any, sub: Any) -> None:
-    data = sub.add_parser("data", help="datasets: check a tuple-labelled manifest; export RelWorld as one")
+    data = sub.add_parser(
+        "data", help="datasets: check a tuple-labelled manifest; export RelWorld as one"
+    )
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     sp = dsub.add_parser(
         "export-relworld",
