@@ -4,11 +4,16 @@ Builds a randomly initialised ``CLIPModel`` (nothing is downloaded) with either 
 sizes (``--config vit-l-14``) or a reduced config that runs on a laptop CPU (``--config small``)
 and measures, in one run on the same weights:
 
-* **reference**: what most CLIP safety code does: float32 weights, ``attn_implementation="eager"``,
-  one plain ``get_*_features`` call per batch under ``torch.no_grad`` after CLIPProcessor-style
+* **per-item**: how most reference safety code embeds: float32, eager attention, one input per
+  forward (timed on the first ``--per-item-n`` inputs; reported per second);
+* **reference**: the same batched: float32 weights, ``attn_implementation="eager"``, one plain
+  ``get_*_features`` call per batch under ``torch.no_grad`` after CLIPProcessor-style
   preprocessing (HF tokenizer / ``CLIPImageProcessor`` on PIL images);
-* **relsafe**: :class:`relsafe.engine.EmbeddingEngine` on the SDPA model (bfloat16 autocast on
-  CUDA, float32 on CPU), inference mode, prefetching worker threads.
+* **relsafe**: :class:`relsafe.engine.EmbeddingEngine` on the SDPA model, inference mode,
+  prefetching worker threads, once per ``--modes`` entry: ``auto`` (what the engine picks here:
+  see docs/performance.md) and each forced dtype (``float32``, ``bfloat16``, ``int8-text`` on
+  CPU). A forced mode whose probe fails falls back to float32 in the engine; the benchmark then
+  also times it forced past the probe (marked ``!``) so its speed is known, with its cosine.
 
 Rows: images from preprocessed ``(N, 3, 224, 224)`` tensors, texts, and with ``--from-jpeg``
 images end-to-end from JPEG files (written first to DIR or a temporary folder).
@@ -16,6 +21,7 @@ images end-to-end from JPEG files (written first to DIR or a temporary folder).
 Examples::
 
     python benchmarks/embed_throughput.py --config small --device cpu --from-jpeg
+    python benchmarks/embed_throughput.py --config small --device cpu --n-images 64 --n-texts 256
     python benchmarks/embed_throughput.py --config vit-l-14 --device cuda --n-images 8192 \\
         --n-texts 16384 --batch-size 256 --from-jpeg
 """
@@ -228,13 +234,36 @@ def write_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
+def _engine(enc: Any, mode: str, device: torch.device, bs: int, workers: int | None) -> Any:
+    """An engine in ``mode``; a mode whose probe failed is forced past it (label ends in ``!``)."""
+    from relsafe.engine import EmbeddingEngine
+    from relsafe.engine.precision import Precision
+
+    eng = EmbeddingEngine(
+        enc, device=device, dtype=mode, batch_size=bs, progress=False, num_workers=workers
+    )
+    eng.label = f"{mode} ({eng.dtype_name})" if mode == "auto" else mode
+    if mode not in ("auto", eng.dtype_name):
+        autocast = torch.bfloat16 if mode == "bfloat16" else torch.float32
+        eng.precision = Precision(mode, autocast, eng.precision.min_cosine, "forced")
+        eng.dtype = autocast
+        eng.label = f"{mode}!"
+    return eng
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=sorted(CONFIGS), default="small")
     ap.add_argument("--n-images", type=int, default=256)
     ap.add_argument("--n-texts", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--per-item-n", type=int, default=64, help="inputs timed one per forward")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument(
+        "--modes",
+        default=None,
+        help="engine modes, comma-separated (default: auto,float32,bfloat16 plus int8-text on CPU)",
+    )
     ap.add_argument(
         "--workers", type=int, default=None, help="engine worker threads (default min(8, cpus))"
     )
@@ -256,11 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
 
-    from relsafe.engine import EmbeddingEngine, resolve_device
+    from relsafe.engine import resolve_device
+    from relsafe.engine.precision import cpu_has_bf16
     from relsafe.models.hf_clip import HFCLIPModel
 
     device = resolve_device(args.device)
     bs = args.batch_size
+    modes = args.modes or "auto,float32,bfloat16" + (",int8-text" if device.type == "cpu" else "")
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    k = max(1, args.per_item_n)
     with tempfile.TemporaryDirectory(prefix="relsafe-bench-") as tmp_s:
         tmp = Path(tmp_s)
         t_build = time.perf_counter()
@@ -269,97 +302,106 @@ def main(argv: list[str] | None = None) -> int:
         size = model.config.vision_config.image_size
         n_params = sum(p.numel() for p in model.parameters()) / 1e6
         print(
-            f"model: CLIP {args.config} random init, {n_params:.0f}M params, built in {time.perf_counter() - t_build:.1f}s; device {device}",
+            f"model: CLIP {args.config} random init, {n_params:.0f}M params, built in "
+            f"{time.perf_counter() - t_build:.1f}s; device {device}",
             flush=True,
         )
-
         texts = captions(args.n_texts)
         pix = preprocessed_tensors(processor, args.n_images)
         assert pix.shape[-1] == size
         paths: list[Path] = []
         if args.from_jpeg is not None:
             jdir = Path(args.from_jpeg) if args.from_jpeg else tmp / "jpeg"
-            t0 = time.perf_counter()
             paths = write_jpegs(jdir, args.n_images)
-            print(
-                f"wrote {len(paths)} JPEGs to {jdir} in {time.perf_counter() - t0:.1f}s", flush=True
-            )
-
         enc = HFCLIPModel(f"bench:{args.config}", model, tokenizer, processor)
-        engine = EmbeddingEngine(
-            enc, device=device, batch_size=bs, progress=False, num_workers=args.workers
-        )
-        # name -> (n items, reference fn, relsafe fn). Reference: fp32 weights, eager attention,
-        # plain calls. relsafe: SDPA attention through the engine (bf16 autocast on CUDA).
-        cases: dict[str, tuple[int, Callable[[], Any], Callable[[], Any]]] = {
+        engines = [_engine(enc, m, device, bs, args.workers) for m in mode_list]
+        # input -> (n, per-item fn on the first k, batched reference fn, engine fn)
+        cases: dict[str, tuple[int, Callable[[], Any], Callable[[], Any], Callable]] = {
             "images (preprocessed tensors)": (
                 args.n_images,
+                lambda: ref_images_from_tensor(model, pix[:k], 1, device),
                 lambda: ref_images_from_tensor(model, pix, bs, device),
-                lambda: engine.embed_images(pix),
+                lambda e: e.embed_images(pix),
             ),
             "texts": (
                 args.n_texts,
+                lambda: ref_texts(model, tokenizer, texts[:k], 1, device),
                 lambda: ref_texts(model, tokenizer, texts, bs, device),
-                lambda: engine.embed_texts(texts),
+                lambda e: e.embed_texts(texts),
             ),
         }
         if paths:
             cases["images (JPEG files, end-to-end)"] = (
                 len(paths),
+                lambda: ref_images_from_files(model, processor, paths[:k], 1, device),
                 lambda: ref_images_from_files(model, processor, paths, bs, device),
-                lambda: engine.embed_images(paths),
+                lambda e: e.embed_images(paths),
             )
-
-        def attn(impl: str) -> None:
-            model.set_attn_implementation(impl)
-
         warm = min(bs, args.n_images)
         for impl in ("eager", "sdpa"):  # warm-up: kernels, allocator, thread pools
-            attn(impl)
+            model.set_attn_implementation(impl)
             ref_images_from_tensor(model, pix[:warm], bs, device)
             ref_texts(model, tokenizer, texts[:bs], bs, device)
-            engine.embed_images(pix[:warm])
-            engine.embed_texts(texts[:bs])
+            for e in engines:
+                e.embed_images(pix[:warm])
+                e.embed_texts(texts[:bs])
 
         results: dict[str, dict[str, float]] = {}
-        agree: dict[str, float] = {}
-        for name, (n, ref_fn, rel_fn) in cases.items():
-            best = {"reference": float("inf"), "relsafe": float("inf")}
-            for _ in range(REPEATS):  # interleaved, so background load hits both sides alike
-                attn("eager")
-                t, ref_out = timed(ref_fn, device)
+        agree: dict[str, dict[str, float]] = {}
+        for name, (n, item_fn, ref_fn, rel_fn) in cases.items():
+            best = {"per-item": float("inf"), "reference": float("inf")}
+            best.update({e.label: float("inf") for e in engines})
+            outs: dict[str, torch.Tensor] = {}
+            for _ in range(REPEATS):  # interleaved, so background load hits every column alike
+                model.set_attn_implementation("eager")
+                t, _ = timed(item_fn, device)
+                best["per-item"] = min(best["per-item"], t / min(k, n) * n)
+                t, outs["reference"] = timed(ref_fn, device)
                 best["reference"] = min(best["reference"], t)
-                attn("sdpa")
-                t, rel_out = timed(rel_fn, device)
-                best["relsafe"] = min(best["relsafe"], t)
-            results[name] = {k: n / v for k, v in best.items()}
-            agree[name] = float(torch.nn.functional.cosine_similarity(rel_out, ref_out).min())
+                model.set_attn_implementation("sdpa")
+                for e in engines:
+                    t, outs[e.label] = timed(lambda e=e, f=rel_fn: f(e), device)
+                    best[e.label] = min(best[e.label], t)
+            results[name] = {c: n / v for c, v in best.items()}
+            cos = torch.nn.functional.cosine_similarity
+            agree[name] = {
+                e.label: float(cos(outs[e.label], outs["reference"]).min()) for e in engines
+            }
             print(f"  {name}: done", flush=True)
 
     dev_name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
-        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} "
+        f"torch threads, bf16 units: {'yes' if cpu_has_bf16() else 'no'}"
     )
-    mode = (
-        "bf16 autocast + SDPA" if engine.dtype == torch.bfloat16 else f"{engine.dtype_name} + SDPA"
+    cols = ["per-item", "reference"] + [e.label for e in engines]
+    print()
+    print(
+        f"CLIP {args.config}, {dev_name}, batch {bs}, {args.n_images} images, {args.n_texts} "
+        f"texts, per-item loop on {k}, best of {REPEATS} (items/s; x = over the batched "
+        "fp32 reference; ! = forced past a failed probe)"
     )
     print()
     print(
-        f"CLIP {args.config}, {dev_name}, batch {bs}, {args.n_images} images, {args.n_texts} texts, engine workers {engine.num_workers}, best of {REPEATS}"
+        "| input | per-item fp32 | batched fp32 (eager) | "
+        + " | ".join(f"relsafe {c}" for c in cols[2:])
+        + " |"
     )
-    print()
-    print(f"| input | reference (fp32, eager) | relsafe engine ({mode}) | ratio |")
-    print("|---|---:|---:|---:|")
+    print("|---|" + "---:|" * len(cols))
     for name, r in results.items():
-        print(
-            f"| {name} | {r['reference']:,.1f}/s | {r['relsafe']:,.1f}/s | {r['relsafe'] / r['reference']:.2f}x |"
-        )
+        ref = r["reference"]
+        cells = [f"{r['per-item']:,.1f}", f"{ref:,.1f}"] + [
+            f"{r[c]:,.1f} ({r[c] / ref:.2f}x, {r[c] / r['per-item']:.1f}x per-item)"
+            for c in cols[2:]
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     print()
-    print(
-        "min cosine(relsafe, reference) per input: "
-        + ", ".join(f"{k} {v:.5f}" for k, v in agree.items())
-    )
+    for name, a in agree.items():
+        print(
+            f"min cosine to the reference, {name}: "
+            + ", ".join(f"{c} {v:.5f}" for c, v in a.items())
+        )
     if args.json:
         payload = {
             "config": args.config,
@@ -367,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": bs,
             "n_images": args.n_images,
             "n_texts": args.n_texts,
-            "engine_mode": mode,
+            "per_item_n": k,
+            "modes": [e.label for e in engines],
             "results": results,
             "min_cosine": agree,
             "torch": torch.__version__,

@@ -27,13 +27,15 @@ def embed(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     overwrite: bool = False,
+    dtype: str = "auto",
 ) -> EmbedOutcome:
     """Embed ``texts`` and/or image files with ``model``; write tensors ``text`` / ``image`` and
     metadata (spec, fingerprint, counts, image paths, checkpoint SHA-256s) to ``out``.
 
     ``out`` follows :mod:`relsafe.outputs`' rule, like ``edit``: an existing file is replaced
     only with ``overwrite``; a folder, link, device or FIFO there is refused. Checked before any
-    work."""
+    work. ``dtype``: the engine's compute mode. Under a launcher (``accelerate launch``) the
+    inputs are sharded across the processes and gathered; only the main process writes."""
     import json
 
     from safetensors.torch import save
@@ -46,7 +48,14 @@ def embed(
         raise InputError("embed needs texts and/or images")
     out = output_file(out, overwrite=overwrite)
     loaded = load_model(model)
-    engine = EmbeddingEngine(loaded, device=device, batch_size=batch_size, cache_dir=cache_dir)
+    engine = EmbeddingEngine(
+        loaded,
+        device=device,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        dtype=dtype,
+        distributed=True,
+    )
     tensors = {}
     meta = {"model": str(model), "fingerprint": loaded.fingerprint()}
     if texts:
@@ -57,6 +66,12 @@ def embed(
         tensors["image"] = engine.embed_images(paths)
         meta["n_images"] = str(len(paths))
         meta["image_paths"] = "\n".join(paths)
+    from relsafe.engine.sharding import is_main
+
+    if not is_main():
+        from relsafe.errors import NotMainProcess
+
+        raise NotMainProcess(f"embedded this process's share; the main process writes {out}")
     meta["checkpoints"] = json.dumps(checkpoint_hashes(checkpoint_files([loaded])))
     data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
     output_file(out, overwrite=overwrite)  # again: the path may have changed during the work

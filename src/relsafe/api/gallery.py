@@ -61,11 +61,12 @@ def index(
     progress: bool = True,
     overwrite: bool = False,
     shard_size: int = 4096,
+    dtype: str = "auto",
 ) -> Any:
     """Index ``images`` (a folder, a ``.csv``/``.jsonl`` manifest whose other columns become
     the items' labels, or a list of paths) or ``texts`` (a file, one per line, or a list) with
     ``model`` into the folder ``out``; returns the :class:`~relsafe.gallery.GalleryIndex`.
-    Resumes an unfinished build of the same gallery."""
+    Resumes an unfinished build of the same gallery. ``dtype``: the engine's compute mode."""
     from relsafe.gallery import build_index
     from relsafe.gallery.build import check_out
     from relsafe.gallery.faiss_index import choose_kind
@@ -83,6 +84,12 @@ def index(
     safety = load_safety_model(
         model, policy=policy, classifier=classifier, device=device, batch_size=batch_size
     )
+    if dtype != "auto":
+        from relsafe.engine import EmbeddingEngine
+
+        safety.engine = EmbeddingEngine(
+            safety.model, device=device, batch_size=batch_size, dtype=dtype, progress=False
+        )
     config = {
         "command": "index",
         "model": str(model),

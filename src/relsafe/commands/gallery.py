@@ -35,6 +35,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         overwrite=args.overwrite,
         shard_size=args.shard_size,
+        dtype=args.dtype,
     )
     d = g.describe()
     f = d["faiss"]
@@ -111,6 +112,13 @@ def register(add: Any, sub: Any) -> None:
     )
     sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--shard-size", type=int, default=4096, help="items per resumable shard")
+    sp.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16", "int8-text"),
+        help="compute: auto (bf16 on CUDA; on CPU bf16 only with bf16 units and a passing probe), "
+        "float32, bfloat16, float16 (CUDA), int8-text (CPU: dynamic int8 text tower)",
+    )
     sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing index")
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")

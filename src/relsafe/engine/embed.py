@@ -178,6 +178,8 @@ class EmbeddingEngine:
             cache_dir=self.cache_dir_path(cache_dir),
         )
         self.dtype = self.precision.autocast
+        if self.precision.mode != "int8-text":
+            self._int8 = None  # a probe's int8 copy that failed: not kept
 
     # ---- public API ----------------------------------------------------------------------
     @property

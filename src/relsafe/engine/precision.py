@@ -23,6 +23,7 @@ import copy
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,9 @@ def int8_text_model(model: Any) -> Any:
         if id(t) not in text_ids:
             memo[id(t)] = t  # shared, not copied
     clone = copy.deepcopy(model, memo)
-    quantize_dynamic(clone.text_tower, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    with warnings.catch_warnings():  # torch marks its quantized tensors as deprecated
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        quantize_dynamic(clone.text_tower, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     clone.eval()
     return clone
 
@@ -210,13 +213,13 @@ def choose_precision(
     fingerprint: Callable[[], str] | None = None,
     probe: Callable[[str], float] | None = None,
     cache_dir: Path | None = None,
-    bf16_units: Callable[[], bool] = cpu_has_bf16,
+    bf16_units: Callable[[], bool] | None = None,
 ) -> Precision:
     """Resolve ``requested`` on ``device`` (see the module docs).
 
     ``probe(mode)`` returns the min cosine of ``mode`` (``bfloat16`` / ``int8-text``) against
     float32 on the probe batch; without it (or a ``fingerprint``) no check runs and ``auto`` on
-    CPU is float32. Forced ``bfloat16`` / ``float32`` / ``float16`` are used as asked."""
+    CPU is float32. ``bf16_units`` replaces :func:`cpu_has_bf16` (tests). Forced ``bfloat16`` / ``float32`` / ``float16`` are used as asked."""
     if isinstance(requested, torch.dtype):
         names = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
         if requested not in names:
@@ -233,7 +236,7 @@ def choose_precision(
     if requested == "auto":
         if device.type == "cuda":
             return Precision("bfloat16", torch.bfloat16, reason="CUDA")
-        if not bf16_units():
+        if not (bf16_units or cpu_has_bf16)():
             return Precision(
                 "float32", torch.float32, reason="CPU without bf16 units (avx512_bf16/amx_bf16)"
             )
