@@ -337,7 +337,7 @@ class Policy:
 
     def all_neighbours(self) -> list[ORO]:
         """Every safe neighbour of every unsafe tuple, deduplicated, in first-seen order."""
-        return list(self.neighbour_sources())
+        return list(self._neighbour_sources)
 
     def neighbour_sources(self) -> dict[ORO, list[Neighbour]]:
         """Each safe neighbour mapped to the (kind, unsafe tuple) records that make it one.
@@ -346,6 +346,10 @@ class Policy:
         ``other_relation`` neighbour of child|drinking|wine and an ``other_object`` one of
         child|holding|knife.
         """
+        return {t: list(ns) for t, ns in self._neighbour_sources.items()}
+
+    @cached_property
+    def _neighbour_sources(self) -> dict[ORO, list[Neighbour]]:
         out: dict[ORO, list[Neighbour]] = {}
         for d in self.derivations:
             for n in d.neighbours:
@@ -372,7 +376,7 @@ class Policy:
 
     @cached_property
     def _unrelated_all(self) -> list[ORO]:
-        near = self._unsafe_set | set(self.neighbour_sources())
+        near = self._unsafe_set | set(self._neighbour_sources)
         vocab = self.vocabulary
         if vocab.count_valid() <= UNRELATED_ENUMERATE:
             return [t for t in vocab.iter_valid() if t not in near]

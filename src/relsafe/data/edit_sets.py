@@ -68,6 +68,25 @@ class EditSets:
     retain_tuples: dict[str, list[ORO]] = field(default_factory=dict)
     eval_only_tuples: list[ORO] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    vocabulary: Vocabulary | None = field(default=None, repr=False)  # the world's words
+
+    def class_tuples(self, limit: int = 2_000) -> list[ORO]:
+        """The tuples a loss may use as classes: every tuple of the vocabulary but the
+        evaluation-only ones when there are at most ``limit``, else (a large vocabulary) the
+        tuples these sets name (forget, targets, retained), in first-seen order."""
+        from relsafe.world.vocab import default_vocabulary
+
+        vocab = self.vocabulary or default_vocabulary()
+        eval_only = set(self.eval_only_tuples)
+        if vocab.count_valid() <= limit:
+            return [t for t in vocab.iter_valid() if t not in eval_only]
+        named = [
+            *self.forget_text_tuples,
+            *self.counterparts.values(),
+            *self.forget_image_tuples,
+            *(t for ts in self.retain_tuples.values() for t in ts),
+        ]
+        return [t for t in dict.fromkeys(named) if t not in eval_only]
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -212,6 +231,7 @@ def _build(
         retain_tuples=by_kind,
         eval_only_tuples=list(eval_only),
         warnings=warnings,
+        vocabulary=vocab,
     )
     sets.check()
     return sets
@@ -226,7 +246,7 @@ def relational_sets(policy: object, sizes: SetSizes | None = None) -> EditSets:
     """
     sizes = sizes or SetSizes()
     forget = list(policy.pairs())  # type: ignore[attr-defined]
-    neighbours = list(policy.all_neighbours())  # type: ignore[attr-defined]
+    neighbours = _capped_neighbours(policy, sizes.seed)
     unrelated = list(policy.unrelated("retain"))  # type: ignore[attr-defined]
     rng = random.Random(splits.EDIT + sizes.seed + 1)
     sample = sorted(rng.sample(unrelated, min(sizes.n_unrelated, len(unrelated))))
@@ -234,6 +254,29 @@ def relational_sets(policy: object, sizes: SetSizes | None = None) -> EditSets:
     marginals = list(policy.all_marginals())  # type: ignore[attr-defined]
     eval_only = list(policy.unrelated("unseen"))  # type: ignore[attr-defined]
     return _build(forget, retain, marginals, sizes, world_of(policy), eval_only)
+
+
+NEIGHBOURS_PER_KIND = 24
+"""At most this many safe neighbours of each kind per unsafe tuple enter a retain set (a fixed
+sample beyond it). RelWorld's largest kind has 11, so it keeps all of them; a vocabulary with
+2,000 objects would otherwise retain 2,000 other-object neighbours per unsafe tuple."""
+
+
+def _capped_neighbours(policy: object, seed: int) -> list[ORO]:
+    """The policy's safe neighbours in first-seen order, at most :data:`NEIGHBOURS_PER_KIND` of
+    each kind per unsafe tuple (a sample seeded by the tuple, the kind and ``seed``)."""
+    keep: dict[ORO, None] = {}
+    for d in policy.derivations:  # type: ignore[attr-defined]
+        for kind in ("other_subject", "other_object", "other_relation"):
+            got = list(d.by_kind(kind))
+            if len(got) > NEIGHBOURS_PER_KIND:
+                rng = random.Random(f"{splits.EDIT + seed}:{d.tuple.id}:{kind}")
+                picked = set(rng.sample(got, NEIGHBOURS_PER_KIND))
+                got = [t for t in got if t in picked]
+            for t in got:
+                keep[t] = None
+    # the policy's own first-seen order over every neighbour
+    return [t for t in policy.all_neighbours() if t in keep]  # type: ignore[attr-defined]
 
 
 def concept_of(t: ORO, role: str) -> str:

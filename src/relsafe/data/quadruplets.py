@@ -94,6 +94,7 @@ def build_quadruplets(
     Raises:
         InputError: the policy has no pairs, or a bad count, seed, size, style or caption split.
     """
+    from relsafe.data.world import world_of
     from relsafe.world.dataset import quadruplets
     from relsafe.world.styles import TRAIN_STYLES
 
@@ -103,6 +104,9 @@ def build_quadruplets(
         raise InputError(
             f"policy {name!r} has no (unsafe, counterpart) pairs to build quadruplets from"
         )
+    world = world_of(policy)
+    if not world.is_builtin:
+        return _world_quadruplets(world, pairs, n_per_pair, base_seed, size, caption_split, name)
     quads = quadruplets(
         pairs,
         n_per_pair,
@@ -139,3 +143,59 @@ def policy_quadruplets(
     return build_quadruplets(
         policy, n_per_pair, base_seed, size=size, styles=styles, caption_split=caption_split
     ).as_arrays()
+
+
+def _world_quadruplets(
+    world: Any,
+    pairs: Sequence[tuple[Any, Any]],
+    n_per_pair: int,
+    base_seed: int,
+    size: int,
+    caption_split: str,
+    name: str,
+) -> Quadruplets:
+    """Quadruplets of a manifest world: for pair ``p``, record ``j`` pairs the ``j``-th image of
+    the unsafe tuple in the seed's split (train for edits, val, test) with the ``j``-th image of
+    its counterpart (cycled), at most ``n_per_pair`` and never more than the unsafe tuple has;
+    captions are minimal pairs from the world's vocabulary."""
+    import random
+
+    from PIL import Image
+
+    from relsafe.data.world import ManifestImages, use_of_seed
+    from relsafe.world.captions import caption_pair
+    from relsafe.world.dataset import item_seeds
+
+    if not isinstance(world.images, ManifestImages):
+        raise InputError(
+            f"world {world.name!r} has no images: quadruplet methods (uwm, safeclip, hysac) need "
+            "a manifest (world: {vocabulary: ..., data: MANIFEST}) or a ViSU file"
+        )
+    split = {"edit": "train", "val": "val", "test": "test"}[use_of_seed(base_seed)]
+    out = Quadruplets([], [], [], [], [], [], f"{world.name}:{name}")
+    missing = []
+    for p, (unsafe, safe) in enumerate(pairs):
+        ru, rs = world.images.rows(unsafe, split), world.images.rows(safe, split)
+        if not ru or not rs:
+            missing.append((unsafe if not ru else safe).id)
+            continue
+        k = min(n_per_pair, len(ru))
+        g = world.images.load_rows(ru[:k], size)
+        v = world.images.load_rows([rs[j % len(rs)] for j in range(k)], size)
+        for j in range(k):
+            _, cap_seed = item_seeds(base_seed, p * n_per_pair + j, 0x0DA7)
+            u_text, s_text = caption_pair(
+                unsafe, safe, random.Random(cap_seed), caption_split, vocab=world.vocabulary
+            )
+            out.S.append(s_text)
+            out.U.append(u_text)
+            out.V.append(Image.fromarray(v[j]))
+            out.G.append(Image.fromarray(g[j]))
+            out.safe_ids.append(safe.id)
+            out.unsafe_ids.append(unsafe.id)
+    if not len(out):
+        raise InputError(
+            f"manifest {world.images.manifest.path} has no {split} images for any pair of "
+            f"policy {name!r} (missing: {sorted(set(missing))[:5]})"
+        )
+    return out

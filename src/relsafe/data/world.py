@@ -44,6 +44,7 @@ __all__ = [
     "RenderedImages",
     "World",
     "open_world",
+    "use_of_seed",
     "relworld",
     "world_of",
 ]
@@ -202,7 +203,8 @@ class ManifestImages:
     def ood_domains(self) -> tuple[str, ...]:
         return tuple(self.manifest.ood_domains())
 
-    def _load(self, rows: Sequence[Any], size: int) -> np.ndarray:
+    def load_rows(self, rows: Sequence[Any], size: int) -> np.ndarray:
+        """The images of manifest ``rows``, uint8 (N, size, size, 3), errors naming the row."""
         from PIL import Image
 
         from relsafe.data.images import load_image_file
@@ -241,7 +243,7 @@ class ManifestImages:
                 len(set(missing)),
                 ", ".join(sorted(set(missing))[:5]),
             )
-        return self._load(a_rows, size), self._load(b_rows, size), a_t, b_t
+        return self.load_rows(a_rows, size), self.load_rows(b_rows, size), a_t, b_t
 
     def probe_images(
         self,
@@ -264,7 +266,7 @@ class ManifestImages:
                 f"manifest {self.manifest.path} has no {split_name} images of the "
                 f"{len(tuples)} tuples asked for in domains {list(domains)}"
             )
-        return self._load(rows, size), np.asarray(labels, np.int64), splits.ALL[split] + seed
+        return self.load_rows(rows, size), np.asarray(labels, np.int64), splits.ALL[split] + seed
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -274,6 +276,14 @@ class ManifestImages:
             "rows": len(self.manifest.rows),
             "ood_domains": list(self.ood_domains()),
         }
+
+
+def use_of_seed(base_seed: int) -> str:
+    """Which use a base seed belongs to (``splits.EDIT + k`` -> ``edit``, for ``0 <= k < 1000``)."""
+    for use in USES:
+        if 0 <= base_seed - splits.ALL[use] < 1000:
+            return use
+    raise InputError(f"base seed {base_seed} belongs to none of the uses {list(USES)}")
 
 
 def _domains_of(styles: Sequence[str], in_domains: Sequence[str]) -> tuple[str, ...]:

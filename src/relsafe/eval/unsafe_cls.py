@@ -18,11 +18,12 @@ from typing import Any
 import torch
 
 from relsafe.data.attacks import NONE, Attack
+from relsafe.data.world import world_of
 from relsafe.errors import InputError
 from relsafe.models.hyperbolic import UnsafePrediction, best_threshold
 from relsafe.world import splits
 from relsafe.world.captions import all_captions, prototype_caption
-from relsafe.world.vocab import ORO
+from relsafe.world.vocab import ORO, Vocabulary
 
 __all__ = [
     "CLASSES",
@@ -169,11 +170,13 @@ def content_groups(policy: Any, unrelated_pool: str = "all") -> dict[str, list[O
     }
 
 
-def tuple_captions(t: ORO, split: str, n: int, base_seed: int) -> list[str]:
+def tuple_captions(
+    t: ORO, split: str, n: int, base_seed: int, vocab: Vocabulary | None = None
+) -> list[str]:
     """``n`` captions of ``t`` from caption split ``split``: all of them when there are at most
     ``n``, else a sample drawn with a RNG seeded by ``(split, base_seed, t)``, in the split's
     fixed caption order (so a tuple's texts never depend on which other tuples are scored)."""
-    caps = all_captions(t, split)
+    caps = all_captions(t, split, vocab)
     if n >= len(caps):
         return caps
     pick = sorted(
@@ -188,7 +191,12 @@ def _split_by_class(emb: torch.Tensor, owner: list[str]) -> dict[str, torch.Tens
 
 
 def embed_class_texts(
-    engine: Any, classes: Mapping[str, list[ORO]], split: str, n: int, base_seed: int
+    engine: Any,
+    classes: Mapping[str, list[ORO]],
+    split: str,
+    n: int,
+    base_seed: int,
+    vocab: Vocabulary | None = None,
 ) -> dict[str, torch.Tensor]:
     """Embeddings ``{class: (N, D)}`` of ``n`` captions per tuple of each class from caption
     split ``split`` (:func:`tuple_captions`), in one engine call; empty classes are left out."""
@@ -196,7 +204,7 @@ def embed_class_texts(
     owner: list[str] = []
     for c in CLASSES:
         for t in classes.get(c, []):
-            caps = tuple_captions(t, split, n, base_seed)
+            caps = tuple_captions(t, split, n, base_seed, vocab)
             texts += caps
             owner += [c] * len(caps)
     return _split_by_class(engine.embed_texts(texts), owner)
@@ -210,6 +218,7 @@ def embed_class_images(
     size: int,
     seed: int,
     split: str,
+    world: Any = None,
 ) -> dict[str, torch.Tensor]:
     """Embeddings ``{class: (N, D)}`` of ``attack``'s ``n`` probe images per tuple of each class
     (base seed ``split`` + ``seed``), in one engine call; empty classes are left out.
@@ -220,8 +229,10 @@ def embed_class_images(
     from relsafe.data.probes import probe_tuples
 
     cls_of = {t: c for c in CLASSES for t in classes.get(c, [])}
-    tuples = None if set(cls_of) == set(probe_tuples(None)) else list(cls_of)
-    imgs = attack.test_images(n, size, seed, tuples=tuples, split=split)
+    vocab = world.vocabulary if world is not None else None
+    every = vocab is None or vocab.count_valid() <= len(cls_of)
+    tuples = None if every and set(cls_of) == set(probe_tuples(None, vocab)) else list(cls_of)
+    imgs = attack.test_images(n, size, seed, tuples=tuples, split=split, world=world)
     owner = [cls_of.get(imgs.tuples[int(lab)], "") for lab in imgs.labels]
     return _split_by_class(engine.embed_images(imgs.images), owner)
 
@@ -237,14 +248,12 @@ def val_material(
 
     def get() -> dict[str, dict[str, torch.Tensor]]:
         if not memo:
-            classes = content_groups(policy, "retain")
-            base = splits.VAL + seed
-            memo.append(
-                {
-                    "text": embed_class_texts(engine, classes, "edit", n_texts, base),
-                    "image": embed_class_images(engine, classes, NONE, n_images, size, seed, "val"),
-                }
+            classes, w = content_groups(policy, "retain"), world_of(policy)
+            txt = embed_class_texts(
+                engine, classes, "edit", n_texts, splits.VAL + seed, w.vocabulary
             )
+            img = embed_class_images(engine, classes, NONE, n_images, size, seed, "val", w)
+            memo.append({"text": txt, "image": img})
         return memo[0]
 
     return get
@@ -259,8 +268,9 @@ def unsafe_prompts(policy: Any) -> tuple[list[str], list[str]]:
     the unsafe tuples, and of every safe tuple a fit may use (counterparts, other neighbours and
     the retain-pool unrelated tuples, in that order), deduplicated."""
     classes = content_groups(policy, "retain")
-    unsafe = list(dict.fromkeys(prototype_caption(t) for t in classes["unsafe"]))
-    safe = list(dict.fromkeys(prototype_caption(t) for g in SAFE_GROUPS for t in classes[g]))
+    vocab = policy.vocabulary
+    unsafe = list(dict.fromkeys(prototype_caption(t, vocab) for t in classes["unsafe"]))
+    safe = list(dict.fromkeys(prototype_caption(t, vocab) for g in SAFE_GROUPS for t in classes[g]))
     return unsafe, safe
 
 

@@ -217,7 +217,8 @@ class SafetyModel:
                     if t not in seen:
                         seen.add(t)
                         tuples.append(t)
-            emb = self.embed_texts([prototype_caption(t) for t in tuples])
+            vocab = self.policy.vocabulary
+            emb = self.embed_texts([prototype_caption(t, vocab) for t in tuples])
             self._prompts = ([t.id for t in tuples], emb, len(groups["unsafe"]))
         return self._prompts
 
@@ -296,7 +297,8 @@ class SafetyModel:
             targets[i] = cp.id
             needed.setdefault(cp.id, cp)
         order = {cid: j for j, cid in enumerate(needed)}
-        cp_emb = self.embed_texts([prototype_caption(t) for t in needed.values()])
+        vocab = self.policy.vocabulary
+        cp_emb = self.embed_texts([prototype_caption(t, vocab) for t in needed.values()])
         for i in rows.tolist():
             out[i] = cp_emb[order[targets[i]]].to(out.dtype)
         return Redirect(out, acted, rule, targets)

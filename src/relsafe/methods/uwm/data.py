@@ -107,6 +107,8 @@ def neighbour_calibration_data(policy: Any, cfg: UWMConfig) -> dict[str, Calibra
     inside the EDIT block), ``edit`` captions, training styles. Kinds that no unsafe tuple has
     are left out; an unsafe tuple without neighbours of a kind adds nothing to that kind's set.
     """
+    from relsafe.data.quadruplets import build_quadruplets
+    from relsafe.data.world import world_of
     from relsafe.policy import NEIGHBOUR_KINDS
     from relsafe.world import splits
     from relsafe.world.dataset import quadruplets
@@ -122,9 +124,15 @@ def neighbour_calibration_data(policy: Any, cfg: UWMConfig) -> dict[str, Calibra
                 continue
             per = max(1, -(-cfg.n_per_pair // len(neigh)))  # ceil: every neighbour gets some
             seed = splits.EDIT + cfg.seed + 10_000 * (k + 1) + 100 * u
-            quads += quadruplets(
-                [(t, n) for n in neigh], per, caption_split="edit", seed=seed, size=cfg.size
-            )
+            if world_of(policy).is_builtin:
+                quads += quadruplets(
+                    [(t, n) for n in neigh], per, caption_split="edit", seed=seed, size=cfg.size
+                )
+            else:  # a manifest world: the neighbours' own train images (no scene-matched pairs)
+                q = build_quadruplets(
+                    _Pairs(policy, [(t, n) for n in neigh]), per, seed, size=cfg.size
+                )
+                quads += [_Quad(q.S[i], q.V[i], q.U[i], q.G[i]) for i in range(len(q))]
         if quads:
             out[kind] = CalibrationData(
                 S=[q.safe_text for q in quads],
@@ -172,3 +180,24 @@ def check_pairs(cal: CalibrationData, tower: str) -> int:
                 if not isinstance(t, str) or not t:
                     raise InputError(f"calibration text {name}[{i}] is {t!r}, not a non-empty str")
     return n_s
+
+
+class _Pairs:
+    """A policy seen through a subset of its pairs (for the neighbour calibration sets)."""
+
+    def __init__(self, policy: Any, pairs: list[Any]) -> None:
+        self._policy, self._pairs = policy, pairs
+        self.name = getattr(policy, "name", "policy")
+        self.vocabulary = policy.vocabulary
+        self.world = getattr(policy, "world", None)
+
+    def pairs(self) -> list[Any]:
+        return list(self._pairs)
+
+
+class _Quad:
+    """The four fields of a quadruplet that the calibration sets read."""
+
+    def __init__(self, safe_text: str, safe_image: Any, unsafe_text: str, unsafe_image: Any):
+        self.safe_text, self.safe_image = safe_text, safe_image
+        self.unsafe_text, self.unsafe_image = unsafe_text, unsafe_image
