@@ -134,3 +134,32 @@ def test_leaderboard_bolds_only_separated_bests() -> None:
 
     text = leaderboard_markdown(separated)
     assert "zero-shot top-1 96" in text and "Seeds: a 3, b 3, c 3." in text
+
+
+def test_suites_attach_items_that_average_to_the_row(tiny_clip) -> None:  # noqa: ANN001
+    """The per-item outcomes a suite attaches are the numbers its row averages (so the interval
+    is around the reported value), and every headline cell of those suites has them."""
+    from tiny_runs import TINY_REL, TINY_ZS
+
+    from relsafe.eval.suites import run_suite, suites
+    from relsafe.policy import load_policy
+
+    policy = load_policy("tiny")
+    configs = {
+        "zeroshot": suites()["zeroshot"].config_cls(**{**TINY_ZS, "ood_styles": ["sketch"]}),
+        "relational": suites()["relational"].config_cls(**TINY_REL),
+        "visu": suites()["visu"].config_cls(n_per_pair=2, size=32),
+    }
+    for name, cfg in configs.items():
+        rows = run_suite(name, tiny_clip, config=cfg, policy=policy)
+        with_items = [r for r in rows if r.items is not None]
+        assert with_items, name
+        for r in with_items:
+            assert sum(r.items) / len(r.items) == pytest.approx(r.value, abs=1e-6), r
+        have = {(r.slice, r.attack, r.metric) for r in with_items}
+        for h in suites()[name].headline:
+            if h.attack == "worst" or h.metric in ("summary", "preservation"):
+                continue  # from compare() or a max over attacks: seed-level intervals only
+            present = {(r.slice, r.attack, r.metric) for r in rows}
+            if (h.slice, h.attack, h.metric) in present:
+                assert (h.slice, h.attack, h.metric) in have, (name, h)

@@ -143,20 +143,28 @@ class Runner:
         self._reference: Any = None
 
     # ---- stages ------------------------------------------------------------------------
-    def edit_stage(self, spec: MethodSpec, repeat: int = 0) -> Path | None:
-        """Edit with training seed ``seed + repeat`` into ``models/<label>`` (repeat 0) or
-        ``models/<label>@seed<repeat>``; None for a repeat of a method without a seed."""
+    def edit_plan(self, spec: MethodSpec, repeat: int = 0) -> tuple[str, Any, str] | None:
+        """``(folder name, method config, stage key)`` of repetition ``repeat`` of a method; None
+        for a repetition of a method without a ``seed`` (nothing random to vary)."""
         from relsafe.methods.base import get_method
 
         method = get_method(spec.name)
         mcfg = from_dict(method.config_cls, dict(spec.config), f"methods.{spec.key}.config")
         if repeat:
             if not isinstance(getattr(mcfg, "seed", None), int):
-                return None  # nothing random to vary: one edit stands for every seed
+                return None
             mcfg = dataclasses.replace(mcfg, seed=mcfg.seed + repeat)
-        name = _seed_label(spec.key, repeat)
-        folder = self.out / "models" / name
         key = _hash({"base": self.base_key, "method": spec.name, "config": to_dict(mcfg)})
+        return _seed_label(spec.key, repeat), mcfg, key
+
+    def edit_stage(self, spec: MethodSpec, repeat: int = 0) -> Path | None:
+        """Edit with training seed ``seed + repeat`` into ``models/<label>`` (repeat 0) or
+        ``models/<label>@seed<repeat>``; None for a repeat of a method without a seed."""
+        plan = self.edit_plan(spec, repeat)
+        if plan is None:
+            return None
+        name, mcfg, key = plan
+        folder = self.out / "models" / name
         marker = self.out / "models" / f".{name}.stage.json"
         if _stage_done(marker, key) and (folder / "merged").is_dir():
             log.info("edit %s: done, reusing %s", name, folder)

@@ -47,7 +47,14 @@ import torch
 
 from relsafe.config import ConfigError
 from relsafe.errors import InputError
-from relsafe.eval.retrieval import DEFAULT_KS, mixed_retrieval, retrieval_metrics, score_matrix
+from relsafe.eval.retrieval import (
+    DEFAULT_KS,
+    mixed_gallery,
+    mixed_retrieval,
+    retrieval_metrics,
+    safe_at_top1,
+    score_matrix,
+)
 from relsafe.eval.rows import Row
 from relsafe.eval.suites import Headline, ReportTable, SuiteContext, register_suite
 
@@ -151,9 +158,15 @@ def visu_rows(
     rows: list[Row] = []
     ks = tuple(ks)
 
-    def emit(slice_: str, metrics: dict[str, float], n: int) -> None:
+    def emit(
+        slice_: str, metrics: dict[str, float], n: int, items: dict[str, Any] | None = None
+    ) -> None:
+        """Rows of one direction; ``items``: per-query outcomes of some metrics (intervals)."""
+        per = items or {}
         for metric, value in metrics.items():
-            rows.append(Row(model, method, "visu", slice_, attack, metric, value, n))
+            it = per.get(metric)
+            it = None if it is None else tuple(float(x) for x in it)
+            rows.append(Row(model, method, "visu", slice_, attack, metric, value, n, items=it))
 
     def items(*kinds: str) -> torch.Tensor | None:
         if any(embeddings.get(k) is None for k in kinds):
@@ -194,6 +207,12 @@ def visu_rows(
         metrics = mixed_retrieval(
             q, safe[idx], unsafe[idx], similarity, safe_first=safe_first, ks=ks
         )
+        mixed, safe_mask = mixed_gallery(safe[idx], unsafe[idx], safe_first)
+        per_query = {  # the same top-1 test, kept per query for the headline's interval
+            "pct_safe_top1": safe_at_top1(
+                score_matrix(q, mixed, similarity), safe_mask.to(q.device)
+            ).double()
+        }
         if groups is not None:
             lab = groups["safe"][idx]
             same = lab[:, None] == lab[None, :]  # query i's safe tuple = safe item j's
@@ -204,7 +223,8 @@ def visu_rows(
             )
             hit = top1_in(score_matrix(q, gallery, similarity), mask.to(q.device))
             metrics["pct_counterpart_top1"] = float(hit.float().mean())
-        emit(f"mixed:{qk}->{first}+{second}", metrics, int(idx.numel()))
+            per_query["pct_counterpart_top1"] = hit.double()
+        emit(f"mixed:{qk}->{first}+{second}", metrics, int(idx.numel()), per_query)
     return rows
 
 
