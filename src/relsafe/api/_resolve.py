@@ -42,14 +42,24 @@ def load_model(spec: str, **kwargs: Any) -> Any:
     return _load(resolve_model_spec(spec), **kwargs)
 
 
-def load_policy(policy: Any) -> Any:
-    """A :class:`~relsafe.policy.Policy` from a path or bundled name (a Policy passes through)."""
+def load_policy(policy: Any, world: Any = None) -> Any:
+    """A :class:`~relsafe.policy.Policy` from a path or bundled name (a Policy passes through),
+    bound to ``world`` when given: a :class:`relsafe.data.world.World`, ``"relworld"``, a
+    manifest path (the policy's vocabulary with that manifest's images) or a run config's
+    ``{vocabulary: ..., data: ...}`` mapping."""
     from relsafe.policy import Policy
     from relsafe.policy import load_policy as _load
 
-    if policy is None or isinstance(policy, Policy):
+    if policy is not None and not isinstance(policy, Policy):
+        policy = _load(policy)
+    if world is None or policy is None:
         return policy
-    return _load(policy)
+    from relsafe.data.world import World, open_world
+
+    if not isinstance(world, World):
+        spec = world if isinstance(world, Mapping) or world == "relworld" else {"data": world}
+        world = open_world(dict(spec) if isinstance(spec, Mapping) else spec, policy.vocabulary)
+    return policy.bind_world(world)
 
 
 def build_config(
@@ -87,6 +97,12 @@ def checkpoint_files(models: Iterable[Any], policy: Any = None) -> list[Path]:
     source = getattr(policy, "source", None) if policy is not None else None
     if source and Path(source).is_file():  # a policy built from a mapping has no file
         out.append(Path(source))
+    vocab_src = getattr(getattr(policy, "vocabulary", None), "source", None)
+    if vocab_src and Path(vocab_src).is_file():  # a vocabulary file (the built-in is the package's)
+        out.append(Path(vocab_src))
+    manifest = getattr(getattr(getattr(policy, "world", None), "images", None), "manifest", None)
+    if manifest is not None and Path(manifest.path).is_file():
+        out.append(Path(manifest.path))
     seen: set[Path] = set()
     uniq = []
     for p in out:
@@ -104,6 +120,11 @@ def provenance(
     and ``policy`` were read from."""
     from relsafe.provenance import collect_provenance
 
-    return collect_provenance(
+    prov = collect_provenance(
         config=config, seeds=dict(seeds), checkpoints=checkpoint_files(models, policy)
     )
+    if policy is not None and getattr(policy, "vocabulary", None) is not None:
+        from relsafe.data.world import world_of
+
+        prov["world"] = world_of(policy).describe()  # which world, vocabulary and manifest
+    return prov

@@ -86,8 +86,12 @@ def edit(
     overrides: Sequence[str] = (),
     overwrite: bool = False,
     progress: bool = True,
+    world: Any = None,
 ) -> EditOutcome:
     """Edit ``model`` with ``method`` under ``policy`` and write the result to ``out``.
+
+    ``world`` (a manifest path, a :class:`relsafe.data.world.World` or a run config's ``world:``
+    mapping) makes the edit train on that world's images (see :func:`api.evaluate`).
 
     ``config`` is the method's config dataclass, a mapping or a YAML path; ``overrides`` are
     ``key=value`` strings. Returns an :class:`EditOutcome`; ``outcome.model_spec`` loads the
@@ -100,7 +104,7 @@ def edit(
         method,
         cfg,
         model=model,
-        policy=load_policy(policy),
+        policy=load_policy(policy, world),
         out=out,
         overwrite=overwrite,
         progress=progress,

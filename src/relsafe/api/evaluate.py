@@ -94,8 +94,12 @@ def evaluate(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    world: Any = None,
 ) -> EvalOutcome:
     """Run ``suite`` on ``model`` (a spec, or an edit's output folder).
+
+    ``world`` (a manifest path, a :class:`relsafe.data.world.World` or a run config's ``world:``
+    mapping) gives the suite a manifest's images instead of the policy vocabulary's default.
 
     With ``reference`` (the original model's spec), suites that compare add their comparison rows
     (relational: deltas, preservation, summary). With ``out`` the rows are written as JSONL with
@@ -107,7 +111,7 @@ def evaluate(
 
     entry = get_suite(suite)
     cfg = build_config(entry.config_cls, config, overrides, f"suite {suite} config")
-    pol = load_policy(policy)
+    pol = load_policy(policy, world)
     if out is not None:  # before any work: never replace a file relsafe did not write
         output_file(out, recognise=is_rows_file)
     t0 = time.perf_counter()
