@@ -85,7 +85,11 @@ def safeground_rows(
             slices.append((tag, result.subset(arr == tag)))
     for slice_, res in slices:
         for m in METRICS:
-            rows.append(Row(model, method, "safeground", slice_, attack, m, res.metrics[m], res.n))
+            # slice "all" keeps its per-quadruplet outcomes: the leaderboard's interval
+            items = tuple(res.per_quadruplet[m].astype(float)) if slice_ == "all" else None
+            rows.append(
+                Row(model, method, "safeground", slice_, attack, m, res.metrics[m], res.n, items)
+            )
     return rows
 
 

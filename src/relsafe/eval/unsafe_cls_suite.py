@@ -239,8 +239,21 @@ def unsafe_cls_suite(ctx: SuiteContext, cfg: UnsafeClsConfig) -> list[Row]:
             metrics = classification_metrics(scores, t)
             metrics["threshold"] = (t, clf.fitted_on.get(modality, 0))
             slice_ = f"{modality}|score:{kind}"
+            # every safe item flagged or not: the per-item outcomes of fpr_safe (its interval)
+            safe = [emb for g in SAFE_GROUPS if g in scores and len(emb := scores[g])]
+            flagged = tuple((torch.cat(safe).double().flatten() > t).double().tolist())
             rows += [
-                Row(ctx.model_label, ctx.method, "unsafe_cls", slice_, attack, m, v, n)
+                Row(
+                    ctx.model_label,
+                    ctx.method,
+                    "unsafe_cls",
+                    slice_,
+                    attack,
+                    m,
+                    v,
+                    n,
+                    items=flagged if m == "fpr_safe" and flagged else None,
+                )
                 for m, (v, n) in metrics.items()
             ]
     return rows
