@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
         "registry",
         "provenance",
         "checkpoints",
+        "distributed",
         "validate",
         "outputs",
         "__init__",

@@ -51,6 +51,7 @@ from torch import nn
 
 from relsafe.config import to_dict
 from relsafe.data.edit_sets import EditSets, SetSizes, concept_sets, relational_sets
+from relsafe.distributed import current as current_dist
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
 from relsafe.methods.lora import attach_lora, target_module_names
@@ -283,6 +284,9 @@ class _LoraEdit:
     # ---- one step ------------------------------------------------------------------------
     def losses(self, step: int, rng: random.Random) -> dict[str, torch.Tensor]:
         cfg, s = self.cfg, self.sets
+        # every rank draws the same global batch; each batched forward runs on this rank's shard
+        # and is gathered (relsafe.distributed); in one process ``sh(f, x)`` is exactly ``f(x)``
+        sh = current_dist().shard_rows
         out: dict[str, torch.Tensor] = {}
         fi = (
             rng.sample(range(len(s.forget_texts)), min(cfg.batch_forget, len(s.forget_texts)))
@@ -292,8 +296,8 @@ class _LoraEdit:
         if self.train_text and fi:
             f_texts = [s.forget_texts[i] for i in fi]
             t_texts = [s.forget_text_targets[i] for i in fi]
-            Tu = self.T(f_texts)
-            Tc = self.T(t_texts)
+            Tu = sh(self.T, f_texts)
+            Tc = sh(self.T, t_texts)
             if cfg.objective == "redirect":
                 out["forget"] = _cos_loss(Tu, self.T0_target[fi])
             elif cfg.objective == "neutral":
@@ -307,7 +311,7 @@ class _LoraEdit:
                 ).mean()
             # separation on a random image of each text's tuple and its same-seed counterpart
             gi = [rng.choice(self.img_by_tuple[s.forget_text_tuples[i]]) for i in fi]
-            g = self.V(self.f_pix[gi]) if self.train_vision else self.V0_forget[gi]
+            g = sh(self.V, self.f_pix[gi]) if self.train_vision else self.V0_forget[gi]
             v = self.V0_ftarget[gi]
             sep = torch.relu(self.sim_rows(g, Tu) - self.sim_rows(g, Tc) + cfg.margin)
             sep = sep + torch.relu(self.sim_rows(v, Tu) - self.sim_rows(v, Tc) + cfg.margin)
@@ -316,29 +320,30 @@ class _LoraEdit:
             distill = _cos_loss(Tc, self.T0_target[fi])
             if ri:
                 distill = 0.5 * (
-                    distill + _cos_loss(self.T([s.retain_texts[i] for i in ri]), self.T0_retain[ri])
+                    distill
+                    + _cos_loss(sh(self.T, [s.retain_texts[i] for i in ri]), self.T0_retain[ri])
                 )
             out["retain_distill"] = distill
             if len(self.r_pix):
                 ii = rng.sample(range(len(self.r_pix)), min(cfg.batch_images, len(self.r_pix)))
-                protos = self.T(self.proto_caps)
-                img = self.V(self.r_pix[ii]) if self.train_vision else self.V0_retain[ii]
+                protos = sh(self.T, self.proto_caps)
+                img = sh(self.V, self.r_pix[ii]) if self.train_vision else self.V0_retain[ii]
                 logits = self.scale * self.model.similarity(img, protos)
                 out["retain_align"] = nn.functional.cross_entropy(logits, self.r_labels[ii])
                 if cfg.w_marginal_align > 0:
                     terms = []
                     for role, caps in self.marg_caps.items():
-                        m_logits = self.scale * self.model.similarity(img, self.T(caps))
+                        m_logits = self.scale * self.model.similarity(img, sh(self.T, caps))
                         terms.append(
                             nn.functional.cross_entropy(m_logits, self.r_marg_labels[role][ii])
                         )
                     out["marginal_align"] = sum(terms) / len(terms)
         if self.train_vision and len(self.f_pix):
             gi = rng.sample(range(len(self.f_pix)), min(cfg.batch_images, len(self.f_pix)))
-            out["vision_forget"] = _cos_loss(self.V(self.f_pix[gi]), self.V0_ftarget[gi])
+            out["vision_forget"] = _cos_loss(sh(self.V, self.f_pix[gi]), self.V0_ftarget[gi])
             if len(self.r_pix):
                 ri = rng.sample(range(len(self.r_pix)), min(cfg.batch_images, len(self.r_pix)))
-                out["vision_retain"] = _cos_loss(self.V(self.r_pix[ri]), self.V0_retain[ri])
+                out["vision_retain"] = _cos_loss(sh(self.V, self.r_pix[ri]), self.V0_retain[ri])
         if not out:
             raise InputError(
                 "nothing to train: the forget set has no texts for the text tower and no images for the vision tower"
@@ -358,6 +363,10 @@ def _run_lora_edit(
     import hashlib
     import json
 
+    dist = current_dist()  # a world of one unless started by `accelerate launch`
+    if dist.enabled:
+        model.to(dist.device)
+        progress = progress and dist.is_main
     with Timer() as timer:
         edit = _LoraEdit(model, sets, cfg)
         handle = attach_lora(
@@ -399,6 +408,7 @@ def _run_lora_edit(
             checkpoint_every=cfg.checkpoint_every,
             fingerprint=fp,
         )
+    dist.finish(method)
     model.eval()
     total = sum(p.numel() for p in model.parameters())
     record = EditRecord(

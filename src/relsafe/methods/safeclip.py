@@ -35,6 +35,7 @@ from torch import nn
 from relsafe.config import to_dict
 from relsafe.data.images import to_pixels
 from relsafe.data.quadruplets import build_quadruplets
+from relsafe.distributed import current as current_dist
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
 from relsafe.methods.lora import attach_lora, lora_patterns
@@ -151,6 +152,10 @@ def safeclip(
     groups = _group_ids(data)
     if groups is not None and len(groups) != n:
         raise InputError(f"safeclip: safe_id has {len(groups)} entries for {n} quadruplets")
+    dist = current_dist()  # a world of one unless started by `accelerate launch`
+    if dist.enabled:
+        model.to(dist.device)
+        progress = progress and dist.is_main
     with Timer() as timer:
         model.eval()
         pix_V = to_pixels(model, data["V"], what="data['V']")
@@ -180,10 +185,12 @@ def safeclip(
         def Vf(pix: torch.Tensor) -> torch.Tensor:
             return model.postprocess(model.forward_image(pix.to(model.device)), "image")
 
+        sh = dist.shard_rows  # this rank's shard of each forward, gathered; f(x) in one process
+
         def losses(step: int, rng: random.Random) -> dict[str, torch.Tensor]:
-            idx = rng.sample(range(n), min(cfg.batch_size, n))
-            ts, tu = T([data["S"][i] for i in idx]), T([data["U"][i] for i in idx])
-            vv, vg = Vf(pix_V[idx]), Vf(pix_G[idx])
+            idx = rng.sample(range(n), min(cfg.batch_size, n))  # the global batch, every rank
+            ts, tu = sh(T, [data["S"][i] for i in idx]), sh(T, [data["U"][i] for i in idx])
+            vv, vg = sh(Vf, pix_V[idx]), sh(Vf, pix_G[idx])
             t0s, v0v = T0_S[idx], V0_V[idx]
             g = groups[idx] if groups is not None else None  # same safe tuple = positive
             cos = nn.functional.cosine_similarity
@@ -220,6 +227,7 @@ def safeclip(
             fingerprint=fp,
             optimizer="adam",
         )
+    dist.finish("safeclip")
     model.eval()
     record = EditRecord(
         method="safeclip",

@@ -9,7 +9,14 @@ not, see ``weights``) and the loop does the rest:
 * with ``workdir`` set, a checkpoint (adapter weights, optimiser state, step, RNG states, curve) is
   written every ``checkpoint_every`` steps as one :mod:`relsafe.checkpoints` folder
   (``<workdir>/checkpoint/``, safetensors + JSON, replaced whole), and a later call with the same
-  workdir resumes from it and continues bit-identically.
+  workdir resumes from it and continues bit-identically;
+* under ``accelerate launch`` (:mod:`relsafe.distributed`) the trainable gradients are averaged
+  over processes after each backward pass, only the main process writes checkpoints (global
+  state: they resume on any process count), torch is seeded ``seed + rank``, and the launcher's
+  gradient accumulation (``step_losses`` is called that many times per optimiser step, each call
+  a fresh batch, the losses divided by the count) and bf16 autocast (GPU only) apply. The method
+  shards its batches through ``relsafe.distributed.current().shard_rows``. In one process none of
+  this changes a single operation.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from relsafe.checkpoints import (
 )
 from relsafe.checkpoints import load_checkpoint as load_training_checkpoint
 from relsafe.checkpoints import save_checkpoint as save_training_checkpoint
+from relsafe.distributed import current as current_dist
 from relsafe.engine.embed import progress_enabled
 from relsafe.errors import CheckpointError
 from relsafe.methods.lora import LoraHandle
@@ -135,6 +143,12 @@ def _snapshot(handle: LoraHandle) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in handle.state_dict().items()}
 
 
+def _non_finite(total: Any, dist: Any) -> bool:
+    """Whether the loss is non-finite, agreed by every rank (so all stop together)."""
+    bad = not torch.is_tensor(total) or not bool(torch.isfinite(total))
+    return dist.mean(float(bad)) > 0 if dist.enabled else bad
+
+
 def run_loop(
     handle: LoraHandle,
     params: list[torch.nn.Parameter],
@@ -176,8 +190,10 @@ def run_loop(
     opt: torch.optim.Optimizer = (
         torch.optim.Adam(groups, lr=lr) if optimizer == "adam" else torch.optim.AdamW(groups, lr=lr)
     )
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
+    dist = current_dist()
+    rng = random.Random(seed)  # the same stream on every rank: the same global batches
+    dist.seed_torch(seed)
+    trainable = [p for g in groups for p in g["params"]]
     curve: list[dict[str, float]] = []
     start = 0
     wd = Path(workdir) if workdir else None
@@ -192,14 +208,19 @@ def run_loop(
     stopped = None
     handle.train_mode(True)
     bar = tqdm(
-        total=steps, initial=start, desc=desc, disable=not progress_enabled(progress), leave=False
+        total=steps,
+        initial=start,
+        desc=desc,
+        disable=not (progress_enabled(progress) and dist.is_main),
+        leave=False,
     )
     step = start
     try:
         for step in range(start, steps):
-            terms = step_losses(step, rng)
+            with dist.autocast():
+                terms = step_losses(step, rng)
             total = sum(weights.get(k, 1.0) * v for k, v in terms.items())
-            if not torch.is_tensor(total) or not torch.isfinite(total):
+            if _non_finite(total, dist):
                 bad = [k for k, v in terms.items() if not torch.isfinite(v)]
                 stopped = f"non-finite loss at step {step} (terms {bad or ['total']}); restored the last good adapter"
                 log.error("%s: %s", desc, stopped)
@@ -207,7 +228,16 @@ def run_loop(
                 break
             good_state = _snapshot(handle)
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            if dist.accumulate == 1:
+                total.backward()
+            else:  # the launcher's gradient accumulation: more batches per optimiser step
+                (total / dist.accumulate).backward()
+                for _ in range(dist.accumulate - 1):
+                    with dist.autocast():
+                        more = step_losses(step, rng)
+                    extra_total = sum(weights.get(k, 1.0) * v for k, v in more.items())
+                    (extra_total / dist.accumulate).backward()
+            dist.all_reduce_grads(trainable)
             opt.step()
             if step % log_every == 0 or step == steps - 1:
                 entry = {"step": float(step), "loss": float(total.detach())}
@@ -215,7 +245,9 @@ def run_loop(
                 curve.append(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
             if wd is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-                save_checkpoint(wd, handle, opt, step + 1, curve, rng, fingerprint, extra)
+                if dist.is_main:  # the state is global: identical on every rank
+                    save_checkpoint(wd, handle, opt, step + 1, curve, rng, fingerprint, extra)
+                dist.barrier()
             bar.update(1)
         else:
             step = steps

@@ -6,6 +6,16 @@ trainable parameters (``param.<name>``) and the image tower's BatchNorm buffers
 its hash, loss history, elapsed time). ``resume=True`` continues from one made with the same
 weight-determining config (:meth:`PretrainConfig.weights_hash`) and repeats the uninterrupted run
 bit for bit. The single-file ``checkpoint.safetensors`` of earlier versions is refused.
+
+Under ``accelerate launch`` (:mod:`relsafe.distributed`) every process builds the same batch (a
+pure function of the step), runs the image tower on its shard of it and gathers the features
+(text features are computed in full on each rank: with MiniLM frozen they are cached lookups),
+so every rank evaluates the global-batch loss; gradients are all-reduced before clipping, only the
+main process writes checkpoints and outputs, and a checkpoint resumes on any process count.
+BatchNorm normalises each shard with its own batch statistics during training (as plain DDP
+without SyncBatchNorm does), so the N-process curve is close to, not equal to, the 1-process
+one; the final BatchNorm recalibration runs on full batches on every rank. The launcher's bf16
+autocast applies (GPU only); gradient accumulation is not supported here.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from relsafe.checkpoints import (
     read_meta,
     save_checkpoint,
 )
+from relsafe.distributed import Dist
+from relsafe.distributed import current as current_dist
 from relsafe.errors import CheckpointError
 from relsafe.pretrain.config import RESUME_IGNORED_KEYS, PretrainConfig
 from relsafe.pretrain.data import TextBank, World, build_text_bank, make_world, sample_batch
@@ -156,6 +168,20 @@ def _optimizer(
     return params, opt
 
 
+class _ShardedImages:
+    """The model as the loss sees it, with ``forward_image`` run on this rank's shard of the batch
+    and gathered (:meth:`relsafe.distributed.Dist.shard_rows`); everything else is the model."""
+
+    def __init__(self, model: Any, dist: Dist) -> None:
+        self._model, self._dist = model, dist
+
+    def forward_image(self, pix: torch.Tensor) -> torch.Tensor:
+        return self._dist.shard_rows(self._model.forward_image, pix)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
 # ---- the loop ------------------------------------------------------------------------------------
 def pretrain(config: PretrainConfig | None = None, progress: bool = True) -> Any:
     """Train relsafe-mini from ``config.seed`` and save it to ``config.out_dir``; return the model."""
@@ -163,6 +189,11 @@ def pretrain(config: PretrainConfig | None = None, progress: bool = True) -> Any
 
     cfg = config or PretrainConfig()
     cfg.validate()
+    dist = current_dist()  # a world of one unless started by `accelerate launch`
+    if dist.accumulate > 1:
+        from relsafe.errors import ConfigError
+
+        raise ConfigError("pretrain: gradient accumulation is not supported; raise batch_size")
     torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.out_dir)
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else out_dir / "checkpoints"
@@ -196,7 +227,8 @@ def pretrain(config: PretrainConfig | None = None, progress: bool = True) -> Any
         log.info("no checkpoint at %s; starting from scratch", ckpt_path)
 
     model.train()
-    show = progress and os.environ.get("CI", "").lower() not in ("1", "true")
+    show = progress and dist.is_main and os.environ.get("CI", "").lower() not in ("1", "true")
+    loss_model = _ShardedImages(model, dist) if dist.enabled else model
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.steps, initial=start, disable=not show, desc="pretrain relsafe-mini")
@@ -205,9 +237,11 @@ def pretrain(config: PretrainConfig | None = None, progress: bool = True) -> Any
         batch = sample_batch(cfg, world, bank, step)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        loss, stats = contrastive_loss(model, cfg, world, bank, batch)
+        with dist.autocast():
+            loss, stats = contrastive_loss(loss_model, cfg, world, bank, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        dist.all_reduce_grads(list(params.values()))
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
         opt.step()
@@ -223,7 +257,9 @@ def pretrain(config: PretrainConfig | None = None, progress: bool = True) -> Any
             log.info("step %d %s", step + 1, history[-1])
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             elapsed = prior_s + time.time() - t0
-            _save(ckpt_path, step + 1, cfg, params, opt, history, elapsed, buffers)
+            if dist.is_main:  # parameters and optimiser state are identical on every rank
+                _save(ckpt_path, step + 1, cfg, params, opt, history, elapsed, buffers)
+            dist.barrier()
     bar.close()
     recalibrate_batchnorm(model, cfg, world, bank)
     model.fold_vision_batchnorm()
@@ -233,6 +269,9 @@ def pretrain(config: PretrainConfig | None = None, progress: bool = True) -> Any
     if wrapped:
         model.apply_text_lora(remove_lora(model.text.encoder, wrapped))
     train_s = prior_s + time.time() - t0  # includes the text bank; a resumed run adds its past
+    if not dist.is_main:  # only the main process writes
+        dist.barrier()
+        return model
     model.save_pretrained(out_dir)
     record: dict[str, Any] = {
         "config": cfg.to_dict(),
@@ -250,4 +289,5 @@ def pretrain(config: PretrainConfig | None = None, progress: bool = True) -> Any
         shutil.rmtree(ckpt_path)
         if not any(ckpt_dir.iterdir()):
             shutil.rmtree(ckpt_dir)
+    dist.barrier()
     return model

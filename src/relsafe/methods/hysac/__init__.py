@@ -9,7 +9,6 @@ text, unsafe image). The package, by concern:
 * :mod:`~relsafe.methods.hysac.data`: :class:`QuadData`, quadruplets from a policy or a dict;
 * :mod:`~relsafe.methods.hysac.losses`: the contrastive and entailment terms, :func:`loss_terms`;
 * :mod:`~relsafe.methods.hysac.targets`: the LoRA layers and the frozen-prefix cuts;
-* :mod:`~relsafe.methods.hysac.distributed`: the multi-process path;
 * :mod:`~relsafe.methods.hysac.trainer`: the run (validation, early stopping, resume state);
 * here: the method's entry point :func:`hysac`, registered as ``hysac``.
 
@@ -40,15 +39,14 @@ After training, on the validation embeddings: traversal radii (the ``traversal_q
 distances from the origin of safe texts S and safe images V) and per-modality unsafe thresholds
 (distance from the origin, best balanced accuracy) are fitted and stored in the model.
 
-**Multi-GPU** (``distributed: true``): through Hugging Face Accelerate, when it is installed::
-
-    accelerate launch -m relsafe.cli edit --method hysac --model hf:openai/clip-vit-base-patch32 \\
-        --policy policies/default.yaml --set distributed=true --out out/hysac
-
-Contrastive losses see the negatives of the whole global batch and gradients are all-reduced (see
-:mod:`~relsafe.methods.hysac.distributed`). Checkpoints go to ``<workdir>/rank<k>``. After training
-the non-main processes wait for the main one and raise :class:`~relsafe.errors.NotMainProcess`
-(the command line exits 0 on it), so only the main process writes the output folder.
+**Multi-process / multi-GPU**: like every training method, through :mod:`relsafe.distributed`
+(``accelerate launch --num_processes N -m relsafe.cli edit --method hysac ...``, see
+docs/distributed.md): ``batch_size`` is the *global* batch, each process embeds its shard and
+every contrastive term sees the negatives of the whole global batch; gradients are all-reduced,
+checkpoints hold global state written by the main process (resumable on any process count), and
+only the main process writes the output folder (the others raise
+:class:`~relsafe.errors.NotMainProcess`, on which the command line exits 0). The config key
+``distributed`` is kept for old configs and no longer needed: the launcher decides.
 """
 
 from __future__ import annotations
@@ -60,15 +58,11 @@ from pathlib import Path
 from typing import Any
 
 from relsafe.config import to_dict
-from relsafe.errors import NotMainProcess
+from relsafe.distributed import current as current_dist
+from relsafe.distributed import gather_with_local_grad
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
 from relsafe.methods.hysac.config import HySACConfig
 from relsafe.methods.hysac.data import KINDS, QuadData, policy_quadruplets, quad_data, train_val
-from relsafe.methods.hysac.distributed import (
-    gather_with_local_grad,
-    install_grad_allreduce,
-    setup_distributed,
-)
 from relsafe.methods.hysac.losses import (
     CONTRASTIVE_LABELS,
     CONTRASTIVE_TERMS,
@@ -133,15 +127,15 @@ def hysac(
     """
     cfg = cfg or HySACConfig()
     cfg.validate()
-    dist = setup_distributed(cfg)
+    dist = current_dist()  # a world of one unless started by `accelerate launch`
     if isinstance(model, HyperbolicDualEncoder):
         hmodel = model
     else:
         hmodel = HyperbolicDualEncoder(
             model, curvature=cfg.curvature_init, aperture_k=cfg.aperture_k
         )
-    if dist is not None:
-        hmodel.to(dist.accelerator.device)
+    if dist.enabled:
+        hmodel.to(dist.device)
         progress = progress and dist.is_main
     with Timer() as timer:
         hmodel.eval()
@@ -172,15 +166,10 @@ def hysac(
                 sort_keys=True,
             ).encode()
         ).hexdigest()
-        wd = Path(workdir) if workdir else None
-        if wd is not None and dist is not None and dist.world > 1:
-            wd = wd / f"rank{dist.rank}"
+        wd = Path(workdir) if workdir else None  # global state, written by the main process
         run = HySACRun(hmodel, handle, train, val, cfg, dist, wd, fp)
         with Timer() as cache_timer:
             run.use_caches(text_cut, image_cut)
-        hooks = []
-        if dist is not None and dist.world > 1:
-            hooks = install_grad_allreduce([*handle.parameters(), *scalars], dist.world)
         loop = None
         try:
             loop = run_loop(
@@ -210,9 +199,6 @@ def hysac(
             )
         except EarlyStop:
             pass
-        finally:
-            for h in hooks:
-                h.remove()
         warnings: list[str] = []
         steps_done = cfg.steps
         if loop is not None:
@@ -239,12 +225,7 @@ def hysac(
         medians = {k: float(hmodel.distance_from_origin(v).median()) for k, v in emb.items()}
         val_traversal = traversal_check(hmodel, emb)
         warnings += hmodel.clamp_warnings()
-        if dist is not None and dist.world > 1:
-            dist.accelerator.wait_for_everyone()
-            if not dist.is_main:
-                raise NotMainProcess(
-                    f"hysac: rank {dist.rank} done; only the main process writes outputs"
-                )
+        dist.finish("hysac")
     record = EditRecord(
         method="hysac",
         config=to_dict(cfg),
@@ -283,7 +264,7 @@ def hysac(
             "scalars": hmodel.scalar_summary(),
             "alpha_start": alpha_start,
             "scalar_curve": run.scalar_curve,
-            "distributed": {"world_size": dist.world if dist else 1},
+            "distributed": {"world_size": dist.world},
         },
     )
     return EditResult(model=hmodel, record=record, adapter=handle)

@@ -47,6 +47,7 @@ class HySACConfig:
     select_by: Literal["loss", "recall_sum", "last"] = "loss"
     traversal_quantile: float = 0.95
     val_fraction: float = 0.1
+    # kept so old configs load; the launcher (accelerate launch) decides the process count
     distributed: bool = False
     seed: int = 0
     log_every: int = 10

@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
+from relsafe.distributed import Dist
 from relsafe.errors import CheckpointError, InputError
 from relsafe.methods.hysac.config import HySACConfig
 from relsafe.methods.hysac.data import KINDS, QuadData
-from relsafe.methods.hysac.distributed import Dist, gather_with_local_grad
 from relsafe.methods.hysac.losses import loss_terms
 from relsafe.methods.lora import LoraHandle
 from relsafe.methods.text_prefix import TextPrefixCache, prefix_activations
@@ -153,7 +153,7 @@ class HySACRun:
         train: QuadData,
         val: QuadData,
         cfg: HySACConfig,
-        dist: Dist | None,
+        dist: Dist,
         workdir: Path | None,
         fingerprint: str,
     ) -> None:
@@ -351,35 +351,27 @@ class HySACRun:
                 raise EarlyStop(self.stopped)
         self.model.clamp_()
         n = len(self.train)
-        world = self.dist.world if self.dist else 1
-        rank = self.dist.rank if self.dist else 0
-        b = min(cfg.batch_size, n // world) if world > 1 else min(cfg.batch_size, n)
-        if b < 1:
-            raise InputError(f"{n} training quadruplets cannot feed {world} processes")
-        if world > 1:
-            idx = rng.sample(range(n), b * world)[rank * b : (rank + 1) * b]
-        else:
-            idx = rng.sample(range(n), b)
+        b = min(cfg.batch_size, n)
+        # the same global batch on every rank (one Python RNG stream); each rank embeds its shard
+        # and gathers the rest (relsafe.distributed), so every rank computes the global loss
+        idx = rng.sample(range(n), b)
+        d = self.dist
+        if d.world > b:
+            raise InputError(f"a batch of {b} quadruplets cannot feed {d.world} processes")
         emb = {
-            "S": self.embed_texts([self.train.S[i] for i in idx]),
-            "U": self.embed_texts([self.train.U[i] for i in idx]),
-            "V": self.embed_pixels(self.train.V[idx]),
-            "G": self.embed_pixels(self.train.G[idx]),
+            "S": d.shard_rows(self.embed_texts, [self.train.S[i] for i in idx]),
+            "U": d.shard_rows(self.embed_texts, [self.train.U[i] for i in idx]),
+            "V": d.shard_rows(self.embed_pixels, self.train.V[idx]),
+            "G": d.shard_rows(self.embed_pixels, self.train.G[idx]),
         }
-        gather = None
-        if self.dist is not None and world > 1:
-            acc = self.dist.accelerator
-
-            def gather(t: torch.Tensor) -> torch.Tensor:
-                return gather_with_local_grad(t, acc.gather, rank, world)
-
         labels = {
             "safe": self.train.safe_label[idx].to(self.model.device),
             "unsafe": self.train.unsafe_label[idx].to(self.model.device),
         }
         m = self.model
-        terms = loss_terms(emb, m.curvature, m.scale(), m.aperture_k, gather, labels)
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+        terms = loss_terms(emb, m.curvature, m.scale(), m.aperture_k, None, labels)
+        logged = bool(self.curve) and self.curve[-1]["step"] == step  # accumulation re-calls
+        if (step % cfg.log_every == 0 or step == cfg.steps - 1) and not logged:
             entry = {"step": float(step)}
             entry["loss"] = sum(self.weights[k] * float(v.detach()) for k, v in terms.items())
             entry.update({k: float(v.detach()) for k, v in terms.items()})
