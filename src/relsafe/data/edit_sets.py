@@ -246,7 +246,7 @@ def relational_sets(policy: object, sizes: SetSizes | None = None) -> EditSets:
     """
     sizes = sizes or SetSizes()
     forget = list(policy.pairs())  # type: ignore[attr-defined]
-    neighbours = _capped_neighbours(policy, sizes.seed)
+    neighbours = capped_neighbours(policy, sizes.seed)
     unrelated = list(policy.unrelated("retain"))  # type: ignore[attr-defined]
     rng = random.Random(splits.EDIT + sizes.seed + 1)
     sample = sorted(rng.sample(unrelated, min(sizes.n_unrelated, len(unrelated))))
@@ -262,7 +262,7 @@ sample beyond it). RelWorld's largest kind has 11, so it keeps all of them; a vo
 2,000 objects would otherwise retain 2,000 other-object neighbours per unsafe tuple."""
 
 
-def _capped_neighbours(policy: object, seed: int) -> list[ORO]:
+def capped_neighbours(policy: object, seed: int = 0) -> list[ORO]:
     """The policy's safe neighbours in first-seen order, at most :data:`NEIGHBOURS_PER_KIND` of
     each kind per unsafe tuple (a sample seeded by the tuple, the kind and ``seed``)."""
     keep: dict[ORO, None] = {}
