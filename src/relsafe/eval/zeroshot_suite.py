@@ -1,10 +1,13 @@
-"""``zeroshot`` suite: RelWorld tuple classification (METRICS.md, "Zero-shot tuple classification").
+"""``zeroshot`` suite: tuple classification in the policy's world (METRICS.md, "Zero-shot tuple
+classification"; RelWorld without a policy).
 
-Image -> text: each test image against one caption per valid tuple; top-1 and top-5, overall, per
-tuple and per style, for the canonical captions (attack ``none``), held-out paraphrases, held-out
-contexts, each OOD style and each corruption. Text -> image: is an image of the caption's tuple
-ranked first in a gallery with images of every tuple? Also the confusions of chosen tuples with
-their one-element-swapped neighbours (is child|drinking|wine told from child|drinking|juice and
+Image -> text: each test image against one caption per valid tuple (a large vocabulary: per
+candidate tuple, :mod:`relsafe.eval.candidates`); top-1 and top-5, overall, per tuple and per
+style (RelWorld renders), for the canonical captions (attack ``none``), held-out paraphrases,
+held-out contexts, each OOD style (a manifest world: each OOD domain) and each corruption.
+Text -> image: is an image of the caption's tuple ranked first in a gallery with images of every
+tuple? Also the confusions of chosen tuples (default: the policy's unsafe tuples) with their
+one-element-swapped neighbours (is child|drinking|wine told from child|drinking|juice and
 adult|drinking|wine?).
 """
 
@@ -13,18 +16,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from relsafe.config import ConfigError
-from relsafe.data.attacks import NONE, TEXT_ATTACKS, Attack, get_attack, image_attacks
+from relsafe.data.attacks import (
+    NONE,
+    TEXT_ATTACKS,
+    Attack,
+    get_attack,
+    image_attacks,
+    vocab_kwargs,
+)
 from relsafe.data.probes import CORRUPTIONS
+from relsafe.data.world import world_of
 from relsafe.errors import InputError
+from relsafe.eval.candidates import candidate_tuples, world_attacks
 from relsafe.eval.retrieval import ranks
 from relsafe.eval.rows import Row
 from relsafe.eval.suites import Headline, ReportTable, SuiteContext, register_suite
 from relsafe.eval.zeroshot import zeroshot_classify
 from relsafe.world.styles import OOD_STYLES, TRAIN_STYLES
-from relsafe.world.vocab import ORO, default_vocabulary
+from relsafe.world.vocab import ORO
 
 
 @dataclass
@@ -36,7 +49,9 @@ class ZeroShotConfig:
     ood_styles: list[str] = field(default_factory=lambda: list(OOD_STYLES))
     corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
     per_tuple: bool = True
-    confusion_tuples: list[str] = field(default_factory=lambda: ["child|drinking|wine"])
+    # tuples whose confusions with their one-element swaps are reported; empty: the policy's
+    # unsafe tuples (none without a policy)
+    confusion_tuples: list[str] = field(default_factory=list)
     # more attack specs (registered in relsafe.registry.ATTACKS), each run after the built-in
     # attacks of its side
     extra_attacks: list[str] = field(default_factory=list)
@@ -77,7 +92,7 @@ def one_swaps(t: ORO, tuples: list[ORO]) -> list[ORO]:
 
 @register_suite(
     "zeroshot",
-    "RelWorld zero-shot tuple classification, per attack, tuple and style",
+    "zero-shot tuple classification, per attack, tuple and style (or domain)",
     ZeroShotConfig,
     headline=(Headline("all", "none", "top1", "zero-shot top-1"),),
     report=(
@@ -88,8 +103,9 @@ def one_swaps(t: ORO, tuples: list[ORO]) -> list[ORO]:
     order=20,
 )
 def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
-    vocab = default_vocabulary()
-    tuples = vocab.valid_tuples()
+    world = world_of(ctx.policy)
+    vocab, vkw = world.vocabulary, vocab_kwargs(world.vocabulary)
+    tuples = list(candidate_tuples(ctx.policy)) if ctx.policy else vocab.valid_tuples()
     model, engine = ctx.model, ctx.engine
     rows: list[Row] = []
 
@@ -108,7 +124,7 @@ def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
             )
         )
 
-    canon_text = engine.embed_texts(NONE.captions(tuples))
+    canon_text = engine.embed_texts(NONE.captions(tuples, **vkw))
     attacks: list[tuple[str, list[torch.Tensor]]] = [(NONE.name, [canon_text])]
     for text_attack in cfg.text_attacks():
         variants = text_attack.n_variants(max(1, cfg.paraphrase_variants))
@@ -116,14 +132,15 @@ def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
             (
                 text_attack.name,
                 [
-                    engine.embed_texts(text_attack.captions(tuples, v, cfg.seed))
+                    engine.embed_texts(text_attack.captions(tuples, v, cfg.seed, **vkw))
                     for v in range(variants)
                 ],
             )
         )
-    base = NONE.test_images(cfg.n_per_tuple, cfg.size, cfg.seed)
+    base = NONE.test_images(cfg.n_per_tuple, cfg.size, cfg.seed, tuples=tuples, world=world)
     base_emb = engine.embed_images(base.images)
     labels = torch.as_tensor(base.labels)
+    per_count = torch.bincount(labels, minlength=len(tuples))
 
     def classify(
         img_emb: torch.Tensor, text_sets: list[torch.Tensor], attack: str, per_tuple: bool
@@ -147,31 +164,52 @@ def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
         if per_tuple:
             mean_per = torch.stack(per).mean(0)
             for i, t in enumerate(tuples):
-                row(t.id, attack, "top1", float(mean_per[i]), cfg.n_per_tuple)
+                if per_count[i] > 0:
+                    row(t.id, attack, "top1", float(mean_per[i]), int(per_count[i]))
 
     for attack, text_sets in attacks:
         classify(base_emb, text_sets, attack, cfg.per_tuple and attack == "none")
-    # per training style (canonical captions)
+
+    def classify_other(imgs: Any, attack: str) -> None:
+        """Top-1 of an image set whose tuples differ from the canonical set's (a manifest's OOD
+        domain holds other tuples, in other numbers)."""
+        lab = torch.as_tensor(imgs.labels)
+        res = zeroshot_classify(
+            engine.embed_images(imgs.images), canon_text, lab, model.similarity, ks=(1, 5)
+        )
+        hits = (res["predictions"] == lab).double()
+        row("all", attack, "top1", res["top1"], len(lab), hits.tolist())
+        row("all", attack, "top5", res["top5"], len(lab))
+
+    # per training style (canonical captions; RelWorld renders image i of a tuple in style i % 3)
     reps = torch.arange(len(labels)) % cfg.n_per_tuple
-    for k, style in enumerate(TRAIN_STYLES):
+    for k, style in enumerate(TRAIN_STYLES if world.is_builtin else ()):
         sel = (reps % len(TRAIN_STYLES)) == k
         if sel.any():
             res = zeroshot_classify(
                 base_emb[sel], canon_text, labels[sel], model.similarity, ks=(1,)
             )
             row(f"style:{style}", "none", "top1", res["top1"], int(sel.sum()))
-    for image_attack in cfg.image_attacks():
-        emb = engine.embed_images(
-            image_attack.test_images(cfg.n_per_tuple, cfg.size, cfg.seed).images
+    for image_attack in world_attacks(cfg.image_attacks(), world):
+        imgs = image_attack.test_images(
+            cfg.n_per_tuple, cfg.size, cfg.seed, tuples=tuples, world=world
         )
-        classify(emb, [canon_text], image_attack.name, False)
+        if not np.array_equal(imgs.labels, base.labels):  # a domain with other tuples/counts
+            classify_other(imgs, image_attack.name)
+            continue
+        classify(engine.embed_images(imgs.images), [canon_text], image_attack.name, False)
     # confusions with one-element-swapped neighbours
     res = zeroshot_classify(base_emb, canon_text, labels, model.similarity, ks=(1,))
     preds = res["predictions"]
     index = {t: i for i, t in enumerate(tuples)}
-    for spec in cfg.confusion_tuples:
+    chosen = cfg.confusion_tuples or ([t.id for t in ctx.policy.unsafe] if ctx.policy else [])
+    for spec in chosen:
         t = vocab.tuple(spec, where="confusion_tuples")
+        if t not in index:
+            raise InputError(f"confusion_tuples: {t.id} is not among the scored tuples")
         sel = labels == index[t]
+        if not bool(sel.any()):
+            continue
         n = int(sel.sum())
         for other in [t, *one_swaps(t, tuples)]:
             rate = float((preds[sel] == index[other]).float().mean())
