@@ -106,7 +106,9 @@ def build_quadruplets(
         )
     world = world_of(policy)
     if not world.is_builtin:
-        return _world_quadruplets(world, pairs, n_per_pair, base_seed, size, caption_split, name)
+        return _world_quadruplets(
+            world, pairs, n_per_pair, base_seed, size, caption_split, name, styles
+        )
     quads = quadruplets(
         pairs,
         n_per_pair,
@@ -153,18 +155,21 @@ def _world_quadruplets(
     size: int,
     caption_split: str,
     name: str,
+    styles: Sequence[str] | None = None,
 ) -> Quadruplets:
     """Quadruplets of a manifest world: for pair ``p``, record ``j`` pairs the ``j``-th image of
     the unsafe tuple in the seed's split (train for edits, val, test) with the ``j``-th image of
     its counterpart (cycled), at most ``n_per_pair`` and never more than the unsafe tuple has;
-    captions are minimal pairs from the world's vocabulary."""
+    captions are minimal pairs from the world's vocabulary. ``styles`` name domains
+    (``domain:<name>``); None or RelWorld's training styles mean the train split's domains."""
     import random
 
     from PIL import Image
 
-    from relsafe.data.world import ManifestImages, use_of_seed
+    from relsafe.data.world import ManifestImages, domains_of, use_of_seed
     from relsafe.world.captions import caption_pair
     from relsafe.world.dataset import item_seeds
+    from relsafe.world.styles import TRAIN_STYLES
 
     if not isinstance(world.images, ManifestImages):
         raise InputError(
@@ -172,10 +177,12 @@ def _world_quadruplets(
             "a manifest (world: {vocabulary: ..., data: MANIFEST}) or a ViSU file"
         )
     split = {"edit": "train", "val": "val", "test": "test"}[use_of_seed(base_seed)]
+    domains = domains_of(styles or TRAIN_STYLES, world.images.in_domains())
     out = Quadruplets([], [], [], [], [], [], f"{world.name}:{name}")
     missing = []
     for p, (unsafe, safe) in enumerate(pairs):
-        ru, rs = world.images.rows(unsafe, split), world.images.rows(safe, split)
+        ru = world.images.rows(unsafe, split, domains)
+        rs = world.images.rows(safe, split, domains)
         if not ru or not rs:
             missing.append((unsafe if not ru else safe).id)
             continue

@@ -43,6 +43,7 @@ __all__ = [
     "NoImages",
     "RenderedImages",
     "World",
+    "domains_of",
     "open_world",
     "use_of_seed",
     "relworld",
@@ -254,7 +255,7 @@ class ManifestImages:
         split: str,
         styles: Sequence[str] = TRAIN_STYLES,
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        domains = _domains_of(styles, self.in_domains())
+        domains = domains_of(styles, self.in_domains())
         split_name = _MANIFEST_SPLIT[split]
         rows, labels = [], []
         for k, t in enumerate(tuples):
@@ -286,7 +287,7 @@ def use_of_seed(base_seed: int) -> str:
     raise InputError(f"base seed {base_seed} belongs to none of the uses {list(USES)}")
 
 
-def _domains_of(styles: Sequence[str], in_domains: Sequence[str]) -> tuple[str, ...]:
+def domains_of(styles: Sequence[str], in_domains: Sequence[str]) -> tuple[str, ...]:
     """A manifest's domains for a probe: ``domain:<name>`` entries name them; RelWorld's training
     styles (the default of every probe) mean the in-distribution domains."""
     named = [s.split(":", 1)[1] for s in styles if s.startswith("domain:")]

@@ -160,7 +160,10 @@ def safeground_suite(ctx: SuiteContext, cfg: SafeGroundConfig) -> list[Row]:
             (ctx.engine.embed_texts(para.S), v, ctx.engine.embed_texts(para.U), g),
         )
     # quadruplets rendered in the attack's styles (not the probe images: SafeGround scores pairs)
-    for attack in cfg.ood_attacks():
+    from relsafe.data.world import world_of
+    from relsafe.eval.candidates import world_attacks
+
+    for attack in world_attacks(cfg.ood_attacks(), world_of(ctx.policy)):
         ood = VisuData.from_relworld(
             ctx.policy, cfg.n_per_pair, base_seed, size=cfg.size, styles=list(attack.styles)
         )

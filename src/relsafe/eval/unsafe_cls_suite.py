@@ -67,7 +67,9 @@ import torch
 
 from relsafe.config import ConfigError
 from relsafe.data.attacks import NONE, PARAPHRASE, Attack, ood_attack
+from relsafe.data.world import world_of
 from relsafe.errors import InputError
+from relsafe.eval.candidates import world_attacks
 from relsafe.eval.rows import Row
 from relsafe.eval.suites import Headline, ReportTable, SuiteContext, register_suite
 from relsafe.eval.unsafe_cls import (
@@ -217,20 +219,24 @@ def unsafe_cls_suite(ctx: SuiteContext, cfg: UnsafeClsConfig) -> list[Row]:
     test_seed = splits.TEST + cfg.seed
     n_txt = cfg.n_texts_per_tuple
 
+    world = world_of(policy)
+    vocab = world.vocabulary
+
     def images(attack: Attack) -> dict[str, torch.Tensor]:
         return embed_class_images(
-            engine, classes, attack, cfg.n_images_per_tuple, cfg.size, cfg.seed, "test"
+            engine, classes, attack, cfg.n_images_per_tuple, cfg.size, cfg.seed, "test", world
         )
 
     # (attack, modality, {class: embeddings})
     sets: list[tuple[str, str, dict[str, torch.Tensor]]] = [
-        ("none", "text", embed_class_texts(engine, classes, "eval", n_txt, test_seed)),
+        ("none", "text", embed_class_texts(engine, classes, "eval", n_txt, test_seed, vocab)),
         ("none", "image", images(NONE)),
     ]
     if cfg.paraphrase:
-        heldout = embed_class_texts(engine, classes, "heldout", n_txt, test_seed)
+        heldout = embed_class_texts(engine, classes, "heldout", n_txt, test_seed, vocab)
         sets.append((PARAPHRASE.name, "text", heldout))
-    sets += [(a.name, "image", images(a)) for a in map(ood_attack, cfg.ood_styles)]
+    ood = world_attacks([ood_attack(s) for s in cfg.ood_styles], world)
+    sets += [(a.name, "image", images(a)) for a in ood]
     rows: list[Row] = []
     for kind, clf in classifiers.items():
         for attack, modality, emb in sets:
