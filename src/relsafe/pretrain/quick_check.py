@@ -100,7 +100,9 @@ def quick_zeroshot(
             pix, otids = eval_set((st,), n_per_tuple, model.image_size, seed)
             t1, t5, _ = acc(model.encode_image(model.preprocess_array(pix)), otids, canon)
             out[f"ood:{st}"] = {"top1": t1, "top5": t5}
-    names = ["child|drinking|wine", "child|drinking|juice", "adult|drinking|wine"]
+    from relsafe.world.dataset import QUALITY_CONFUSIONS
+
+    names = list(QUALITY_CONFUSIONS)
     ids = [tuples.index(ORO.parse(n)) for n in names]
     conf = {}
     for n, i in zip(names, ids, strict=True):

@@ -21,6 +21,10 @@ from relsafe.world.render import _check_size, render, render_batch
 from relsafe.world.styles import TRAIN_STYLES, get_style
 from relsafe.world.vocab import ORO, default_vocabulary
 
+QUALITY_CONFUSIONS = ("child|drinking|wine", "child|drinking|juice", "adult|drinking|wine")
+"""RelWorld's relational quality probe: an unsafe tuple and its two one-word swaps, whose
+confusions pretraining's quick check reports (is the relation told apart from its parts?)."""
+
 _SALT_ITEM = 0x52_57_49  # "RWI": dataset items
 _SALT_QUAD = 0x52_57_51  # "RWQ": quadruplets
 
