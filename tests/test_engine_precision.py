@@ -139,7 +139,9 @@ def test_threads_fit_the_cores_unless_omp_says(monkeypatch: pytest.MonkeyPatch) 
         assert P.fit_threads(1) == 1
         monkeypatch.delenv("OMP_NUM_THREADS")
         cores = len(os.sched_getaffinity(0))
+        torch.set_num_threads(cores * 3)  # more than the cores: capped
         assert P.fit_threads(1) == cores == torch.get_num_threads()
-        assert P.fit_threads(cores * 4) == 1 == torch.get_num_threads()
+        assert P.fit_threads(cores * 4) == 1 == torch.get_num_threads()  # shared by 4x processes
+        assert P.fit_threads(1) == 1  # never raised above what was set
     finally:
         torch.set_num_threads(old)

@@ -13,7 +13,7 @@
   (:func:`int8_text_model`; ``torch.ao.quantization.quantize_dynamic``) and images in float32;
   it is used only when its own probe passes (else float32, with a warning). ``auto`` never picks
   it: it is an opt-in speed/quality trade.
-* :func:`fit_threads` sets torch's intra-op threads to the cores this process may use (divided
+* :func:`fit_threads` caps torch's intra-op threads at the cores this process may use (divided
   among the processes of a launch on one machine) unless ``OMP_NUM_THREADS`` says otherwise.
 """
 
@@ -114,7 +114,8 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def fit_threads(local_processes: int = 1) -> int:
-    """Set torch's intra-op threads to this process's share of the usable cores; returns it.
+    """Cap torch's intra-op threads at this process's share of the cores it may run on (its CPU
+    affinity, divided among ``local_processes``); returns the thread count.
 
     An explicit ``OMP_NUM_THREADS`` wins (nothing is changed)."""
     if os.environ.get("OMP_NUM_THREADS"):
@@ -124,9 +125,9 @@ def fit_threads(local_processes: int = 1) -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     want = max(1, cores // max(1, local_processes))
-    if torch.get_num_threads() != want:
+    if torch.get_num_threads() > want:  # only ever fewer: torch's default is the physical cores
         torch.set_num_threads(want)
-    return want
+    return torch.get_num_threads()
 
 
 def int8_text_model(model: Any) -> Any:
