@@ -122,9 +122,13 @@ def _cell(method: str, value: float, lo: float | None, hi: float | None) -> list
 def test_leaderboard_bolds_only_separated_bests() -> None:
     separated = _cell("a", 0.9, 0.85, 0.95) + _cell("b", 0.7, 0.6, 0.8) + _cell("c", 0.5, 0.4, 0.6)
     board = _board(separated)
-    assert board == {"a": "**0.900 ± 0.050**", "b": "0.700 ± 0.100", "c": "0.500 ± 0.100"}
+    assert board == {
+        "a": "**0.900 [0.850, 0.950]**",
+        "b": "0.700 [0.600, 0.800]",
+        "c": "0.500 [0.400, 0.600]",
+    }
     overlapping = _cell("a", 0.9, 0.75, 0.95) + _cell("b", 0.7, 0.6, 0.8)
-    assert _board(overlapping) == {"a": "0.900 ± 0.100", "b": "0.700 ± 0.100"}
+    assert _board(overlapping) == {"a": "0.900 [0.750, 0.950]", "b": "0.700 [0.600, 0.800]"}
     # rows from before intervals existed: the bare means, nothing bold
     assert _board(_cell("a", 0.9, None, None) + _cell("b", 0.1, None, None)) == {
         "a": "0.900",

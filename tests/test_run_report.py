@@ -92,7 +92,7 @@ def test_run_writes_rows_records_and_report(run_dir: Path) -> None:
         lo, hi = ci[(m, "unsafe_hit.ci_low")], ci[(m, "unsafe_hit.ci_high")]
         assert lo.value <= v <= hi.value
         assert lo.n == (1 if m == "original" else 2)  # the original once, each method per seed
-        assert body[m][col].strip("*") == f"{v:.3f} ± {0.5 * (hi.value - lo.value):.3f}"
+        assert body[m][col].strip("*") == f"{v:.3f} [{lo.value:.3f}, {hi.value:.3f}]"
     ranked = sorted(hit, key=hit.get)
     lo0 = ci[(ranked[1], "unsafe_hit.ci_low")].value
     separated = ci[(ranked[0], "unsafe_hit.ci_high")].value < lo0
