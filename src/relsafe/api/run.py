@@ -354,7 +354,8 @@ class Runner:
             seeds = [per_entry[name] for lab, name, _, _ in entries if lab == label]
             all_rows.extend(combine_seeds(seeds, keys, resamples=self.cfg.resamples))
         self.timings["total"] = time.perf_counter() - t_all
-        prov = provenance(config=to_dict(self.cfg), seeds={}, policy=self.policy)
+        seeds = {"training_seeds_per_method": self.cfg.seeds, "bootstrap_seed": 0}
+        prov = provenance(config=to_dict(self.cfg), seeds=seeds, policy=self.policy)
         prov["checkpoints"] = _stage_checkpoints(
             prov["checkpoints"], [p for p in self.out.glob("rows/*/*.jsonl")]
         )
