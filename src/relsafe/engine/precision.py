@@ -160,7 +160,7 @@ def probe_cosine(
         f"{a} {b} on the {c}"
         for a, b, c in zip(
             ["a photo of", "a drawing of", "two", "a red", "an old", "a small", "the", "some"] * 2,
-            ["dogs", "a man", "cars", "a cat", "trees", "a child", "boats", "birds"] * 2,
+            ["dogs", "a man", "cars", "a cat", "trees", "a woman", "boats", "birds"] * 2,
             ["beach", "street", "table", "grass", "roof", "river", "road", "hill"] * 2,
             strict=True,
         )

@@ -194,19 +194,18 @@ class _LoraEdit:
     ) -> None:
         self.model, self.sets, self.cfg = model, sets, cfg
         self.targets = targets if targets is not None else lora_targets(model, cfg)
-        vocab = default_vocabulary()
+        vocab = sets.vocabulary or default_vocabulary()
         # the classes of retain_align: every tuple but the evaluation-only ones, which no loss
-        # may touch (not even as a negative class)
-        eval_only = set(sets.eval_only_tuples)
-        self.all_tuples = [t for t in vocab.valid_tuples() if t not in eval_only]
+        # may touch (not even as a negative class); a large vocabulary: the tuples the sets name
+        self.all_tuples = sets.class_tuples()
         self.tuple_index = {t: i for i, t in enumerate(self.all_tuples)}
         missing = sorted({t.id for t in sets.retain_image_tuples if t not in self.tuple_index})
         if missing:
             raise InputError(f"retain images of evaluation-only tuples {missing}")
-        self.proto_caps = [prototype_caption(t) for t in self.all_tuples]
+        self.proto_caps = [prototype_caption(t, vocab) for t in self.all_tuples]
         words = {role: list(vocab.words(role)) for role in ("subject", "object")}
         self.marg_caps = {
-            role: [prototype_marginal(role, w) for w in words[role]] for role in words
+            role: [prototype_marginal(role, w, vocab) for w in words[role]] for role in words
         }
         self.r_marg_labels = {
             role: torch.tensor(
@@ -464,7 +463,7 @@ def relational_lora(
 
 @register_method(
     "concept-erasure",
-    "baseline: LoRA erasure of each unsafe tuple's isolated concept (e.g. all wine)",
+    "baseline: LoRA erasure of each unsafe tuple's isolated concept (every tuple with its object)",
     LoraEditConfig,
 )
 def concept_erasure(
