@@ -33,6 +33,7 @@ from relsafe.api.evaluate import EvalOutcome, evaluate, evaluate_model
 from relsafe.api.gallery import index, open_index, search
 from relsafe.api.run import RunConfig, RunOutcome, load_run_config, run
 from relsafe.api.safety import load_safety_model, policy_of_model
+from relsafe.api.tune import TuneOutcome, tune
 
 
 def report(runs: list[str | Path], out: str | Path | None = None) -> Path:
@@ -125,5 +126,7 @@ __all__ = [
     "revert",
     "run",
     "search",
+    "tune",
+    "TuneOutcome",
     "suites",
 ]

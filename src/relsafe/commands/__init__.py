@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-MODULES: tuple[str, ...] = ("classify", "gallery", "serve", "data")
+MODULES: tuple[str, ...] = ("classify", "gallery", "serve", "data", "tune")
 """The modules of this package that register commands, in help order."""
 
 Add = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]

@@ -1,0 +1,102 @@
+"""``relsafe tune``: a grid of configs scored on VAL only, the best VAL summary chosen, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relsafe.api.tune import TuneGrid, grid_trials, tune
+from relsafe.errors import ConfigError
+from tests.tiny_runs import TINY_LORA
+
+REL = {"n_per_tuple": 1, "ood_styles": [], "corruptions": [], "text_variants": 1, "size": 32}
+
+
+def test_grid_trials_are_the_product_or_a_fixed_sample() -> None:
+    g = TuneGrid(grid={"lr": [1e-4, 1e-3], "steps": [1, 2, 3]}, budget=8)
+    assert grid_trials(g) == [{"lr": a, "steps": b} for a in (1e-4, 1e-3) for b in (1, 2, 3)]
+    small = TuneGrid(grid=g.grid, budget=4, seed=3)
+    picked = grid_trials(small)
+    assert len(picked) == 4 and picked == grid_trials(small)  # deterministic
+    assert all(p in grid_trials(g) for p in picked)
+    assert grid_trials(TuneGrid()) == [{}]  # no grid: the base config alone
+
+
+def test_tune_scores_on_val_picks_the_best_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On relsafe-mini (a random tiny CLIP has no accuracy to preserve, so no VAL summary)."""
+    from relsafe.data.world import RenderedImages
+
+    splits_seen: list[str] = []
+    probe = RenderedImages.probe_images
+
+    def spy(self: Any, tuples: Any, n: int, size: int, seed: int, split: str, *a: Any, **k: Any):
+        splits_seen.append(split)
+        return probe(self, tuples, n, size, seed, split, *a, **k)
+
+    monkeypatch.setattr(RenderedImages, "probe_images", spy)
+    grid = {"base": TINY_LORA, "grid": {"lr": [1e-5, 3e-2]}, "budget": 8}
+    res = tune(
+        "relational-lora",
+        grid=grid,
+        out=tmp_path / "t",
+        model="relsafe-mini",
+        policy="tiny",
+        suite_config=REL,
+        progress=False,
+    )
+    assert splits_seen and set(splits_seen) == {"val"}  # TEST is never read
+    assert [t["changes"] for t in res.trials] == [{"lr": 1e-5}, {"lr": 3e-2}]
+    summaries = [t["val"]["summary"] for t in res.trials]
+    assert all(s is not None for s in summaries)
+    assert res.best == max(range(2), key=lambda i: (summaries[i], -i))
+    assert res.best_config["lr"] == [1e-5, 3e-2][res.best]
+    # only the winner's edit is kept; the table and best.yaml say which
+    kept = [Path(t["edit"]).is_dir() for t in res.trials]
+    assert kept == [i == res.best for i in range(2)]
+    assert "**" in (res.out / "table.md").read_text(encoding="utf-8")
+    assert f"lr: {res.best_config['lr']}" in (res.out / "best.yaml").read_text(encoding="utf-8")
+    assert json.loads((res.out / "tune.json").read_text())["split"] == "val"
+    # a rerun with the same grid does no work: every trial is resumed from its marker
+    splits_seen.clear()
+    again = tune(
+        "relational-lora",
+        grid=grid,
+        out=tmp_path / "t",
+        model="relsafe-mini",
+        policy="tiny",
+        suite_config=REL,
+        progress=False,
+    )
+    assert splits_seen == [] and again.trials == res.trials
+
+
+def test_tune_refuses_bad_grids_before_any_work(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="grid.lr: give a non-empty list"):
+        tune(
+            "relational-lora",
+            grid={"grid": {"lr": []}},
+            out=tmp_path / "a",
+            model=str(tiny_clip_dir),
+            policy="tiny",
+        )
+    with pytest.raises(ConfigError, match="trial 0"):
+        tune(
+            "relational-lora",
+            grid={"grid": {"lrr": [1.0]}},
+            out=tmp_path / "b",
+            model=str(tiny_clip_dir),
+            policy="tiny",
+        )
+    assert not (tmp_path / "b" / "trials").exists()
+    # a folder that is not a tune folder is not written into
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "mine.txt").write_text("x")
+    with pytest.raises(Exception, match="not an output folder|overwrite"):
+        tune(
+            "relational-lora", grid={}, out=tmp_path / "c", model=str(tiny_clip_dir), policy="tiny"
+        )
