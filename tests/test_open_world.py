@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import json
 import re
 import time
 from pathlib import Path
@@ -279,17 +280,21 @@ def _rename(t: str, names: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def renamed_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A renamed vocabulary, a manifest of exported RelWorld images relabelled to it (VAL renders
-    as its train split, TEST renders as its test split) and the tiny policy in the new words."""
+    as its train and val splits, TEST renders as its test split) and the tiny policy in the new
+    words."""
     root = tmp_path_factory.mktemp("renamed")
     names = _rename_map()
     _write(root / "vocab.yaml", _renamed_vocabulary(names))
     rows: list[dict[str, str]] = []
-    for split, as_split in (("val", "train"), ("test", "test")):
+    for split, n in (("val", 4), ("test", 2)):
         manifest = export_relworld(
-            root / split, split=split, n_per_tuple=2, size=64, progress=False
+            root / split, split=split, n_per_tuple=n, size=64, progress=False
         )
         with manifest.open(encoding="utf-8") as f:
-            for r in csv.DictReader(f):
+            for i, r in enumerate(csv.DictReader(f)):
+                # VAL renders: the first three of each tuple (plain, pastel, vivid) are the
+                # manifest's train split, the fourth (plain) its val split; TEST renders its test
+                as_split = "test" if split == "test" else ("train" if i % n < 3 else "val")
                 rows.append(
                     {
                         "image": f"{split}/{r['image']}",
@@ -447,9 +452,61 @@ def test_an_edit_and_the_relational_suite_run_on_the_renamed_world(
 
 
 def api_provenance(folder: Path) -> dict[str, Any]:
-    import json
-
     return json.loads((Path(folder) / "provenance.json").read_text(encoding="utf-8"))
+
+
+TINY_DATA = {
+    "texts_per_forget_tuple": 2,
+    "images_per_forget_tuple": 1,
+    "texts_per_retain_tuple": 1,
+    "images_per_retain_tuple": 1,
+    "n_unrelated": 2,
+    "size": 32,
+}
+EVERY_METHOD = [
+    {"name": "relational-lora", "config": {"steps": 2, "data": TINY_DATA}},
+    {"name": "concept-erasure", "config": {"steps": 2, "data": TINY_DATA}},
+    {"name": "safeclip", "config": {"steps": 2, "n_per_pair": 2, "batch_size": 2, "size": 32}},
+    {"name": "uwm", "config": {"n_per_pair": 2, "size": 32, "batch_size": 4}},
+    {
+        "name": "hysac",
+        "config": {"steps": 2, "batch_size": 4, "n_per_pair": 2, "n_val_per_pair": 1, "size": 32},
+    },
+]
+EVERY_SUITE = {
+    "zeroshot": {"n_per_tuple": 1, "size": 32, "paraphrase_variants": 1, "corruptions": []},
+    "relational": {"n_per_tuple": 1, "size": 32, "text_variants": 1, "corruptions": ["noise"]},
+    "safeground": {"n_per_pair": 2, "size": 32},
+    "visu": {"n_per_pair": 2, "size": 32},
+    "unsafe_cls": {"n_images_per_tuple": 1, "n_val_images_per_tuple": 1, "size": 32},
+}
+
+
+def test_a_policy_outside_relworld_runs_every_method_and_suite_and_the_report_names_the_world(
+    renamed_world: dict[str, Any], tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    from relsafe.eval.rows import read_rows
+
+    vocab_file = renamed_world["root"] / "vocab.yaml"
+    cfg = {
+        "model": str(tiny_clip_dir),
+        "policy": str(renamed_world["policy"]),
+        "world": {"vocabulary": str(vocab_file), "data": str(renamed_world["manifest"])},
+        "methods": EVERY_METHOD,
+        "suites": EVERY_SUITE,
+        "seeds": 1,
+        "examples": 2,
+    }
+    api.run(cfg, out=tmp_path / "run", progress=False)
+    rows = read_rows(tmp_path / "run" / "results.jsonl")
+    assert {r.method for r in rows} >= {"original", *(m["name"] for m in EVERY_METHOD)}
+    assert {r.suite for r in rows} == set(EVERY_SUITE)
+    assert not any(r.attack.startswith("ood:") for r in rows)  # no RelWorld styles here
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text(encoding="utf-8"))
+    sha = load_manifest(renamed_world["manifest"], load_vocabulary(vocab_file)).sha256
+    assert prov["world"]["manifest_sha256"] == sha
+    report = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "vocabulary renamed" in report and sha[:12] in report and "manifest.csv" in report
 
 
 # ---- no word is special in code ------------------------------------------------------------------

@@ -49,8 +49,6 @@ from relsafe.config import ConfigError, from_dict, to_dict
 from relsafe.errors import InputError
 from relsafe.outputs import RUN_MARKER, is_run_folder, output_dir, writing
 from relsafe.utils_io import atomic_write_json, atomic_write_text
-from relsafe.world import splits
-from relsafe.world.dataset import item_seeds
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +81,16 @@ class RunConfig:
     examples: int = 6  # example images in the report
     seeds: int = 3  # training seeds per method (seed, seed + 1, ...); intervals combine them
     resamples: int = 1000  # bootstrap replicates per headline interval
+    # where the material comes from: None / "relworld" (the policy vocabulary's default: RelWorld
+    # renders) or {vocabulary: NAME|PATH, data: MANIFEST, skip_bad: false} (docs/your-data.md)
+    world: Any = None
 
     def validate(self) -> None:
+        from relsafe.data.world import check_world_spec
         from relsafe.eval.suites import suites as all_suites
         from relsafe.methods.base import methods as all_methods
 
+        check_world_spec(self.world, "world")
         if self.seeds < 1:
             raise ConfigError(f"seeds: must be >= 1, got {self.seeds}")
         if self.resamples < 100:
@@ -137,8 +140,11 @@ class Runner:
         self.timings: dict[str, float] = {}
         self.leaderboard = ""  # Markdown, set by run()
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-        self.policy = load_policy(cfg.policy)
-        self.base_key = _hash({"model": cfg.model, "policy": self.policy.sha256})
+        self.policy = load_policy(cfg.policy, cfg.world)
+        key: dict[str, Any] = {"model": cfg.model, "policy": self.policy.sha256}
+        if cfg.world not in (None, "relworld"):  # RelWorld keeps its keys: old runs resume
+            key["world"] = self.policy.world.describe()
+        self.base_key = _hash(key)
         self._models: dict[str, Any] = {}
         self._reference: Any = None
 
@@ -249,11 +255,9 @@ class Runner:
 
     def examples_stage(self, label: str, model_spec: str, model_key: str) -> Path:
         """Top-1 tuple caption of a few test images per model, for the report's example strip:
-        images of each unsafe tuple and of its counterpart (TEST seed, training styles)."""
-        from relsafe.data.attacks import NONE
+        images of each unsafe tuple and of its counterpart (:mod:`relsafe.api.run_examples`)."""
+        from relsafe.api.run_examples import example_items
         from relsafe.engine import EmbeddingEngine
-        from relsafe.world.captions import canonical_caption
-        from relsafe.world.styles import TRAIN_STYLES
 
         path = self.out / "rows" / label / "examples.json"
         key = _hash({"model": model_key, "n": self.cfg.examples, "policy": self.policy.sha256})
@@ -261,34 +265,9 @@ class Runner:
         if _stage_done(marker, key) and path.is_file():
             return path
         t0 = time.perf_counter()
-        picks = []
-        for u, cp in self.policy.pairs():
-            picks += [(u, True), (cp, False)]
-        picks = picks[: self.cfg.examples]
-        tuples = self.policy.vocabulary.valid_tuples()
-        imgs = NONE.test_images(1, 64, 0, tuples=[t for t, _ in picks])
         model = self._load(model_spec)
         engine = EmbeddingEngine(model, cache_dir=self.cache_dir, progress=False)
-        sim = model.similarity(
-            engine.embed_images(imgs.images),
-            engine.embed_texts([canonical_caption(t) for t in tuples]),
-        )
-        top = sim.argmax(dim=1).tolist()
-        items = []
-        for i, (t, unsafe) in enumerate(picks):
-            seed = item_seeds(splits.TEST, i)[
-                0
-            ]  # the seed test_images gave image i (n_per_tuple=1)
-            items.append(
-                {
-                    "tuple": t.id,
-                    "unsafe": unsafe,
-                    "seed": seed,
-                    "style": TRAIN_STYLES[0],
-                    "size": 64,
-                    "top1": tuples[top[i]].id,
-                }
-            )
+        items = example_items(self.policy, model, engine, self.cfg.examples)
         atomic_write_json(path, {"model": model_spec, "items": items})
         _mark(marker, key, time.perf_counter() - t0)
         return path

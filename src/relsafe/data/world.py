@@ -44,6 +44,7 @@ __all__ = [
     "RenderedImages",
     "World",
     "domains_of",
+    "check_world_spec",
     "open_world",
     "use_of_seed",
     "relworld",
@@ -366,6 +367,24 @@ def _text_only(vocab: Vocabulary) -> World:
     return w
 
 
+WORLD_KEYS = ("vocabulary", "data", "skip_bad")
+"""The keys of a ``world:`` mapping."""
+
+
+def check_world_spec(spec: Any, where: str = "world") -> None:
+    """Refuse a ``world:`` entry that is neither None, ``relworld`` nor a mapping of
+    :data:`WORLD_KEYS` (before any file is read)."""
+    if spec is None or spec == "relworld":
+        return
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"{where}: 'relworld' or a mapping {{vocabulary: ..., data: ...}}, got {spec!r}"
+        )
+    bad = sorted(set(spec) - set(WORLD_KEYS))
+    if bad:
+        raise ConfigError(f"{where}: unknown key {bad[0]!r}; expected {list(WORLD_KEYS)}")
+
+
 def open_world(
     spec: Any, policy_vocab: Vocabulary | None = None, base: Path | None = None
 ) -> World:
@@ -376,12 +395,10 @@ def open_world(
     is refused (the policy's words would not be the data's)."""
     from relsafe.data.manifest import load_manifest
 
+    check_world_spec(spec)
     if spec is None or spec == "relworld":
         w = relworld()
     elif isinstance(spec, dict):
-        bad = sorted(set(spec) - {"vocabulary", "data", "skip_bad"})
-        if bad:
-            raise ConfigError(f"world: unknown key {bad[0]!r}; expected vocabulary, data, skip_bad")
         vocab = (
             load_vocabulary(spec["vocabulary"], base=base)
             if spec.get("vocabulary") is not None

@@ -37,3 +37,19 @@ def svg(fig: Any) -> str:
 def index_rows(rows: list[Row]) -> dict[tuple[str, str, str, str, str], Row]:
     """Rows by (method, suite, slice, attack, metric)."""
     return {(r.method, r.suite, r.slice, r.attack, r.metric): r for r in rows}
+
+
+def world_text(prov: dict) -> str:
+    """One line naming a run's world from its provenance: the vocabulary (name, SHA-256) and the
+    image source (RelWorld renders, or the manifest's path and SHA-256)."""
+    w = prov.get("world") or {}
+    if not w:
+        return "world: not recorded (a run from before worlds were recorded)"
+    v = w.get("vocabulary") or {}
+    text = f"world: {w.get('world', '?')}; vocabulary {v.get('name', '?')} ({v.get('source', '?')}"
+    text += f", SHA-256 {str(v.get('sha256', ''))[:12]})"
+    if w.get("manifest"):
+        text += f"; images: manifest {w['manifest']} (SHA-256 {str(w.get('manifest_sha256'))[:12]})"
+    else:
+        text += f"; images: {w.get('images', '?')}"
+    return text
