@@ -194,6 +194,20 @@ def test_one_process_imports_no_accelerate() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
 
+def test_multi_process_launch_without_accelerate_is_a_clear_error() -> None:
+    code = (
+        "import sys; sys.modules['accelerate'] = None\n"
+        "from relsafe.distributed import current\nfrom relsafe.errors import ConfigError\n"
+        "try:\n    current()\nexcept ConfigError as e:\n    print('ERR', e)\n"
+    )
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, timeout=120, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ERR a 2-process launch needs Hugging Face Accelerate" in out.stdout
+
+
 @pytest.fixture(scope="module")
 def runs(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Three launches (1, 2, then 1 process), each running several jobs, so the processes start
