@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -263,13 +263,3 @@ def current() -> Dist:
     )
     log.info("distributed: rank %d of %d on %s", _CURRENT.rank, _CURRENT.world, device)
     return _CURRENT
-
-
-@contextlib.contextmanager
-def main_first(dist: Dist) -> Iterator[None]:
-    """Run the body on the main process first, then on the others (e.g. a download or a cache)."""
-    if not dist.is_main:
-        dist.barrier()
-    yield
-    if dist.is_main:
-        dist.barrier()
