@@ -22,11 +22,11 @@ __all__ = ["index", "open_index", "search"]
 
 def _images(images: Any) -> tuple[list[Path], list[dict[str, Any]] | None, Path | None]:
     """(paths, manifest rows or None, root for the item ids) of ``images``."""
-    from relsafe.data.gallery_files import list_images, read_image_manifest
+    from relsafe.data.gallery_files import is_datasets_folder, list_images, read_image_manifest
 
     if isinstance(images, str | os.PathLike):
         p = Path(images).expanduser()
-        if p.is_file():
+        if p.is_file() or is_datasets_folder(p):  # a manifest file or a `datasets` folder
             paths, rows = read_image_manifest(p)
             return paths, rows, p.parent
         return list_images(p), None, p
