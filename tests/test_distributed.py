@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_runs import TINY_DATA
 
 HERE = Path(__file__).resolve()
 
@@ -27,15 +28,6 @@ HERE = Path(__file__).resolve()
 # gradients all-reduced), nothing else does
 CURVE_RTOL = 1e-4
 WEIGHT_ATOL = 1e-5
-
-TINY_DATA = {
-    "texts_per_forget_tuple": 2,
-    "images_per_forget_tuple": 1,
-    "texts_per_retain_tuple": 1,
-    "images_per_retain_tuple": 1,
-    "n_unrelated": 2,
-    "size": 32,
-}
 
 
 def _config(method: str, steps: int) -> Any:

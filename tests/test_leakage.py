@@ -393,7 +393,9 @@ def test_a_leaky_edit_is_caught_end_to_end(
     monkeypatch.setattr(
         mod,
         "prototype_marginal",
-        lambda role, w: (subject_caption if role == "subject" else object_caption)(w),
+        lambda role, w, vocab=None: (subject_caption if role == "subject" else object_caption)(
+            w, vocab
+        ),
     )
     _run("relational-lora", tiny_clip_dir, policy)
     found = violations(recorder, policy.unrelated("unseen"))

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tiny_runs import TINY_DATA
 
 from relsafe import api
 from relsafe.data.edit_sets import NEIGHBOURS_PER_KIND, SetSizes, relational_sets
@@ -455,14 +456,6 @@ def api_provenance(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "provenance.json").read_text(encoding="utf-8"))
 
 
-TINY_DATA = {
-    "texts_per_forget_tuple": 2,
-    "images_per_forget_tuple": 1,
-    "texts_per_retain_tuple": 1,
-    "images_per_retain_tuple": 1,
-    "n_unrelated": 2,
-    "size": 32,
-}
 EVERY_METHOD = [
     {"name": "relational-lora", "config": {"steps": 2, "data": TINY_DATA}},
     {"name": "concept-erasure", "config": {"steps": 2, "data": TINY_DATA}},

@@ -253,6 +253,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 # ---- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from relsafe.commands import add_dtype_argument
+
     p = argparse.ArgumentParser(
         prog="relsafe",
         description="Relationship-aware safety for vision-language models: edit, evaluate, report.",
@@ -281,13 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sp.add_argument("--cache-dir", default=None, help="embedding cache folder (default: no cache)")
-    sp.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16", "int8-text"),
-        help="compute: auto (bf16 on CUDA; on CPU bf16 only with bf16 units and a passing probe), "
-        "float32, bfloat16, float16 (CUDA), int8-text (CPU: dynamic int8 text tower)",
-    )
+    add_dtype_argument(sp)
 
     sp = add("eval", _cmd_eval, "run an evaluation suite on a model and write tidy rows (JSONL)")
     sp.add_argument("--model", default="relsafe-mini", help="model spec (default: relsafe-mini)")

@@ -16,6 +16,21 @@ MODULES: tuple[str, ...] = ("classify", "gallery", "serve", "data", "tune")
 Add = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8-text")
+"""The engine's compute modes, as ``--dtype`` takes them (:mod:`relsafe.engine.precision`)."""
+
+
+def add_dtype_argument(sp: argparse.ArgumentParser) -> None:
+    """``--dtype`` for a command that embeds (``embed``, ``index``)."""
+    sp.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="compute: auto (bf16 on CUDA; on CPU bf16 only with bf16 units and a passing probe), "
+        "float32, bfloat16, float16 (CUDA), int8-text (CPU: dynamic int8 text tower)",
+    )
+
+
 def register_commands(add: Add, sub: Any) -> None:
     """Let every module of :data:`MODULES` add its subcommands (``add(name, handler, help)``
     returns the new subparser; ``sub`` is the subparsers action, for nested subcommands)."""

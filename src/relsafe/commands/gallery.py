@@ -11,6 +11,8 @@ import argparse
 import json
 from typing import Any
 
+from relsafe.commands import add_dtype_argument
+
 __all__ = ["FAISS_CHOICES", "SAFETY_CHOICES", "register"]
 
 # relsafe.gallery's FAISS_KINDS and SAFETY_MODES, spelled out so that building the parser imports
@@ -112,13 +114,7 @@ def register(add: Any, sub: Any) -> None:
     )
     sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--shard-size", type=int, default=4096, help="items per resumable shard")
-    sp.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16", "int8-text"),
-        help="compute: auto (bf16 on CUDA; on CPU bf16 only with bf16 units and a passing probe), "
-        "float32, bfloat16, float16 (CUDA), int8-text (CPU: dynamic int8 text tower)",
-    )
+    add_dtype_argument(sp)
     sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing index")
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
