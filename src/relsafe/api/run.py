@@ -84,6 +84,9 @@ class RunConfig:
     # where the material comes from: None / "relworld" (the policy vocabulary's default: RelWorld
     # renders) or {vocabulary: NAME|PATH, data: MANIFEST, skip_bad: false} (docs/your-data.md)
     world: Any = None
+    # a ViSU file (a `split` on every row): quadruplet methods train on its train/val rows, the
+    # visu and safeground suites score its test rows
+    visu: str | None = None
 
     def validate(self) -> None:
         from relsafe.data.world import check_world_spec
@@ -140,9 +143,12 @@ class Runner:
         self.timings: dict[str, float] = {}
         self.leaderboard = ""  # Markdown, set by run()
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-        self.policy = load_policy(cfg.policy, cfg.world)
+        spec = cfg.world
+        if cfg.visu is not None:
+            spec = {**(spec if isinstance(spec, dict) else {}), "visu": cfg.visu}
+        self.policy = load_policy(cfg.policy, spec)
         key: dict[str, Any] = {"model": cfg.model, "policy": self.policy.sha256}
-        if cfg.world not in (None, "relworld"):  # RelWorld keeps its keys: old runs resume
+        if spec not in (None, "relworld"):  # RelWorld keeps its keys: old runs resume
             key["world"] = self.policy.world.describe()
         self.base_key = _hash(key)
         self._models: dict[str, Any] = {}

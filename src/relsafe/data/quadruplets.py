@@ -105,6 +105,8 @@ def build_quadruplets(
             f"policy {name!r} has no (unsafe, counterpart) pairs to build quadruplets from"
         )
     world = world_of(policy)
+    if world.visu is not None:
+        return _visu_quadruplets(world, n_per_pair * len(pairs), base_seed, size, caption_split)
     if not world.is_builtin:
         return _world_quadruplets(
             world, pairs, n_per_pair, base_seed, size, caption_split, name, styles
@@ -206,3 +208,48 @@ def _world_quadruplets(
             f"policy {name!r} (missing: {sorted(set(missing))[:5]})"
         )
     return out
+
+
+def _visu_quadruplets(
+    world: Any, limit: int, base_seed: int, size: int, caption_split: str
+) -> Quadruplets:
+    """Quadruplets from the world's ViSU file: the rows of the seed's split (train for edits,
+    val, test), in file order, at most ``limit`` (``n_per_pair`` x the policy's pairs), rows
+    lacking an image left out; images resized to ``size``. Ids are per row (``visu:<i>``): a
+    ViSU tag is a category, not a content, so no two rows count as showing the same thing."""
+    from PIL import Image
+
+    from relsafe.data.images import load_image_file
+    from relsafe.data.world import use_of_seed
+
+    data = world.visu
+    if caption_split == "heldout":
+        raise InputError(
+            f"{data.source}: a ViSU file has no held-out captions (the paraphrase attack needs "
+            "a vocabulary's held-out phrasings)"
+        )
+    split = {"edit": "train", "val": "val", "test": "test"}[use_of_seed(base_seed)]
+    rows = [
+        i
+        for i in data.split_rows(split)
+        if data.V is not None
+        and data.G is not None
+        and data.V[i] is not None
+        and data.G[i] is not None
+    ][:limit]
+    if not rows:
+        raise InputError(f"{data.source}: no {split} rows with both images (V and G)")
+
+    def img(x: Any) -> Any:
+        im = x if isinstance(x, Image.Image) else load_image_file(x)
+        return im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+
+    return Quadruplets(
+        S=[data.S[i] for i in rows],
+        V=[img(data.V[i]) for i in rows],
+        U=[data.U[i] for i in rows],
+        G=[img(data.G[i]) for i in rows],
+        safe_ids=[f"visu:{i}:safe" for i in rows],
+        unsafe_ids=[f"visu:{i}" for i in rows],
+        source=f"visu:{data.source}:{split}",
+    )

@@ -108,10 +108,11 @@ class VisuData:
     image_problems: dict[str, dict[str, int]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     safe_tags: list[str] | None = None
+    splits: list[str | None] | None = None  # per row: train / val / test (a `split` field)
 
     def __post_init__(self) -> None:
         n = len(self.S)
-        for name in ("U", "tags", "safe_tags"):
+        for name in ("U", "tags", "safe_tags", "splits"):
             if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise InputError(
                     f"VisuData: {name} has {len(getattr(self, name))} items, S has {n}"
@@ -123,6 +124,17 @@ class VisuData:
 
     def __len__(self) -> int:
         return len(self.S)
+
+    def split_rows(self, split: str) -> list[int]:
+        """Indices of the rows of ``split`` (``train``, ``val`` or ``test``); refused when the
+        file has no ``split`` field (its rows could not be kept apart between training and
+        evaluation) or some rows lack one."""
+        if self.splits is None or any(x is None for x in self.splits):
+            raise InputError(
+                f"{self.source}: a ViSU file used for training and evaluation needs a `split` "
+                "field (train, val or test) on every row, so no test row is trained on"
+            )
+        return [i for i, x in enumerate(self.splits) if x == split]
 
     def valid(self, kinds: str = "") -> list[int]:
         """Indices of the items whose images of each kind in ``kinds`` (e.g. ``"VG"``) exist."""
@@ -151,6 +163,7 @@ class VisuData:
             tags=[self.tags[i] for i in idx],
             source=self.source,
             safe_tags=None if self.safe_tags is None else [self.safe_tags[i] for i in idx],
+            splits=None if self.splits is None else [self.splits[i] for i in idx],
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -402,6 +415,7 @@ def load_visu(
     tags: list[str] = []
     V: list[Any] = []
     G: list[Any] = []
+    row_splits: list[str | None] = []
     any_v = any_g = False
     problems: list[str] = []
     counts = {"V": {"missing": 0, "corrupt": 0}, "G": {"missing": 0, "corrupt": 0}}
@@ -444,6 +458,10 @@ def load_visu(
             if not isinstance(val, str):
                 raise InputError(f"{where}: field {name!r} must be text, got {type(val).__name__}")
         _, tag = _first(rec, TAG_FIELDS)
+        row_split = rec.get("split")
+        if row_split is not None and row_split not in ("train", "val", "test"):
+            raise InputError(f"{where}: split must be train, val or test, got {row_split!r}")
+        row_splits.append(row_split)
         S.append(s_val)
         U.append(u_val)
         tags.append(str(tag) if tag is not None else DEFAULT_TAG)
@@ -495,5 +513,6 @@ def load_visu(
             k: v for k, v in counts.items() if (k == "V" and any_v) or (k == "G" and any_g)
         },
         problems=problems,
+        splits=row_splits if any(x is not None for x in row_splits) else None,
     )
     return data

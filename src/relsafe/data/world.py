@@ -309,6 +309,21 @@ class World:
     vocabulary: Vocabulary
     images: Any  # an ImageSource
     name: str = "relworld"
+    visu: Any = None  # a ViSU file's quadruplets (relsafe.data.visu.VisuData), split by row
+
+    def with_visu(self, path: str | Path | None) -> World:
+        """This world with quadruplets from a ViSU file (``split`` on every row): methods that
+        train or calibrate on quadruplets take its train and val rows, the quadruplet suites
+        (visu, safeground) its test rows."""
+        from dataclasses import replace
+
+        from relsafe.data.visu import load_visu
+
+        if path is None:
+            return self
+        data = load_visu(path)
+        data.split_rows("test")  # refuses a file without a split on every row
+        return replace(self, visu=data, name=f"{self.name} + {Path(path).name}")
 
     @property
     def is_builtin(self) -> bool:
@@ -323,11 +338,18 @@ class World:
         return ()
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "world": self.name,
             "vocabulary": self.vocabulary.describe(),
             **self.images.describe(),
         }
+        if self.visu is not None:
+            from relsafe.data.manifest import manifest_sha256
+
+            out["visu"] = self.visu.source
+            out["visu_sha256"] = manifest_sha256(self.visu.source)
+            out["visu_rows"] = {s: len(self.visu.split_rows(s)) for s in ("train", "val", "test")}
+        return out
 
 
 _RELWORLD: list[World] = []
@@ -367,7 +389,7 @@ def _text_only(vocab: Vocabulary) -> World:
     return w
 
 
-WORLD_KEYS = ("vocabulary", "data", "skip_bad")
+WORLD_KEYS = ("vocabulary", "data", "skip_bad", "visu")
 """The keys of a ``world:`` mapping."""
 
 
@@ -417,6 +439,8 @@ def open_world(
         raise ConfigError(
             f"world must be 'relworld' or a mapping {{vocabulary: ..., data: ...}}, got {spec!r}"
         )
+    if isinstance(spec, dict) and spec.get("visu") is not None:
+        w = w.with_visu(Path(spec["visu"]) if base is None else base / spec["visu"])
     if policy_vocab is not None and w.vocabulary.sha256 != policy_vocab.sha256:
         raise ConfigError(
             f"the world's vocabulary {w.vocabulary.name!r} ({w.vocabulary.source}) is not the "

@@ -146,9 +146,14 @@ def safeground_suite(ctx: SuiteContext, cfg: SafeGroundConfig) -> list[Row]:
         return rows
     if ctx.policy is None:
         raise InputError("the safeground suite needs a policy (--policy) or visu_path")
+    from relsafe.data.world import world_of
+    from relsafe.eval.candidates import world_attacks
+
     base_seed = splits.TEST + cfg.seed
     base = VisuData.from_relworld(ctx.policy, cfg.n_per_pair, base_seed, size=cfg.size)
     s, v, u, g = run(base, NONE.name)
+    if world_of(ctx.policy).visu is not None:  # a ViSU file: its test rows, no attacks on them
+        return rows
     if cfg.paraphrase:
         para = VisuData.from_relworld(
             ctx.policy, cfg.n_per_pair, base_seed, size=cfg.size, caption_split="heldout"
@@ -160,9 +165,6 @@ def safeground_suite(ctx: SuiteContext, cfg: SafeGroundConfig) -> list[Row]:
             (ctx.engine.embed_texts(para.S), v, ctx.engine.embed_texts(para.U), g),
         )
     # quadruplets rendered in the attack's styles (not the probe images: SafeGround scores pairs)
-    from relsafe.data.world import world_of
-    from relsafe.eval.candidates import world_attacks
-
     for attack in world_attacks(cfg.ood_attacks(), world_of(ctx.policy)):
         ood = VisuData.from_relworld(
             ctx.policy, cfg.n_per_pair, base_seed, size=cfg.size, styles=list(attack.styles)
