@@ -277,3 +277,23 @@ def test_report_renders_in_headless_chromium_without_console_errors(
     assert shot.is_file() and shot.stat().st_size > 20_000, proc.stderr[-2000:]
     console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
     assert not console, console
+
+
+def test_the_data_budget_table_shows_what_each_method_trained_on() -> None:
+    from relsafe.report.budget import budget_rows, budget_table
+
+    records = {
+        "relational-lora": {
+            "data_sizes": {"forget_texts": 288, "retain_texts": 624, "retain_neighbour": 33},
+            "config": {"steps": 150},
+            "time_s": 203.4,
+        },
+        "relational-lora@seed1": {"data_sizes": {"forget_texts": 288}, "config": {}},
+        "uwm": {"data_sizes": {"text_pairs": 384}, "config": {}, "time_s": 5.9},
+    }
+    rows = budget_rows(records)
+    assert [r["method"] for r in rows] == ["relational-lora", "uwm"]  # seeds share a budget
+    assert rows[0]["retain_texts"] == 624 and rows[1]["steps"] is None
+    table = budget_table(records)
+    assert "calibration pairs (text)" in table and "quadruplets" not in table
+    assert "<td>624</td>" in table and "<td>384</td>" in table and table.count("<tr>") == 3

@@ -19,10 +19,11 @@ from typing import Any
 
 from relsafe.errors import InputError
 from relsafe.eval.rows import Row, read_rows
+from relsafe.report._figures import example_image, world_text
 from relsafe.report._figures import fmt as _fmt
 from relsafe.report._figures import index_rows as _index
 from relsafe.report._figures import svg as _svg
-from relsafe.report._figures import world_text
+from relsafe.report.budget import budget_section
 from relsafe.report.relational_plots import harmful_heatmap, landing_bars, tradeoff_plot
 from relsafe.utils_io import atomic_write_text, read_json_file
 
@@ -58,7 +59,7 @@ def _png_b64(arr: Any) -> str:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    (arr if hasattr(arr, "save") else Image.fromarray(arr)).save(buf, format="PNG")  # PIL or array
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -334,18 +335,14 @@ def _examples_html(runs: list[_Run]) -> str:
         if not orig:
             continue
         for i, item in enumerate(orig["items"]):
-            import numpy as np
-
-            if "image" in item:  # a manifest world's test image
-                from relsafe.data.images import load_image_file
-
-                try:
-                    img = load_image_file(item["image"]).resize((64, 64))
-                except InputError:  # moved or deleted since the run: leave the example out
-                    continue
-            else:
-                t = ORO.parse(item["tuple"])
-                img = render(t, item["seed"], item["style"], item.get("size", 64))
+            try:  # a manifest world's test image (moved or deleted since the run: left out)
+                img = example_image(item) if "image" in item else None
+            except InputError:
+                continue
+            if img is None:
+                img = render(
+                    ORO.parse(item["tuple"]), item["seed"], item["style"], item.get("size", 64)
+                )
 
             lines = []
             for m, ex in run.examples.items():
@@ -360,7 +357,7 @@ def _examples_html(runs: list[_Run]) -> str:
                 )
             tag = " (unsafe)" if item.get("unsafe") else ""
             blocks.append(
-                f"<div class=ex><img alt='{html.escape(item['tuple'])}' src='{_png_b64(np.asarray(img))}'>"
+                f"<div class=ex><img alt='{html.escape(item['tuple'])}' src='{_png_b64(img)}'>"
                 f"<div><i>{html.escape(item['tuple'])}{tag}</i></div>{''.join(lines)}</div>"
             )
     if not blocks:
@@ -480,6 +477,7 @@ def build_report(run_dirs: list[str | Path], out_html: str | Path) -> Path:
         *_suite_sections(rows, methods, runs),
         "<h2>Examples: top-1 caption before and after</h2><p class=note>Test images of the run's world; red = the unsafe tuple is still the top-1 caption.</p>",
         _examples_html(runs),
+        budget_section(records),
         "<h2>Training curves</h2>",
         _curves_plot(records),
         _serve_section(runs),

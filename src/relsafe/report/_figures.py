@@ -53,3 +53,10 @@ def world_text(prov: dict) -> str:
     else:
         text += f"; images: {w.get('images', '?')}"
     return text
+
+
+def example_image(item: dict) -> Any:
+    """The 64 px image of an example item that names a file (a manifest world's test image)."""
+    from relsafe.data.images import load_image_file
+
+    return load_image_file(item["image"]).resize((64, 64))
