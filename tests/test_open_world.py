@@ -26,7 +26,8 @@ from relsafe import api
 from relsafe.data.edit_sets import NEIGHBOURS_PER_KIND, SetSizes, relational_sets
 from relsafe.data.manifest import load_manifest
 from relsafe.data.relworld_export import export_relworld
-from relsafe.data.world import ManifestImages, open_world, world_of
+from relsafe.data.world import ManifestImages, world_of
+from relsafe.data.world_spec import open_world
 from relsafe.errors import ConfigError, InputError
 from relsafe.policy import load_policy
 from relsafe.world.captions import canonical_caption, prototype_caption, templates

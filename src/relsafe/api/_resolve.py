@@ -54,7 +54,8 @@ def load_policy(policy: Any, world: Any = None) -> Any:
         policy = _load(policy)
     if world is None or policy is None:
         return policy
-    from relsafe.data.world import World, open_world
+    from relsafe.data.world import World
+    from relsafe.data.world_spec import open_world
 
     if not isinstance(world, World):
         spec = world if isinstance(world, Mapping) or world == "relworld" else {"data": world}

@@ -89,7 +89,7 @@ class RunConfig:
     visu: str | None = None
 
     def validate(self) -> None:
-        from relsafe.data.world import check_world_spec
+        from relsafe.data.world_spec import check_world_spec
         from relsafe.eval.suites import suites as all_suites
         from relsafe.methods.base import methods as all_methods
 

@@ -1,5 +1,9 @@
 """ViSU quadruplets (S, V, U, G) from files, or from RelWorld, as one :class:`VisuData` structure.
 
+Longer than 500 lines because the one record reader handles five file formats, their field
+aliases, COCO ids and image checks together; splitting them would spread one format's rules
+over several modules.
+
 ViSU (Safe-CLIP, arXiv 2311.16254) pairs a safe COCO caption S and its COCO image V with an unsafe
 caption U and an unsafe image G. The public ViSU-Text release has the texts only (fields ``safe``,
 ``nsfw``, ``tag``, plus COCO ids); images are supplied locally, as paths or via a COCO folder.

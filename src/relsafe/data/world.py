@@ -14,8 +14,8 @@ directly:
 
 A policy carries its world: :func:`world_of` returns the one bound with
 :meth:`relsafe.policy.Policy.bind_world`, else the default for its vocabulary (RelWorld's renderer
-for the built-in ``relworld`` vocabulary, no images for any other). :func:`open_world` builds one
-from a run config's ``world:`` entry.
+for the built-in ``relworld`` vocabulary, no images for any other).
+:func:`relsafe.data.world_spec.open_world` builds one from a run config's ``world:`` entry.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from relsafe.errors import ConfigError, InputError
+from relsafe.errors import InputError
 from relsafe.world import splits
 from relsafe.world.dataset import item_seeds
 from relsafe.world.render import render_batch
 from relsafe.world.styles import TRAIN_STYLES
-from relsafe.world.vocab import ORO, Vocabulary, default_vocabulary, load_vocabulary
+from relsafe.world.vocab import ORO, Vocabulary, default_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ __all__ = [
     "RenderedImages",
     "World",
     "domains_of",
-    "check_world_spec",
-    "open_world",
+    "text_only_world",
     "use_of_seed",
     "relworld",
     "world_of",
@@ -311,19 +310,15 @@ class World:
     name: str = "relworld"
     visu: Any = None  # a ViSU file's quadruplets (relsafe.data.visu.VisuData), split by row
 
-    def with_visu(self, path: str | Path | None) -> World:
-        """This world with quadruplets from a ViSU file (``split`` on every row): methods that
-        train or calibrate on quadruplets take its train and val rows, the quadruplet suites
-        (visu, safeground) its test rows."""
+    def with_visu(self, data: Any) -> World:
+        """This world with quadruplets from a loaded ViSU file (``split`` on every row; see
+        :func:`relsafe.data.world_spec.open_world`): methods that train or calibrate on
+        quadruplets take its train and val rows, the quadruplet suites (visu, safeground) its
+        test rows."""
         from dataclasses import replace
 
-        from relsafe.data.visu import load_visu
-
-        if path is None:
-            return self
-        data = load_visu(path)
         data.split_rows("test")  # refuses a file without a split on every row
-        return replace(self, visu=data, name=f"{self.name} + {Path(path).name}")
+        return replace(self, visu=data, name=f"{self.name} + {Path(data.source).name}")
 
     @property
     def is_builtin(self) -> bool:
@@ -370,13 +365,14 @@ def world_of(policy: Any) -> World:
     vocab = getattr(policy, "vocabulary", None)
     if vocab is None or vocab is default_vocabulary():
         return relworld()
-    return _text_only(vocab)
+    return text_only_world(vocab)
 
 
 _TEXT_ONLY: dict[int, World] = {}
 
 
-def _text_only(vocab: Vocabulary) -> World:
+def text_only_world(vocab: Vocabulary) -> World:
+    """The text-only world of ``vocab`` (one per vocabulary, with a warning the first time)."""
     w = _TEXT_ONLY.get(id(vocab))
     if w is None or w.vocabulary is not vocab:
         log.warning(
@@ -386,65 +382,4 @@ def _text_only(vocab: Vocabulary) -> World:
         )
         w = World(vocab, NoImages(), f"{vocab.name} (text only)")
         _TEXT_ONLY[id(vocab)] = w
-    return w
-
-
-WORLD_KEYS = ("vocabulary", "data", "skip_bad", "visu")
-"""The keys of a ``world:`` mapping."""
-
-
-def check_world_spec(spec: Any, where: str = "world") -> None:
-    """Refuse a ``world:`` entry that is neither None, ``relworld`` nor a mapping of
-    :data:`WORLD_KEYS` (before any file is read)."""
-    if spec is None or spec == "relworld":
-        return
-    if not isinstance(spec, dict):
-        raise ConfigError(
-            f"{where}: 'relworld' or a mapping {{vocabulary: ..., data: ...}}, got {spec!r}"
-        )
-    bad = sorted(set(spec) - set(WORLD_KEYS))
-    if bad:
-        raise ConfigError(f"{where}: unknown key {bad[0]!r}; expected {list(WORLD_KEYS)}")
-
-
-def open_world(
-    spec: Any, policy_vocab: Vocabulary | None = None, base: Path | None = None
-) -> World:
-    """A world from a run config's ``world:`` entry: ``relworld`` (or None) for the built-in
-    world, or ``{vocabulary: NAME|PATH, data: MANIFEST, skip_bad: false}``.
-
-    The vocabulary defaults to the policy's; a world whose vocabulary differs from the policy's
-    is refused (the policy's words would not be the data's)."""
-    from relsafe.data.manifest import load_manifest
-
-    check_world_spec(spec)
-    if spec is None or spec == "relworld":
-        w = relworld()
-    elif isinstance(spec, dict):
-        vocab = (
-            load_vocabulary(spec["vocabulary"], base=base)
-            if spec.get("vocabulary") is not None
-            else (policy_vocab or default_vocabulary())
-        )
-        data = spec.get("data")
-        if data is None:
-            w = relworld() if vocab is default_vocabulary() else _text_only(vocab)
-        else:
-            path = Path(data)
-            if base is not None and not path.is_absolute() and not path.exists():
-                path = base / path
-            manifest = load_manifest(path, vocab, skip_bad=bool(spec.get("skip_bad", False)))
-            w = World(vocab, ManifestImages(manifest), f"{vocab.name} + {path.name}")
-    else:
-        raise ConfigError(
-            f"world must be 'relworld' or a mapping {{vocabulary: ..., data: ...}}, got {spec!r}"
-        )
-    if isinstance(spec, dict) and spec.get("visu") is not None:
-        w = w.with_visu(Path(spec["visu"]) if base is None else base / spec["visu"])
-    if policy_vocab is not None and w.vocabulary.sha256 != policy_vocab.sha256:
-        raise ConfigError(
-            f"the world's vocabulary {w.vocabulary.name!r} ({w.vocabulary.source}) is not the "
-            f"policy's {policy_vocab.name!r} ({policy_vocab.source}): name the same vocabulary "
-            "in both"
-        )
     return w
