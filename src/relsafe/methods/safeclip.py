@@ -38,6 +38,7 @@ from relsafe.data.quadruplets import build_quadruplets
 from relsafe.distributed import current as current_dist
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
+from relsafe.methods.contrastive import symmetric_info_nce
 from relsafe.methods.lora import attach_lora, lora_patterns
 from relsafe.methods.relational_lora import _frozen_image, _frozen_text
 from relsafe.methods.training import run_loop
@@ -90,22 +91,7 @@ def _info_nce(
     ``child|drinking|juice`` are never pushed apart as negatives. ``None``: every row is its own
     group (the standard loss; ViSU items are all distinct).
     """
-    logits = scale * a @ b.T
-    if groups is None:
-        target = torch.arange(len(a), device=a.device)
-        return 0.5 * (
-            nn.functional.cross_entropy(logits, target)
-            + nn.functional.cross_entropy(logits.T, target)
-        )
-    groups = groups.to(a.device)
-    pos = groups[:, None] == groups[None, :]
-
-    def one_side(lg: torch.Tensor) -> torch.Tensor:
-        all_ = torch.logsumexp(lg, dim=1)
-        mine = torch.logsumexp(lg.masked_fill(~pos, float("-inf")), dim=1)
-        return (all_ - mine).mean()
-
-    return 0.5 * (one_side(logits) + one_side(logits.T))
+    return symmetric_info_nce(scale * a @ b.T, groups)
 
 
 def _group_ids(data: dict[str, Any]) -> torch.Tensor | None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
-from torch import nn
 
 from relsafe.geometry.lorentz import exterior_angle, half_aperture, pairwise_dist
+from relsafe.methods.contrastive import symmetric_info_nce
 
 __all__ = [
     "CONTRASTIVE_LABELS",
@@ -63,21 +63,7 @@ def hyperbolic_contrastive(
     Returns:
         0-d loss, the mean of the text->image and image->text cross-entropies.
     """
-    logits = -scale * pairwise_dist(text, image, curvature)
-    if labels is None:
-        target = torch.arange(len(text), device=text.device)
-        return 0.5 * (
-            nn.functional.cross_entropy(logits, target)
-            + nn.functional.cross_entropy(logits.T, target)
-        )
-    labels = labels.to(text.device)
-    pos = labels[:, None] == labels[None, :]
-    neg_inf = torch.finfo(logits.dtype).min
-
-    def one_side(lg: torch.Tensor) -> torch.Tensor:
-        return (lg.logsumexp(1) - lg.masked_fill(~pos, neg_inf).logsumexp(1)).mean()
-
-    return 0.5 * (one_side(logits) + one_side(logits.T))
+    return symmetric_info_nce(-scale * pairwise_dist(text, image, curvature), labels)
 
 
 def entailment_loss(
