@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from relsafe import __version__
+from relsafe.commands import add_dtype_argument, add_world_arguments, world_arg
 from relsafe.errors import NotMainProcess, RelsafeError
 
 log = logging.getLogger("relsafe")
@@ -80,24 +81,6 @@ def _image_paths(path: Path) -> list[Path]:
     raise InputError(f"--images: {path} is neither a folder nor a manifest file")
 
 
-def _world_arg(args: argparse.Namespace) -> dict | None:
-    """The ``world`` of ``--data MANIFEST [--skip-bad]`` (None: the policy vocabulary's default)."""
-    if getattr(args, "data", None) is None:
-        return None
-    return {"data": args.data, "skip_bad": bool(args.skip_bad)}
-
-
-def _add_world_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument(
-        "--data",
-        default=None,
-        metavar="MANIFEST",
-        help="tuple-labelled manifest (CSV, JSONL, Parquet, datasets folder) whose images the "
-        "policy's world uses (docs/your-data.md); default: RelWorld renders, or text only",
-    )
-    sp.add_argument("--skip-bad", action="store_true", help="skip (and report) bad manifest rows")
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     from relsafe import api
     from relsafe.eval.suites import summarize
@@ -118,7 +101,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out=args.out,
         device=args.device,
         cache_dir=args.cache_dir,
-        world=_world_arg(args),
+        world=world_arg(args),
     )
     if res.out is not None:
         print(f"wrote {len(res.rows)} rows to {res.out} ({res.seconds:.1f} s)")
@@ -188,7 +171,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         overwrite=args.overwrite,
         progress=not args.no_progress,
-        world=_world_arg(args),
+        world=world_arg(args),
     )
     for w in res.record.warnings:
         print(f"warning: {w}")
@@ -253,8 +236,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 # ---- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from relsafe.commands import add_dtype_argument
-
     p = argparse.ArgumentParser(
         prog="relsafe",
         description="Relationship-aware safety for vision-language models: edit, evaluate, report.",
@@ -308,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--device", default="auto")
     sp.add_argument("--cache-dir", default=None, help="embedding cache folder")
-    _add_world_args(sp)
+    add_world_arguments(sp)
 
     sp = add(
         "run",
@@ -337,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("methods", _cmd_methods, "list registered safety methods")
 
     sp = add("edit", _cmd_edit, "apply a safety method to a model and export the edited model")
-    _add_world_args(sp)
+    add_world_arguments(sp)
     sp.add_argument("--method", default=None, help="method name (see `relsafe methods`)")
     sp.add_argument(
         "--model",

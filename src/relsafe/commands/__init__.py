@@ -31,6 +31,26 @@ def add_dtype_argument(sp: argparse.ArgumentParser) -> None:
     )
 
 
+def add_world_arguments(sp: argparse.ArgumentParser) -> None:
+    """``--data MANIFEST`` and ``--skip-bad``: the images of the policy's world
+    (``docs/your-data.md``), for commands that edit, evaluate or tune."""
+    sp.add_argument(
+        "--data",
+        default=None,
+        metavar="MANIFEST",
+        help="tuple-labelled manifest (CSV, JSONL, Parquet, datasets folder) whose images the "
+        "policy's world uses (docs/your-data.md); default: RelWorld renders, or text only",
+    )
+    sp.add_argument("--skip-bad", action="store_true", help="skip (and report) bad manifest rows")
+
+
+def world_arg(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``world`` of ``--data MANIFEST [--skip-bad]`` (None: the policy vocabulary's default)."""
+    if getattr(args, "data", None) is None:
+        return None
+    return {"data": args.data, "skip_bad": bool(args.skip_bad)}
+
+
 def register_commands(add: Add, sub: Any) -> None:
     """Let every module of :data:`MODULES` add its subcommands (``add(name, handler, help)``
     returns the new subparser; ``sub`` is the subparsers action, for nested subcommands)."""

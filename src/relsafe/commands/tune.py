@@ -9,15 +9,15 @@ from typing import Any
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from relsafe.api.tune import tune
+    from relsafe.commands import world_arg
 
-    world = {"data": args.data, "skip_bad": args.skip_bad} if args.data else None
     res = tune(
         args.method,
         grid=args.grid,
         out=args.out,
         model=args.model,
         policy=args.policy,
-        world=world,
+        world=world_arg(args),
         budget=args.budget,
         keep_edits=args.keep_edits,
         progress=not args.no_progress,
@@ -28,6 +28,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def register(add: Any, sub: Any) -> None:
+    from relsafe.commands import add_world_arguments
+
     sp = add(
         "tune", _cmd_tune, "choose a method's config on VAL (same trial budget for every method)"
     )
@@ -38,8 +40,7 @@ def register(add: Any, sub: Any) -> None:
     sp.add_argument("--out", required=True, help="tune folder (re-running resumes finished trials)")
     sp.add_argument("--model", default="relsafe-mini", help="model spec (default: relsafe-mini)")
     sp.add_argument("--policy", default="default", help="safety policy (default: default)")
-    sp.add_argument("--data", default=None, metavar="MANIFEST", help="the policy world's images")
-    sp.add_argument("--skip-bad", action="store_true", help="skip bad manifest rows")
+    add_world_arguments(sp)
     sp.add_argument(
         "--budget", type=int, default=None, help="trials at most (default: the grid's, 8)"
     )
