@@ -49,6 +49,22 @@ def test_policy_bomb_and_deep_nesting_are_refused_quickly(tmp_path: Path, text: 
     assert time.perf_counter() - t < 5
 
 
+def test_long_files_take_the_libyaml_path_under_the_same_bounds(tmp_path: Path) -> None:
+    """Past 16 kB a document is composed by libyaml unless it nests too deeply: a padded alias
+    bomb is still refused by the same expansion check, and a padded deep one (5,000 brackets on
+    one line) goes to the bounded pure-Python path, which refuses it."""
+    from relsafe import utils_io
+
+    pad = "".join(f"# padding line {i:05d} to make the file long\n" for i in range(500))
+    assert len(pad) > utils_io._FAST_YAML_BYTES
+    if getattr(yaml, "__with_libyaml__", False):
+        assert utils_io._fast_loader(pad + BOMB) is not None
+    assert utils_io._fast_loader(pad + DEEP) is None
+    for text, match in ((pad + BOMB, "alias"), (pad + DEEP, "nested deeper")):
+        with pytest.raises(ConfigError, match=match):
+            load_policy(_w(tmp_path, "p.yaml", text))
+
+
 @pytest.mark.parametrize("text, match", [(BOMB, "alias"), (DEEP, "nested deeper")])
 def test_config_bomb_and_deep_nesting_are_refused(tmp_path: Path, text: str, match: str):
     p = _w(tmp_path, "c.yaml", text)

@@ -305,16 +305,22 @@ def _bounded_loader(text: str, source: str) -> Any:
 
         def get_single_node(self) -> Any:
             node = super().get_single_node()
-            if node is not None:
-                n = _expanded_size(node)
-                if n > YAML_MAX_NODES:
-                    raise InputError(
-                        f"{source}: the YAML stands for more than {YAML_MAX_NODES:,} values once its "
-                        "aliases (*refs) are expanded (an alias bomb?); relsafe refuses it"
-                    )
+            _check_expanded(node, source)
             return node
 
     return Loader(text)
+
+
+def _check_expanded(node: Any, source: str) -> None:
+    """Refuse a composed document standing for more than :data:`YAML_MAX_NODES` values once its
+    aliases are expanded (an alias bomb), for the pure-Python and the libyaml composer alike."""
+    if node is not None and _expanded_size(node) > YAML_MAX_NODES:
+        from relsafe.errors import InputError
+
+        raise InputError(
+            f"{source}: the YAML stands for more than {YAML_MAX_NODES:,} values once its "
+            "aliases (*refs) are expanded (an alias bomb?); relsafe refuses it"
+        )
 
 
 def _expanded_size(root: Any) -> int:
@@ -350,35 +356,32 @@ def _expanded_size(root: Any) -> int:
     return size[id(root)]
 
 
-def _depth_bound(text: str) -> int:
-    """An upper bound on the nesting depth of a YAML document, from its text alone: per line,
-    the indentation plus the sequence dashes that open it, plus the open flow brackets (quotes
-    are not parsed, so a bracket inside a string only loosens the bound)."""
-    worst = flow = 0
-    for line in text.splitlines():
-        stripped = line.lstrip(" ")
-        dashes = 0
-        while stripped.startswith("- ") or stripped == "-":
-            dashes += 1
-            stripped = stripped[2:].lstrip(" ")
-        flow = max(0, flow + line.count("[") + line.count("{") - line.count("]") - line.count("}"))
-        worst = max(worst, len(line) - len(line.lstrip(" ")) + dashes + flow + 2)
-    return worst
-
-
 _FAST_YAML_BYTES = 16_384
-"""Documents at least this long are composed by libyaml (when present and the depth bound
-allows it): PyYAML's pure-Python parser needs about 10 s for a 250 kB vocabulary file."""
+"""Documents at least this long are composed by libyaml (when present and the document is
+not nested too deeply): PyYAML's pure-Python parser needs about 10 s for a 250 kB vocabulary file."""
 
 
 def _fast_loader(text: str) -> Any:
-    """libyaml's safe loader on ``text``, or None when libyaml is missing or the text is short or
-    could nest past :data:`YAML_MAX_DEPTH` (the C composer recurses without a bound)."""
+    """libyaml's safe loader on ``text``, or None when libyaml is missing, the text is short, or
+    the document nests deeper than :data:`YAML_MAX_DEPTH` (the C composer recurses without a
+    bound, so the depth is measured first on libyaml's event stream, which its parser produces
+    iteratively; a deeper document goes to the bounded pure-Python loader, which refuses it)."""
     import yaml
 
     if len(text) < _FAST_YAML_BYTES or not getattr(yaml, "__with_libyaml__", False):
         return None
-    if _depth_bound(text) > YAML_MAX_DEPTH:
+    opens = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+    closes = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+            if isinstance(event, opens):
+                depth += 1
+                if depth > YAML_MAX_DEPTH:
+                    return None
+            elif isinstance(event, closes):
+                depth -= 1
+    except yaml.YAMLError:  # malformed (or past libyaml's own limits): the bounded loader says why
         return None
     return yaml.CSafeLoader(text)
 
@@ -389,14 +392,11 @@ def compose_yaml(text: str, source: str) -> tuple[Any, Any]:
     fast = _fast_loader(text)
     if fast is not None:
         node = fast.get_single_node()
-        if node is not None and _expanded_size(node) > YAML_MAX_NODES:
-            from relsafe.errors import InputError
-
+        try:
+            _check_expanded(node, source)
+        except Exception:
             fast.dispose()
-            raise InputError(
-                f"{source}: the YAML stands for more than {YAML_MAX_NODES:,} values once its "
-                "aliases (*refs) are expanded (an alias bomb?); relsafe refuses it"
-            )
+            raise
         return fast, node
     loader = _bounded_loader(text, source)
     try:

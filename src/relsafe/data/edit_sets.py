@@ -33,6 +33,7 @@ import numpy as np
 
 from relsafe.data.world import World, world_of
 from relsafe.errors import InputError
+from relsafe.policy import NEIGHBOUR_KINDS
 from relsafe.world import splits
 from relsafe.world.captions import caption_pair, contextualize, templates
 from relsafe.world.splits import is_unseen_tuple
@@ -267,7 +268,7 @@ def capped_neighbours(policy: object, seed: int = 0) -> list[ORO]:
     each kind per unsafe tuple (a sample seeded by the tuple, the kind and ``seed``)."""
     keep: dict[ORO, None] = {}
     for d in policy.derivations:  # type: ignore[attr-defined]
-        for kind in ("other_subject", "other_object", "other_relation"):
+        for kind in NEIGHBOUR_KINDS:
             got = list(d.by_kind(kind))
             if len(got) > NEIGHBOURS_PER_KIND:
                 rng = random.Random(f"{splits.EDIT + seed}:{d.tuple.id}:{kind}")

@@ -57,7 +57,6 @@ __all__ = [
     "paraphrase_captions",
     "paraphrase_marginals",
     "paraphrase_queries",
-    "probe_labels",
     "probe_tuples",
     "render_probe_images",
 ]
@@ -94,11 +93,6 @@ def probe_tuples(
 ) -> tuple[ORO, ...]:
     """``tuples`` as a tuple, or every valid tuple of ``vocab`` (default relworld) when ``None``."""
     return tuple(tuples or (vocab or default_vocabulary()).valid_tuples())
-
-
-def probe_labels(n_per_tuple: int, n_tuples: int) -> np.ndarray:
-    """Tuple index of each probe image: ``n_per_tuple`` images of tuple 0, then of tuple 1, ..."""
-    return np.repeat(np.arange(n_tuples), n_per_tuple)
 
 
 def render_probe_images(
