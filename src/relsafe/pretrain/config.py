@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relsafe.errors import ConfigError
+from relsafe.pretrain.augment import AugmentConfig
 
 MAX_SEED = 1_000_000
 """Pretraining seeds stay below this, so ``splits.PRETRAIN + seed`` never reaches ``splits.EDIT``."""
@@ -88,11 +89,15 @@ class PretrainConfig:
     eval_per_tuple: int = 6
     """Images per tuple and style in the final quick check (0 to skip it)."""
     log_every: int = 100
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Generic image augmentations of the training batch (:mod:`relsafe.pretrain.augment`); off
+    (v1) by default, ``augment.enabled=true`` trains relsafe-mini v2."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Cross-field rules; raises :class:`ConfigError` naming the key at fault."""
         self._check_numbers()
+        self.augment.validate()
         if self.negatives not in ("all", "swaps"):
             raise ConfigError(
                 f"pretrain: negatives must be 'all' or 'swaps', got {self.negatives!r}"
@@ -194,4 +199,6 @@ class PretrainConfig:
         """SHA-256 of the keys that determine the trained weights (all but
         :data:`RESUME_IGNORED_KEYS`); a checkpoint resumes only under the same hash."""
         d = {k: v for k, v in self.to_dict().items() if k not in RESUME_IGNORED_KEYS}
+        if not self.augment.enabled:  # augmentation off: the same hash as before it existed
+            d.pop("augment")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()

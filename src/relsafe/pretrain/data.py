@@ -174,6 +174,11 @@ def sample_batch(cfg: PretrainConfig, world: World, bank: TextBank, step: int) -
                 style=style,
                 size=cfg.image_size,
             )
+    if cfg.augment.enabled:  # its own stream: with augmentation off nothing else changes
+        from relsafe.pretrain.augment import AUGMENT_STREAM, augment_pixels
+
+        aug_rng = np.random.default_rng([cfg.seed, step, DATA_STREAM, AUGMENT_STREAM])
+        pixels = augment_pixels(pixels, aug_rng, cfg.augment)
     caps = np.empty(b, dtype=np.int64)
     use_ctx = rng.random(b) < cfg.context_fraction
     for k, t in enumerate(tids):

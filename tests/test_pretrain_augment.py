@@ -1,0 +1,121 @@
+"""Pretraining augmentations (relsafe-mini v2, issue 14): each op keeps shape, dtype and range,
+is seeded, and with augmentation off the v1 batches and config hash are unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+
+from relsafe.config import load_config
+from relsafe.errors import ConfigError, InputError
+from relsafe.pretrain.augment import AugmentConfig, augment_pixels
+from relsafe.pretrain.config import PretrainConfig
+from relsafe.pretrain.data import TextBank, make_world, sample_batch
+
+OPS = ("p_scale", "p_colour", "p_brightness_contrast", "p_grayscale", "p_blur", "p_noise")
+
+# Computed with the pre-augmentation code (commit c8ac786's pretrain/data.py and config.py):
+V1_BATCH_SHA256 = "1fe6662eb323bf98b52212d966835f98f95878d2b153ffe955ade74cfe4c376d"
+V1_WEIGHTS_HASH = "cfafdc0cb393e60429b2dcabecb8dd28b55b52a47e046cd2c203c3d09c2e135e"
+
+
+def _only(op: str, **kw: float) -> AugmentConfig:
+    """Augmentation with one op always on and every other op off."""
+    probs = {p: (1.0 if p == op else 0.0) for p in OPS}
+    return AugmentConfig(enabled=True, clean_fraction=0.0, **probs, **kw)
+
+
+@pytest.fixture(scope="module")
+def pixels() -> np.ndarray:
+    """Structured images (gradients and a bright square) so every op visibly changes them."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    base = np.stack([yy * 6, xx * 6, (yy + xx) * 3], -1).astype(np.float64)
+    imgs = np.repeat(base[None], 6, 0) + rng.integers(0, 40, size=(6, 1, 1, 3))
+    imgs[:, 10:20, 12:22] = 250
+    return imgs.clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_each_op_changes_images_keeps_shape_dtype_range(pixels: np.ndarray, op: str) -> None:
+    cfg = _only(op)
+    before = pixels.copy()
+    out = augment_pixels(pixels, np.random.default_rng(1), cfg)
+    assert out.shape == pixels.shape and out.dtype == np.uint8
+    assert np.array_equal(pixels, before), "the input batch must not be modified"
+    changed = np.abs(out.astype(int) - pixels.astype(int)).reshape(len(out), -1).max(1)
+    assert (changed > 0).all(), f"{op} left some images unchanged"
+    if op == "p_grayscale":
+        assert np.abs(out[..., 0].astype(int) - out[..., 2].astype(int)).max() <= 1
+    if op == "p_blur":  # blur lowers the local contrast at the square's edge
+        edge = lambda a: np.abs(np.diff(a.astype(int), axis=2)).max()  # noqa: E731
+        assert edge(out) < edge(pixels)
+
+
+def test_seeded_and_clean_rows(pixels: np.ndarray) -> None:
+    cfg = AugmentConfig(enabled=True, clean_fraction=0.0, **{p: 1.0 for p in OPS})
+    a = augment_pixels(pixels, np.random.default_rng(5), cfg)
+    b = augment_pixels(pixels, np.random.default_rng(5), cfg)
+    c = augment_pixels(pixels, np.random.default_rng(6), cfg)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    keep_all = dataclasses.replace(cfg, clean_fraction=1.0)
+    assert np.array_equal(augment_pixels(pixels, np.random.default_rng(5), keep_all), pixels)
+
+
+def test_disabled_is_identity_and_draws_nothing(pixels: np.ndarray) -> None:
+    rng = np.random.default_rng(3)
+    state = rng.bit_generator.state
+    assert augment_pixels(pixels, rng, AugmentConfig()) is pixels
+    assert rng.bit_generator.state == state
+
+
+def test_bad_input_and_config() -> None:
+    with pytest.raises(InputError, match="uint8"):
+        augment_pixels(
+            np.zeros((2, 8, 8, 3), np.float32),
+            np.random.default_rng(0),
+            AugmentConfig(enabled=True),
+        )
+    with pytest.raises(ConfigError, match="p_noise"):
+        load_config(PretrainConfig, None, ["augment.p_noise=1.5"])
+    with pytest.raises(ConfigError, match="blur_sigma_max"):
+        load_config(PretrainConfig, None, ["augment.blur_sigma_max=0"])
+    cfg = load_config(PretrainConfig, None, ["augment.enabled=true", "augment.p_blur=0.5"])
+    assert cfg.augment.enabled and cfg.augment.p_blur == 0.5
+    assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def _bank(n: int) -> TextBank:
+    return TextBank(
+        [],
+        [np.arange(3) + i for i in range(n)],
+        [np.array([100 + i]) for i in range(n)],
+        np.array([0]),
+        np.array([0]),
+    )
+
+
+def _digest(batch: dict) -> str:
+    h = hashlib.sha256()
+    for k in ("tids", "pixels", "caps", "prompts"):
+        h.update(np.ascontiguousarray(batch[k]).tobytes())
+    return h.hexdigest()
+
+
+def test_augment_off_reproduces_v1_batch_and_hash() -> None:
+    world = make_world()
+    bank = _bank(len(world.tuples))
+    off = PretrainConfig(batch_size=8)
+    assert _digest(sample_batch(off, world, bank, 3)) == V1_BATCH_SHA256
+    assert PretrainConfig().weights_hash() == V1_WEIGHTS_HASH
+    on = dataclasses.replace(off, augment=AugmentConfig(enabled=True, clean_fraction=0.0))
+    assert on.weights_hash() != off.weights_hash()
+    a, b = sample_batch(off, world, bank, 3), sample_batch(on, world, bank, 3)
+    for k in ("tids", "caps", "prompts"):  # augmentation draws from its own stream
+        assert np.array_equal(a[k], b[k])
+    assert not np.array_equal(a["pixels"], b["pixels"])
+    assert np.array_equal(b["pixels"], sample_batch(on, world, bank, 3)["pixels"])
