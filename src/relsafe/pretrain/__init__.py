@@ -36,6 +36,15 @@ Data and seeds (:mod:`relsafe.pretrain.data`)
     ``splits.EDIT``); see :func:`train_image_seed`. Captions come from the train phrasings only
     (``caption_split="train"``); held-out phrasings and held-out context wrappers are never seen.
 
+Augmentation (:mod:`relsafe.pretrain.augment`, ``augment.enabled``, off by default)
+    Generic image operations on the rendered training batch (scale and crop, colour jitter,
+    brightness and contrast, grayscale, Gaussian blur, additive Gaussian noise), each with its own
+    per-image probability and strength (:class:`~relsafe.pretrain.augment.AugmentConfig`), a
+    ``clean_fraction`` of every batch untouched. They draw from their own stream
+    (``default_rng([seed, step, DATA_STREAM, AUGMENT_STREAM])``), so with augmentation off the
+    batches and the weights hash are v1's exactly. They never call the held-out styles' renderers
+    or the attack code. ``relsafe pretrain --set augment.enabled=true`` trains the v2 candidate.
+
 Checkpoints (:mod:`relsafe.pretrain.loop`)
     Every ``checkpoint_every`` steps, one :mod:`relsafe.checkpoints` folder (trainable tensors,
     BatchNorm statistics, optimizer state, RNG state, JSON metadata incl. the config and elapsed
@@ -44,7 +53,7 @@ Checkpoints (:mod:`relsafe.pretrain.loop`)
 
 Layout
     :mod:`~relsafe.pretrain.config` (``PretrainConfig``), :mod:`~relsafe.pretrain.data` (world,
-    caption bank, batches), :mod:`~relsafe.pretrain.lora` (the text LoRA),
+    caption bank, batches), :mod:`~relsafe.pretrain.augment` (batch augmentations), :mod:`~relsafe.pretrain.lora` (the text LoRA),
     :mod:`~relsafe.pretrain.loss`, :mod:`~relsafe.pretrain.quick_check` (the final zero-shot
     check), :mod:`~relsafe.pretrain.loop` (``pretrain()``), :mod:`~relsafe.pretrain.cli`
     (``relsafe pretrain`` / ``python -m relsafe.pretrain``).
