@@ -13,6 +13,7 @@ __all__ = ["register"]
 def _cmd_export_relworld(args: argparse.Namespace) -> int:
     from relsafe.data.relworld_export import export_relworld
     from relsafe.outputs import output_dir, writing
+    from relsafe.policy import find_policy, load_policy
 
     out = output_dir(args.out, overwrite=args.overwrite)
     with writing(out):
@@ -24,6 +25,10 @@ def _cmd_export_relworld(args: argparse.Namespace) -> int:
             seed=args.seed,
             styles=args.styles.split(",") if args.styles else ("plain", "pastel", "vivid"),
             progress=not args.no_progress,
+            edit_seeds=args.edit_seeds,
+            edit_per_tuple=args.edit_per_tuple,
+            retain_per_tuple=args.retain_per_tuple,
+            policy=load_policy(find_policy(args.policy)) if args.policy else None,
         )
     n = sum(1 for _ in manifest.open(encoding="utf-8")) - 1
     print(f"wrote {n} RelWorld {args.split} images and {manifest}")
@@ -63,6 +68,26 @@ def register(add: Any, sub: Any) -> None:
     sp.add_argument(
         "--styles", default=None, help="comma-separated styles (default: the training styles)"
     )
+    sp.add_argument(
+        "--edit-seeds",
+        type=int,
+        default=0,
+        help="also write, as train rows with scene ids, the forget pairs RelWorld's edit sets "
+        "render for method seeds 0..N-1 (default 0: none)",
+    )
+    sp.add_argument(
+        "--edit-per-tuple",
+        type=int,
+        default=24,
+        help="edit images per forget tuple and seed (the edit sets' images_per_forget_tuple)",
+    )
+    sp.add_argument(
+        "--retain-per-tuple",
+        type=int,
+        default=6,
+        help="retain images per retained tuple and seed (images_per_retain_tuple; 0: none)",
+    )
+    sp.add_argument("--policy", default=None, help="policy of the edit pairs (default: default)")
     sp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sp.set_defaults(func=_cmd_export_relworld)
@@ -73,7 +98,7 @@ def register(add: Any, sub: Any) -> None:
     sp.add_argument(
         "manifest",
         help=".csv, .jsonl or .parquet manifest, or a Hugging Face datasets folder (save_to_disk); "
-        "columns image, subject, relation, object, split [, caption, domain, id]",
+        "columns image, subject, relation, object, split [, caption, domain, id, scene]",
     )
     sp.add_argument(
         "--vocabulary",

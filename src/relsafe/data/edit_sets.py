@@ -18,7 +18,8 @@ the relational sets take their unrelated tuples from ``policy.unrelated("retain"
 Each forget text comes with a *minimal-pair* target text, the same template and phrasings with the
 tuple's safe counterpart in its place, and each forget image with its counterpart: in RelWorld
 rendered from the same seed (same layout and colours, the swapped element changed), in a manifest
-world one of the counterpart tuple's own train images (:mod:`relsafe.data.world`). Words, templates
+world the counterpart's train row of the same ``scene`` (else, with a warning in
+:attr:`EditSets.warnings`, one of the counterpart tuple's own train images; :mod:`relsafe.data.world`). Words, templates
 and contexts are the policy's vocabulary's; a world without images gives text-only sets (with a
 warning in :attr:`EditSets.warnings`).
 """
@@ -211,6 +212,13 @@ def _build(
         10_000_000,
     )
     warnings = []
+    unpaired = getattr(world.images, "unpaired", lambda _pairs: [])(forget)
+    if unpaired:
+        warnings.append(
+            f"world {world.name!r}: {len(unpaired)} forget pair(s) share no scene "
+            f"({', '.join(unpaired[:5])}): their image targets are the counterpart's own images, "
+            "not minimal pairs (give the manifest a scene column)"
+        )
     if not len(f_img) and not len(r_img):
         warnings.append(
             f"world {world.name!r} has no images: these edit sets are text-only (image losses "

@@ -2,8 +2,9 @@
 
 A manifest has one row per image: ``image`` (a path relative to the manifest's folder, or
 absolute), ``subject``, ``relation``, ``object`` (canonical words of a vocabulary), ``split``
-(``train``, ``val`` or ``test``) and optionally ``caption``, ``domain`` (default ``default``) and
-``id`` (default: the row number). It is a CSV (header required), JSONL, Parquet file or a Hugging
+(``train``, ``val`` or ``test``) and optionally ``caption``, ``domain`` (default ``default``),
+``id`` (default: the row number) and ``scene`` (any text: rows sharing a scene under different
+tuples show the same scene with elements swapped, a minimal pair; :meth:`Manifest.scene_problems`). It is a CSV (header required), JSONL, Parquet file or a Hugging
 Face ``datasets`` folder written by ``save_to_disk``; :func:`relsafe.data.gallery_files.open_table`
 reads them all, Parquet and Arrow with pyarrow alone.
 
@@ -62,7 +63,7 @@ __all__ = [
 
 SPLITS = ("train", "val", "test")
 REQUIRED_COLUMNS = (IMAGE_COLUMN, *ROLES, "split")
-OPTIONAL_COLUMNS = ("caption", "domain", "id")
+OPTIONAL_COLUMNS = ("caption", "domain", "id", "scene")
 DEFAULT_DOMAIN = "default"
 MAX_LISTED = 500
 """Most bad rows one refusal lists (the count of the rest is given)."""
@@ -84,6 +85,7 @@ class ManifestRow:
     domain: str
     image_sha256: str
     where: str = field(default="", compare=False)
+    scene: str | None = None  # rows of one scene under different tuples: a minimal pair
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,31 @@ class Manifest:
     def domains(self, split: str | None = None) -> tuple[str, ...]:
         """The domains with rows in ``split`` (None: any), sorted."""
         return tuple(sorted({r.domain for r in self.rows_for(None, split)}))
+
+    def scene_counts(self) -> dict[str, int]:
+        """Per split: how many distinct scenes its rows name (rows without a scene not counted)."""
+        return {
+            sp: len({r.scene for r in self.rows if r.split == sp and r.scene is not None})
+            for sp in SPLITS
+        }
+
+    def scene_problems(self) -> list[str]:
+        """A scene with two rows of one tuple in one split (one scene shows each tuple once: the
+        pairing of a forget image with its counterpart would be ambiguous), one line each."""
+        first: dict[tuple[str, str, str], str] = {}
+        out = []
+        for r in self.rows:
+            if r.scene is None:
+                continue
+            key = (r.scene, r.tuple.id, r.split)
+            if key in first:
+                out.append(
+                    f"{r.where}: scene {r.scene!r} already has a {r.split} row of {r.tuple.id} "
+                    f"({first[key]})"
+                )
+            else:
+                first[key] = r.where
+        return out
 
     def ood_domains(self) -> tuple[str, ...]:
         """The test domains absent from the train split: each is an OOD attack ``domain:<name>``."""
@@ -329,6 +356,7 @@ class _Checker:
         caption = _text(row, "caption", problems)
         domain = _text(row, "domain", problems) or DEFAULT_DOMAIN
         rid = _text(row, "id", problems) or str(n)
+        scene = _text(row, "scene", problems) or None
         image = checked[0]
         problems.extend(checked[1])
         if rid in self.ids:
@@ -349,7 +377,7 @@ class _Checker:
             return None, []
         self.seen[key] = where
         self.ids[rid] = where
-        return ManifestRow(rid, path, t, split, caption, domain, sha, where), []
+        return ManifestRow(rid, path, t, split, caption, domain, sha, where, scene), []
 
 
 def load_manifest(

@@ -3,8 +3,9 @@
 The checking is :func:`relsafe.data.manifest.load_manifest`'s (every row against the vocabulary,
 the images, duplicates and split leaks); this module resolves the vocabulary the user names and
 lays the resulting :class:`~relsafe.data.manifest.Manifest` out as plain-text tables: rows per
-tuple x split, rows per split x domain (with the test domains absent from train marked OOD), and
-the rows ``--skip-bad`` left out.
+tuple x split, rows per split x domain (with the test domains absent from train marked OOD), the
+scenes per split (with any scene holding two rows of one tuple in one split flagged), and the rows
+``--skip-bad`` left out.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def counts_table(m: Manifest) -> str:
     ):
         mark = "  OOD (not in train)" if split == "test" and domain in ood else ""
         lines.append(f"{split:<6} {domain:<{dwidth}} {n:>6}{mark}")
+    scenes = m.scene_counts()
+    if any(scenes.values()):
+        lines.append("")
+        lines.append("scenes: " + ", ".join(f"{s} {scenes[s]}" for s in SPLITS))
+        problems = m.scene_problems()
+        if problems:
+            lines.append(f"scene problems ({len(problems)}):")
+            lines.extend(f"  {p}" for p in problems[:50])
     return "\n".join(lines)
 
 

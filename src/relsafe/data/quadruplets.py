@@ -20,6 +20,7 @@ style ``styles[j % len(styles)]`` and seeds from ``(base_seed, p * n_per_pair + 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from relsafe.errors import InputError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Quadruplets", "build_quadruplets", "policy_quadruplets"]
 
@@ -159,9 +162,11 @@ def _world_quadruplets(
     name: str,
     styles: Sequence[str] | None = None,
 ) -> Quadruplets:
-    """Quadruplets of a manifest world: for pair ``p``, record ``j`` pairs the ``j``-th image of
-    the unsafe tuple in the seed's split (train for edits, val, test) with the ``j``-th image of
-    its counterpart (cycled), at most ``n_per_pair`` and never more than the unsafe tuple has;
+    """Quadruplets of a manifest world: for pair ``p``, record ``j`` pairs the ``j``-th image the
+    seed block rule (:meth:`relsafe.data.world.ManifestImages.paired_rows`, seed ``k`` of
+    ``splits.<USE> + k``) draws of the unsafe tuple in the seed's split (train for edits, val,
+    test) with its counterpart's row of the same scene (else one of the counterpart's own images,
+    with a warning), at most ``n_per_pair`` and never more than the unsafe tuple has;
     captions are minimal pairs from the world's vocabulary. ``styles`` name domains
     (``domain:<name>``); None or RelWorld's training styles mean the train split's domains."""
     import random
@@ -169,6 +174,7 @@ def _world_quadruplets(
     from PIL import Image
 
     from relsafe.data.world import ManifestImages, domains_of, use_of_seed
+    from relsafe.world import splits
     from relsafe.world.captions import caption_pair
     from relsafe.world.dataset import item_seeds
     from relsafe.world.styles import TRAIN_STYLES
@@ -182,15 +188,18 @@ def _world_quadruplets(
     domains = domains_of(styles or TRAIN_STYLES, world.images.in_domains())
     out = Quadruplets([], [], [], [], [], [], f"{world.name}:{name}")
     missing = []
+    k_seed = base_seed - splits.ALL[use_of_seed(base_seed)]
+    unpaired = []
     for p, (unsafe, safe) in enumerate(pairs):
-        ru = world.images.rows(unsafe, split, domains)
-        rs = world.images.rows(safe, split, domains)
-        if not ru or not rs:
-            missing.append((unsafe if not ru else safe).id)
+        ru, rs, paired = world.images.paired_rows(unsafe, safe, split, n_per_pair, k_seed, domains)
+        if not ru:
+            missing.append((unsafe if not world.images.rows(unsafe, split, domains) else safe).id)
             continue
-        k = min(n_per_pair, len(ru))
-        g = world.images.load_rows(ru[:k], size)
-        v = world.images.load_rows([rs[j % len(rs)] for j in range(k)], size)
+        if not paired:
+            unpaired.append(f"{unsafe.id} -> {safe.id}")
+        k = len(ru)
+        g = world.images.load_rows(ru, size)
+        v = world.images.load_rows(rs, size)
         for j in range(k):
             _, cap_seed = item_seeds(base_seed, p * n_per_pair + j, 0x0DA7)
             u_text, s_text = caption_pair(
@@ -202,6 +211,15 @@ def _world_quadruplets(
             out.G.append(Image.fromarray(g[j]))
             out.safe_ids.append(safe.id)
             out.unsafe_ids.append(unsafe.id)
+    if unpaired:
+        log.warning(
+            "manifest %s: %d pair(s) share no %s scene (%s): V is one of the counterpart's own "
+            "images, not a minimal pair of G",
+            world.images.manifest.path,
+            len(unpaired),
+            split,
+            ", ".join(unpaired[:5]),
+        )
     if not len(out):
         raise InputError(
             f"manifest {world.images.manifest.path} has no {split} images for any pair of "

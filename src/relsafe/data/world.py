@@ -8,8 +8,10 @@ directly:
 * the **image source** gives images of tuples for a use: :class:`RenderedImages` renders RelWorld
   scenes (the built-in world: counterpart images are minimal pairs, the same scene with one element
   swapped); :class:`ManifestImages` reads a tuple-labelled manifest (DATA.md): edits use its
-  ``train`` rows, tuning its ``val`` rows, the suites its ``test`` rows, and a counterpart's images
-  are the counterpart tuple's own train images; :class:`NoImages` is a text-only world (every image
+  ``train`` rows, tuning its ``val`` rows, the suites its ``test`` rows; a counterpart's image is
+  the counterpart's row of the same ``scene`` (a minimal pair, when the manifest has scenes), else
+  one of the counterpart tuple's own train images; method seed ``k`` draws the ``k``-th block of a
+  tuple's rows (:meth:`ManifestImages.paired_rows`); :class:`NoImages` is a text-only world (every image
   step is skipped with a warning, or refused where a suite needs images).
 
 A policy carries its world: :func:`world_of` returns the one bound with
@@ -189,9 +191,17 @@ class ManifestImages:
     paired: bool = False
     _index: dict[tuple[str, str], list[Any]] = field(default_factory=dict, repr=False)
 
+    _scene_tuples: dict[tuple[str, str], set[str]] = field(default_factory=dict, repr=False)
+
     def __post_init__(self) -> None:
         for r in self.manifest.rows:
             self._index.setdefault((r.tuple.id, r.split), []).append(r)
+            if r.scene is not None:
+                self._scene_tuples.setdefault((r.scene, r.split), set()).add(r.tuple.id)
+
+    def _shared(self, row: Any) -> bool:
+        """Whether ``row``'s scene also has a row of another tuple in its split."""
+        return row.scene is not None and len(self._scene_tuples[(row.scene, row.split)]) > 1
 
     def rows(self, t: ORO, split: str, domains: Sequence[str] | None = None) -> list[Any]:
         got = self._index.get((t.id, split), [])
@@ -221,21 +231,69 @@ class ManifestImages:
             out[i] = np.asarray(im, dtype=np.uint8)
         return out
 
+    def paired_rows(
+        self,
+        a: ORO,
+        b: ORO,
+        split: str,
+        n: int,
+        seed: int,
+        domains: Sequence[str] | None = None,
+    ) -> tuple[list[Any], list[Any], bool]:
+        """Up to ``n`` rows of ``a`` in ``split`` and, for each, its row of ``b``; and whether the
+        pairs are minimal pairs (the same ``scene``).
+
+        Selection (the *seed block* rule): ``a``'s candidate rows, in manifest order, are those
+        whose scene also has a ``b`` row (when any has; else every ``a`` row), and ``seed`` ``k``
+        takes ``n`` of them from position ``k * n`` on, wrapping round (never one row twice
+        while there are enough): seed 0 takes the first ``n``, seed 1 the next ``n``, and so on.
+        Each ``a`` row's partner is ``b``'s row of the same scene, else (no shared scene at all)
+        ``b``'s rows in the same block, cycled. ``b == a`` (a tuple's own images, as retained)
+        takes the block from ``a``'s rows of no shared scene (its ordinary photos; all its rows
+        when every one is in a pair) and gives each row itself."""
+        ra, rb = self.rows(a, split, domains), self.rows(b, split, domains)
+        if not ra or not rb:
+            return [], [], False
+        if a == b:
+            solo = [r for r in ra if not self._shared(r)]
+            got = _block(solo or ra, n, seed)
+            return got, list(got), True
+        b_scene = {r.scene: r for r in rb if r.scene is not None}
+        mates = [r for r in ra if r.scene is not None and r.scene in b_scene]
+        if mates:
+            got = _block(mates, n, seed)
+            return got, [b_scene[r.scene] for r in got], True
+        got = _block(ra, n, seed)
+        start = seed * len(got)
+        return got, [rb[(start + j) % len(rb)] for j in range(len(got))], False
+
+    def unpaired(self, pairs: Sequence[tuple[ORO, ORO]], split: str = "train") -> list[str]:
+        """The pairs (``"a -> b"``) with rows of both tuples in ``split`` but no shared scene:
+        their forget images get one of the counterpart's own images as target, not a minimal
+        pair."""
+        out = []
+        for a, b in pairs:
+            if a == b or not self.rows(a, split) or not self.rows(b, split):
+                continue
+            scenes = {r.scene for r in self.rows(b, split) if r.scene is not None}
+            if not any(r.scene in scenes for r in self.rows(a, split) if r.scene is not None):
+                out.append(f"{a.id} -> {b.id}")
+        return out
+
     def pair_images(
         self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
     ) -> tuple[np.ndarray, np.ndarray, list[ORO], list[ORO]]:
         a_rows, b_rows, a_t, b_t = [], [], [], []
         missing = []
         for a, b in pairs:
-            ra, rb = self.rows(a, "train"), self.rows(b, "train")
-            if not ra or not rb:
-                missing.append((a if not ra else b).id)
+            ga, gb, _ = self.paired_rows(a, b, "train", n, seed)
+            if not ga:
+                missing.append((a if not self.rows(a, "train") else b).id)
                 continue
-            for j in range(min(n, len(ra))):
-                a_rows.append(ra[j])
-                b_rows.append(rb[j % len(rb)])
-                a_t.append(a)
-                b_t.append(b)
+            a_rows.extend(ga)
+            b_rows.extend(gb)
+            a_t.extend([a] * len(ga))
+            b_t.extend([b] * len(ga))
         if missing:
             log.warning(
                 "manifest %s has no train images of %d tuple(s) (%s): their edit pairs are "
@@ -277,6 +335,12 @@ class ManifestImages:
             "rows": len(self.manifest.rows),
             "ood_domains": list(self.ood_domains()),
         }
+
+
+def _block(rows: Sequence[Any], n: int, seed: int) -> list[Any]:
+    """``min(n, len(rows))`` rows from position ``seed * that`` on, wrapping (the seed block)."""
+    k = min(n, len(rows))
+    return [rows[(seed * k + j) % len(rows)] for j in range(k)]
 
 
 def use_of_seed(base_seed: int) -> str:
