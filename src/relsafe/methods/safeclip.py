@@ -19,6 +19,15 @@ step is one real optimiser step over one batch (no broken gradient accumulation)
 Data: RelWorld quadruplets for the policy's (unsafe, counterpart) pairs from the ``edit``
 caption split (never the evaluation-reserved canonical template or held-out material) and training
 styles only, with the ``EDIT`` seed; or any list of quadruplets passed in (ViSU files).
+
+Retain pool (issue 14, equal data budget; ``retain_pool: true``, the default, and only when a
+policy is given): the policy's retain pool (:mod:`relsafe.data.retain_pool`, the same tuples, texts
+and images relational-lora retains) joins as preservation rows, Safe-CLIP's "safe side is all of
+COCO" at RelWorld's scale. Each step takes ``batch_size`` quadruplet rows plus ``pool_batch``
+(default half as many) pool (text, image) pairs; the safe-side terms ``cos_S``, ``cos_V``,
+``nce_S_V0`` and ``nce_S0_V`` run over both (rows of one tuple are positives across the two), the
+unsafe-side terms over the quadruplets only. The pool's marginal texts (a word alone, no image)
+join ``cos_S``.
 """
 
 from __future__ import annotations
@@ -33,8 +42,10 @@ import torch
 from torch import nn
 
 from relsafe.config import to_dict
+from relsafe.data.edit_sets import SetSizes
 from relsafe.data.images import to_pixels
 from relsafe.data.quadruplets import build_quadruplets
+from relsafe.data.retain_pool import RetainPool, retain_pool
 from relsafe.distributed import current as current_dist
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
@@ -63,6 +74,8 @@ class SafeClipConfig:
         default_factory=lambda: {**COSINE_WEIGHTS, **CONTRASTIVE_WEIGHTS}
     )
     size: int = 64
+    retain_pool: bool = True
+    pool_batch: int = 16
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 50
@@ -77,6 +90,7 @@ class SafeClipConfig:
         check_training_fields(w, self)  # weights, rank, steps, batch, lr, alpha, dropout, ...
         if sum(self.weights.values()) <= 0:
             raise ConfigError("safeclip: weights must be non-negative and not all zero")
+        check_number(w, "pool_batch", self.pool_batch, lo=1, hi=100_000, integer=True)
         check_number(w, "logit_scale", self.logit_scale, lo=0, hi=MAX_WEIGHT, lo_open=True)
 
 
@@ -135,9 +149,23 @@ def safeclip(
     n = len(data["S"])
     if n == 0 or not (len(data["U"]) == len(data["V"]) == len(data["G"]) == n):
         raise InputError("safeclip needs equal, non-empty S, U, V, G lists")
+    pool: RetainPool | None = None
+    pool_texts: list[str] = []
+    pool_ids: list[str] = []
+    if policy is not None and cfg.retain_pool:
+        pool = retain_pool(policy, SetSizes(size=cfg.size, seed=cfg.seed))
+        pool_texts, pool_img, pool_ids = pool.pairs()
+    ids = data.get("safe_id")
+    if ids is not None and len(ids) != n:
+        raise InputError(f"safeclip: safe_id has {len(ids)} entries for {n} quadruplets")
     groups = _group_ids(data)
-    if groups is not None and len(groups) != n:
-        raise InputError(f"safeclip: safe_id has {len(groups)} entries for {n} quadruplets")
+    m_pool = len(pool_texts)
+    if m_pool:  # one id space: a pool row and a quadruplet of the same tuple are positives
+        quad_ids = list(ids) if ids is not None else [f"quadruplet:{i}" for i in range(n)]
+        all_ids = _group_ids({"safe_id": [*quad_ids, *pool_ids]})
+        assert all_ids is not None
+        groups, pool_groups = all_ids[:n], all_ids[n:]
+    marginals = pool.marginal_texts() if pool is not None else []
     dist = current_dist()  # a world of one unless started by `accelerate launch`
     if dist.enabled:
         model.to(dist.device)
@@ -148,6 +176,10 @@ def safeclip(
         pix_G = to_pixels(model, data["G"], what="data['G']")
         T0_S = _frozen_text(model, list(data["S"]))
         V0_V = _frozen_image(model, pix_V)
+        if m_pool:
+            pix_P = to_pixels(model, pool_img, what="retain pool images")
+            T0_P, V0_P = _frozen_text(model, pool_texts), _frozen_image(model, pix_P)
+        T0_M = _frozen_text(model, marginals) if marginals else None
         patterns = None
         if cfg.include_patch_embedding and model.preset.has_role("vision", "patch_embed"):
             patch = model.preset.globs("vision", ["patch_embed"])
@@ -181,20 +213,34 @@ def safeclip(
             g = groups[idx] if groups is not None else None  # same safe tuple = positive
             cos = nn.functional.cosine_similarity
             s = cfg.logit_scale
-            return {
-                "cos_S": (1 - cos(ts, t0s)).mean(),
-                "cos_V": (1 - cos(vv, v0v)).mean(),
+            out = {
                 "cos_U": (1 - cos(tu, t0s)).mean(),
                 "cos_G": (1 - cos(vg, v0v)).mean(),
-                "nce_S_V0": _info_nce(ts, v0v, s, g),
                 "nce_U_V0": _info_nce(tu, v0v, s, g),
-                "nce_S0_V": _info_nce(t0s, vv, s, g),
                 "nce_S0_G": _info_nce(t0s, vg, s, g),
             }
+            ts_all, t0_all, vv_all, v0_all, g_all = ts, t0s, vv, v0v, g
+            if m_pool:  # safe-side terms over quadruplet rows and pool rows together
+                j = rng.sample(range(m_pool), min(cfg.pool_batch, m_pool))
+                ts_all = torch.cat([ts, sh(T, [pool_texts[i] for i in j])])
+                vv_all = torch.cat([vv, sh(Vf, pix_P[j])])
+                t0_all, v0_all = torch.cat([t0s, T0_P[j]]), torch.cat([v0v, V0_P[j]])
+                g_all = torch.cat([g, pool_groups[j]]) if g is not None else None
+            cos_s = 1 - cos(ts_all, t0_all)
+            if T0_M is not None:
+                k = rng.sample(range(len(marginals)), min(cfg.pool_batch, len(marginals)))
+                tm = sh(T, [marginals[i] for i in k])
+                cos_s = torch.cat([cos_s, 1 - cos(tm, T0_M[k])])
+            out["cos_S"] = cos_s.mean()
+            out["cos_V"] = (1 - cos(vv_all, v0_all)).mean()
+            out["nce_S_V0"] = _info_nce(ts_all, v0_all, s, g_all)
+            out["nce_S0_V"] = _info_nce(t0_all, vv_all, s, g_all)
+            return out
 
         fp = hashlib.sha256(
             json.dumps(
-                {"cfg": to_dict(cfg), "model": model.fingerprint(), "n": n}, sort_keys=True
+                {"cfg": to_dict(cfg), "model": model.fingerprint(), "n": n, "pool": m_pool},
+                sort_keys=True,
             ).encode()
         ).hexdigest()
         loop = run_loop(
@@ -219,7 +265,7 @@ def safeclip(
         method="safeclip",
         config=to_dict(cfg),
         model=getattr(model, "spec", type(model).__name__),
-        data_sizes={"quadruplets": n},
+        data_sizes={"quadruplets": n, **(pool.sizes() if pool is not None else {})},
         curve=loop.curve,
         params_touched=handle.num_parameters(),
         params_total=sum(p.numel() for p in model.parameters()),
@@ -229,6 +275,11 @@ def safeclip(
             "lora_targets": handle.targets,
             "weights_normalised": weights,
             "steps_done": loop.steps_done,
+            **(
+                {"retained_tuples": pool.retained_ids(), "retain_pool_pairs": m_pool}
+                if pool is not None
+                else {}
+            ),
         },
     )
     return EditResult(

@@ -21,6 +21,12 @@ the safe text inside-out of the safe image, ``V=>U`` puts unsafe text beyond the
 the origin, unsafe content further out), exactly the reference's ``entailmentLoss_A(S, V)``,
 ``entailmentLoss_A(U, G)`` and ``entailmentLoss_D(V, U)``.
 
+**Retain pool** (issue 14, equal data budget; ``retain_pool: true``, default, when a policy is
+given): the policy's retain pool (:mod:`relsafe.data.retain_pool`, relational-lora's retain tuples,
+texts and images) gives safe S-V anchor pairs; each step adds ``pool_batch`` of them to the
+``batch_size`` quadruplets' S and V rows in ``nce_SV`` (multi-positive by tuple) and ``ent_SV``,
+HySAC's "safe anchors across the whole dataset". Validation stays on quadruplets.
+
 The seven weights (default 1 each) are normalised once to sum to 1. Optimiser: AdamW, lr 1e-3
 (600 steps: a short CPU schedule; METHODS.md's 1e-4 suits the paper's long one), weight decay 0.2
 on the LoRA factors and none on the scalars (``scalar_lr`` may set their own learning rate);
@@ -62,7 +68,14 @@ from relsafe.distributed import current as current_dist
 from relsafe.distributed import gather_with_local_grad
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
 from relsafe.methods.hysac.config import HySACConfig
-from relsafe.methods.hysac.data import KINDS, QuadData, policy_quadruplets, quad_data, train_val
+from relsafe.methods.hysac.data import (
+    KINDS,
+    QuadData,
+    policy_quadruplets,
+    pool_pairs,
+    quad_data,
+    train_val,
+)
 from relsafe.methods.hysac.losses import (
     CONTRASTIVE_LABELS,
     CONTRASTIVE_TERMS,
@@ -140,6 +153,7 @@ def hysac(
     with Timer() as timer:
         hmodel.eval()
         train, val = train_val(hmodel, policy, cfg, data)
+        pool_data, pool = pool_pairs(hmodel, policy, cfg, train)
         if cfg.alpha_init == "unit_norm" and hmodel is not model:
             unit_norm_alphas(hmodel, train)
         alpha_start = {m: float(hmodel.alpha(m).detach()) for m in ("text", "image")}
@@ -162,12 +176,18 @@ def hysac(
             p.requires_grad_(True)
         fp = hashlib.sha256(
             json.dumps(
-                {"cfg": to_dict(cfg), "model": base_fp, "n": len(train), "n_val": len(val)},
+                {
+                    "cfg": to_dict(cfg),
+                    "model": base_fp,
+                    "n": len(train),
+                    "n_val": len(val),
+                    "pool": 0 if pool_data is None else len(pool_data),
+                },
                 sort_keys=True,
             ).encode()
         ).hexdigest()
         wd = Path(workdir) if workdir else None  # global state, written by the main process
-        run = HySACRun(hmodel, handle, train, val, cfg, dist, wd, fp)
+        run = HySACRun(hmodel, handle, train, val, cfg, dist, wd, fp, pool_data)
         with Timer() as cache_timer:
             run.use_caches(text_cut, image_cut)
         loop = None
@@ -230,7 +250,11 @@ def hysac(
         method="hysac",
         config=to_dict(cfg),
         model=getattr(model, "spec", type(model).__name__),
-        data_sizes={"train_quadruplets": len(train), "val_quadruplets": len(val)},
+        data_sizes={
+            "train_quadruplets": len(train),
+            "val_quadruplets": len(val),
+            **(pool.sizes() if pool is not None else {}),
+        },
         curve=run.curve,
         params_touched=handle.num_parameters() + sum(p.numel() for p in scalars),
         params_total=sum(p.numel() for p in hmodel.parameters()),
@@ -245,6 +269,14 @@ def hysac(
             },
             "weights_normalised": run.weights,
             "steps_done": steps_done,
+            **(
+                {
+                    "retained_tuples": pool.retained_ids(),
+                    "retain_pool_pairs": 0 if pool_data is None else len(pool_data),
+                }
+                if pool is not None
+                else {}
+            ),
             "early_stopping": {
                 "stopped": run.stopped,
                 "select_by": cfg.select_by,

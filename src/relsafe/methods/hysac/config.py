@@ -36,6 +36,10 @@ class HySACConfig:
     batch_size: int = 32
     n_per_pair: int = 64
     n_val_per_pair: int = 16
+    # the policy's retain pool (relsafe.data.retain_pool) as safe S-V anchor pairs in nce_SV and
+    # ent_SV, ``pool_batch`` of them beside each step's ``batch_size`` quadruplets (issue 14)
+    retain_pool: bool = True
+    pool_batch: int = 16
     size: int = 64
     curvature_init: float = 1.0
     alpha_init: Literal["sqrt_dim", "unit_norm"] = "unit_norm"
@@ -83,6 +87,7 @@ class HySACConfig:
         for name in ("text_layers", "vision_layers"):
             check_number(w, f"{name} (0 = all)", getattr(self, name), lo=0, hi=1000, integer=True)
         check_number(w, "scalar_lr", self.scalar_lr, lo=0, hi=MAX_LR, allow_none=True)
+        check_number(w, "pool_batch", self.pool_batch, lo=1, hi=100_000, integer=True)
         check_number(w, "aperture_k", self.aperture_k, lo=0, hi=MAX_WEIGHT, lo_open=True)
         check_number(w, "min_delta", self.min_delta, lo=0, hi=MAX_WEIGHT)
         check_number(w, "patience", self.patience, lo=1, hi=MAX_EVERY, integer=True)

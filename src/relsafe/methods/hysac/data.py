@@ -8,6 +8,9 @@ for training and ``VAL + seed`` for validation (thresholds and traversal radii a
 takes: a uint8 ``(N, H, W, 3)`` array, a list of PIL images, a preprocessed float
 ``(N, 3, H, W)`` tensor), optionally with ``safe_id`` / ``unsafe_id`` and a ``"val"`` entry of the
 same form (otherwise ``val_fraction`` of it is held out).
+
+With a policy and ``retain_pool: true`` (default), the policy's retain pool joins as safe S-V
+anchor pairs (:func:`pool_pairs`), also when ``data`` is given; a ViSU file alone gets none.
 """
 
 from __future__ import annotations
@@ -19,13 +22,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from relsafe.data.edit_sets import SetSizes
 from relsafe.data.images import to_pixels
 from relsafe.data.quadruplets import policy_quadruplets
+from relsafe.data.retain_pool import RetainPool, retain_pool
 from relsafe.errors import InputError
 from relsafe.methods.hysac.config import HySACConfig
 from relsafe.world import splits
 
-__all__ = ["KINDS", "QuadData", "policy_quadruplets", "quad_data", "train_val"]
+__all__ = [
+    "KINDS",
+    "PoolPairs",
+    "QuadData",
+    "policy_quadruplets",
+    "pool_pairs",
+    "quad_data",
+    "train_val",
+]
 
 KINDS = ("S", "V", "U", "G")
 """The four kinds of a quadruplet: safe text, safe image, unsafe text, unsafe image."""
@@ -45,6 +58,7 @@ class QuadData:
     G: torch.Tensor
     safe_label: torch.Tensor
     unsafe_label: torch.Tensor
+    safe_index: dict[Any, int] | None = None  # safe tuple id -> safe_label (None without ids)
 
     def __len__(self) -> int:
         return len(self.S)
@@ -58,16 +72,57 @@ class QuadData:
             self.G[idx],
             self.safe_label[idx],
             self.unsafe_label[idx],
+            self.safe_index,
         )
 
 
-def _labels(ids: Any, n: int, where: str) -> torch.Tensor:
+@dataclass
+class PoolPairs:
+    """The retain pool's safe (text, image) pairs as HySAC anchors: texts ``S``, pixels ``V``
+    (or their cached activations) and ``safe_label`` in the training quadruplets' label space
+    (a pool pair of a tuple the quadruplets show shares its label)."""
+
+    S: list[str]
+    V: torch.Tensor
+    safe_label: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.S)
+
+
+def pool_pairs(
+    model: Any, policy: Any, cfg: HySACConfig, train: QuadData
+) -> tuple[PoolPairs | None, RetainPool | None]:
+    """The policy's retain pool (:func:`relsafe.data.retain_pool.retain_pool`, relational-lora's
+    retain data) as :class:`PoolPairs`; ``(None, None)`` without a policy or with
+    ``retain_pool: false``. Labels follow ``train.safe_index`` (tuple id -> label); a tuple the
+    quadruplets do not show (or quadruplets without ids) gets a new label."""
+    if policy is None or not cfg.retain_pool:
+        return None, None
+    pool = retain_pool(policy, SetSizes(size=cfg.size, seed=cfg.seed))
+    texts, images, ids = pool.pairs()
+    if not texts:
+        return None, pool
+    index: dict[Any, int] = dict(train.safe_index or {})
+    nxt = [int(train.safe_label.max()) + 1 if len(train) else 0]
+
+    def label(i: str) -> int:
+        if i not in index:
+            index[i], nxt[0] = nxt[0], nxt[0] + 1
+        return index[i]
+
+    labels = torch.tensor([label(i) for i in ids], dtype=torch.long)
+    return PoolPairs(texts, to_pixels(model, images, what="retain pool images"), labels), pool
+
+
+def _labels(ids: Any, n: int, where: str, index: dict[Any, int] | None = None) -> torch.Tensor:
+    """Group labels of ``ids`` (first-seen order; ``index`` filled with id -> label)."""
     if ids is None:
         return torch.arange(n)
     ids = list(ids)
     if len(ids) != n:
         raise InputError(f"{where} has {len(ids)} entries for {n} quadruplets")
-    index: dict[Any, int] = {}
+    index = {} if index is None else index
     return torch.tensor([index.setdefault(i, len(index)) for i in ids], dtype=torch.long)
 
 
@@ -88,13 +143,15 @@ def quad_data(model: Any, data: Mapping[str, Any], where: str) -> QuadData:
             f"{where}: S, U, V, G must be non-empty and of equal length, got "
             f"{len(S)}, {len(U)}, {len(V)}, {len(G)}"
         )
+    safe_index: dict[Any, int] = {}
     return QuadData(
         S,
         U,
         V,
         G,
-        _labels(data.get("safe_id"), n, f"{where}.safe_id"),
+        _labels(data.get("safe_id"), n, f"{where}.safe_id", safe_index),
         _labels(data.get("unsafe_id"), n, f"{where}.unsafe_id"),
+        safe_index if data.get("safe_id") is not None else None,
     )
 
 

@@ -30,8 +30,8 @@ import torch
 from relsafe.distributed import Dist
 from relsafe.errors import CheckpointError, InputError
 from relsafe.methods.hysac.config import HySACConfig
-from relsafe.methods.hysac.data import KINDS, QuadData
-from relsafe.methods.hysac.losses import loss_terms
+from relsafe.methods.hysac.data import KINDS, PoolPairs, QuadData
+from relsafe.methods.hysac.losses import entailment_loss, hyperbolic_contrastive, loss_terms
 from relsafe.methods.lora import LoraHandle
 from relsafe.methods.text_prefix import TextPrefixCache, prefix_activations
 from relsafe.models.base import TowerSplit
@@ -156,8 +156,10 @@ class HySACRun:
         dist: Dist,
         workdir: Path | None,
         fingerprint: str,
+        pool: PoolPairs | None = None,
     ) -> None:
         self.model, self.handle, self.train, self.val, self.cfg = model, handle, train, val, cfg
+        self.pool = pool if pool is not None and len(pool) else None
         self.dist, self.workdir, self.fingerprint = dist, workdir, fingerprint
         self.text_prefix: TextPrefixCache | None = None
         self.vision_prefix: TowerSplit | None = None
@@ -182,10 +184,14 @@ class HySACRun:
         m = self.model
         if text is not None:
             texts = [*self.train.S, *self.train.U, *self.val.S, *self.val.U]
+            if self.pool is not None:
+                texts += self.pool.S
             self.text_prefix = TextPrefixCache(m, texts, text.at)
         if image is not None:
             for d in (self.train, self.val):
                 d.V, d.G = prefix_activations(image, d.V), prefix_activations(image, d.G)
+            if self.pool is not None:
+                self.pool.V = prefix_activations(image, self.pool.V)
             self.vision_prefix = image
 
     # -- embedding --
@@ -370,6 +376,14 @@ class HySACRun:
         }
         m = self.model
         terms = loss_terms(emb, m.curvature, m.scale(), m.aperture_k, None, labels)
+        if self.pool is not None:  # safe S-V anchors: nce_SV and ent_SV over quadruplets + pool
+            p = self.pool
+            j = rng.sample(range(len(p)), min(cfg.pool_batch, len(p)))
+            ps = torch.cat([emb["S"], d.shard_rows(self.embed_texts, [p.S[i] for i in j])])
+            pv = torch.cat([emb["V"], d.shard_rows(self.embed_pixels, p.V[j])])
+            lab = torch.cat([labels["safe"], p.safe_label[j].to(m.device)])
+            terms["nce_SV"] = hyperbolic_contrastive(ps, pv, m.curvature, m.scale(), lab)
+            terms["ent_SV"] = entailment_loss(ps, pv, m.curvature, m.aperture_k)
         logged = bool(self.curve) and self.curve[-1]["step"] == step  # accumulation re-calls
         if (step % cfg.log_every == 0 or step == cfg.steps - 1) and not logged:
             entry = {"step": float(step)}
