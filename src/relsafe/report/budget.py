@@ -11,11 +11,15 @@ from typing import Any
 __all__ = ["budget_rows", "budget_section", "budget_table"]
 
 NOTE = (
-    "What each method trained on (seed 0's edit record; every seed has the same budget). The "
-    "methods do not get the same data yet: relational-lora and concept-erasure take forget and "
-    "retain sets built from the policy's neighbours, marginals and unrelated tuples; safeclip, "
-    "hysac and uwm take the quadruplets of the policy's (unsafe, counterpart) pairs only."
+    "What each method trained on (seed 0's edit record; every seed has the same budget). "
+    "relational-lora, safeclip and hysac (retain_pool: true, the default) get the same retain "
+    "pool: the policy's neighbours, marginals and a sample of unrelated tuples, the same texts and "
+    "images (safeclip and hysac use them as safe text-image pairs, so marginal texts only enter "
+    "safeclip's text cosine term). Still unequal: the forget side (relational-lora's forget sets "
+    "vs the quadruplets of the policy's pairs), concept-erasure's retain set (tuples without the "
+    "concept), uwm's calibration pairs, and steps and learning rates (each chosen on VAL)."
 )
+
 
 COLUMNS = (
     ("forget_texts", "forget texts"),
