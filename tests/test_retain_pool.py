@@ -54,7 +54,7 @@ def test_safeclip_and_hysac_records_carry_the_pool(tiny_clip_dir: Path, policy) 
     sc = safeclip(
         load_model(str(tiny_clip_dir)),
         policy,
-        SafeClipConfig(steps=1, n_per_pair=2, batch_size=2),
+        SafeClipConfig(steps=1, n_per_pair=2, batch_size=2, retain_pool=True),
         progress=False,
     ).record
     hy = hysac(

@@ -20,8 +20,8 @@ Data: RelWorld quadruplets for the policy's (unsafe, counterpart) pairs from the
 caption split (never the evaluation-reserved canonical template or held-out material) and training
 styles only, with the ``EDIT`` seed; or any list of quadruplets passed in (ViSU files).
 
-Retain pool (issue 14, equal data budget; ``retain_pool: true``, the default, and only when a
-policy is given): the policy's retain pool (:mod:`relsafe.data.retain_pool`, the same tuples, texts
+Retain pool (issue 14, equal data budget; ``retain_pool: true``, off by default since VAL
+chose off, and only when a policy is given): the policy's retain pool (:mod:`relsafe.data.retain_pool`, the same tuples, texts
 and images relational-lora retains) joins as preservation rows, Safe-CLIP's "safe side is all of
 COCO" at RelWorld's scale. Each step takes ``batch_size`` quadruplet rows plus ``pool_batch``
 (default half as many) pool (text, image) pairs; the safe-side terms ``cos_S``, ``cos_V``,
@@ -74,7 +74,7 @@ class SafeClipConfig:
         default_factory=lambda: {**COSINE_WEIGHTS, **CONTRASTIVE_WEIGHTS}
     )
     size: int = 64
-    retain_pool: bool = True
+    retain_pool: bool = False  # VAL chose false (docs/benchmarks.md, issue 14 section)
     pool_batch: int = 16
     seed: int = 0
     log_every: int = 10
