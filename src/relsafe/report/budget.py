@@ -12,7 +12,8 @@ __all__ = ["budget_rows", "budget_section", "budget_table"]
 
 NOTE = (
     "What each method trained on (seed 0's edit record; every seed has the same budget). "
-    "relational-lora and hysac (and safeclip with retain_pool: true; off by default, VAL chose off) get the same retain "
+    "relational-lora and hysac (and safeclip with retain_pool: true; off by default, VAL chose "
+    "off) get the same retain "
     "pool: the policy's neighbours, marginals and a sample of unrelated tuples, the same texts and "
     "images (safeclip and hysac use them as safe text-image pairs, so marginal texts only enter "
     "safeclip's text cosine term). Still unequal: the forget side (relational-lora's forget sets "
