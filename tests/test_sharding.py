@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from relsafe.engine.sharding import shard_batches
+from relsafe.distributed import shard_batches
 
 TEXTS = [f"a photo of thing number {i}" for i in range(11)]
 N_IMAGES = 7
@@ -94,7 +94,7 @@ def run_all(model_dir: str, out: Path, distributed: bool) -> dict[str, torch.Ten
 def _worker(model_dir: str, out: str) -> None:
     from safetensors.torch import save_file
 
-    from relsafe.engine.sharding import world
+    from relsafe.distributed import world
 
     rank, ws = world()
     assert ws == 2, ws

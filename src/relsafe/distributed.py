@@ -1,4 +1,5 @@
-"""The process-group plumbing every training loop shares (LoRA methods and pretraining).
+"""relsafe's one process-group module: training loops (LoRA methods, pretraining) and the work
+split of embedding, gallery indexing and UWM calibration across a launch's processes.
 
 One process (the default, and every run not started by ``accelerate launch`` / ``torchrun``) needs
 nothing from here beyond :func:`current`, which then returns a world of one: no process group, no
@@ -28,6 +29,12 @@ Gradient accumulation and mixed precision come from the launcher's settings
 ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS`` / ``ACCELERATE_MIXED_PRECISION`` environment) or the
 same variables set by hand; bf16 autocast is used on CUDA only (on CPU it is refused with a
 warning and training stays float32).
+
+Inference work (``relsafe embed``, ``relsafe index``, UWM calibration) is split by whole batches:
+:func:`shard_batches` gives each rank a contiguous run of batches, :func:`sharded_rows` computes
+this rank's share (cached per share: a killed launch resumes per shard) and gathers them with the
+same :func:`gather_rows`; :func:`all_sum` sums tensors over ranks, :func:`barrier` waits, and
+:func:`world` / :func:`is_main` are :func:`current`'s rank and size.
 """
 
 from __future__ import annotations
@@ -47,7 +54,19 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["Dist", "current", "gather_rows", "gather_with_local_grad", "shard_bounds"]
+__all__ = [
+    "Dist",
+    "all_sum",
+    "barrier",
+    "current",
+    "gather_rows",
+    "gather_with_local_grad",
+    "is_main",
+    "shard_batches",
+    "shard_bounds",
+    "sharded_rows",
+    "world",
+]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -96,9 +115,13 @@ class Dist:
         only (see :func:`gather_rows`). In one process it is exactly ``fn(items)``."""
         if self.world == 1:
             return fn(items)
-        n = len(items)
+        lo, hi = self.shard_bounds(len(items))
         local = fn(self.shard(items))
-        return gather_rows(local, n, self.rank, self.world)
+        if local.shape[0] != hi - lo:
+            raise InputError(
+                f"rank {self.rank}: shard has {local.shape[0]} rows, expected {hi - lo}"
+            )
+        return gather_rows(local)
 
     def all_reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Average the gradients of ``params`` over ranks (a parameter without a gradient on this
@@ -164,31 +187,61 @@ def shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
     return out
 
 
-def gather_rows(local: torch.Tensor, n: int, rank: int, world: int) -> torch.Tensor:
-    """Concatenate every rank's shard (rank ``r`` holds rows ``shard_bounds(n, world)[r]``) into the
-    global ``(n, ...)`` tensor on every rank.
+def _comm_device() -> torch.device:
+    import torch.distributed as tdist
 
-    The other ranks' rows are constants; the local rows keep their gradient, scaled by ``world``
-    (the values are unchanged). Every rank then computes the same global loss, and averaging the
-    parameter gradients over ranks (:meth:`Dist.all_reduce_grads`) gives exactly the gradient of
-    that loss. Unequal shards are padded for the collective and trimmed after.
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_rows(local: torch.Tensor | None, dim: int | None = None) -> torch.Tensor:
+    """Every rank's rows concatenated in rank order, on every rank: the one gather of relsafe
+    (training shards and embedding shares alike). Without a launch it returns ``local``.
+
+    Shards may differ in length or be empty (``local`` None on a rank with no rows; ``dim`` gives
+    the row width when no rank has rows). Tensor collectives only (row counts and shapes first,
+    then padded rows; nothing is pickled). The other ranks' rows are constants; a local shard
+    that requires grad keeps its gradient, scaled by the world size (values unchanged), so every
+    rank computes the same global loss and averaging the parameter gradients over ranks
+    (:meth:`Dist.all_reduce_grads`) gives exactly that loss's gradient. The result has the local
+    shard's dtype and device (CPU float32 on a rank without rows).
     """
-    if world == 1:
+    rank, ws = world()
+    if ws == 1:
+        if local is None:
+            return torch.zeros(0, int(dim or 0))
         return local
     import torch.distributed as tdist
 
-    bounds = shard_bounds(n, world)
-    lo, hi = bounds[rank]
-    if local.shape[0] != hi - lo:
-        raise InputError(f"rank {rank}: shard has {local.shape[0]} rows, expected {hi - lo}")
-    width = max(b - a for a, b in bounds)
-    pad = local.detach()
-    if pad.shape[0] < width:
-        pad = torch.cat([pad, pad.new_zeros((width - pad.shape[0], *pad.shape[1:]))])
-    parts = [torch.empty_like(pad) for _ in range(world)]
-    tdist.all_gather(parts, pad.contiguous())
-    rows = [parts[r][: b - a] for r, (a, b) in enumerate(bounds)]
-    rows[rank] = _local_grad(local, world)
+    dev = _comm_device()
+    shape = [] if local is None else list(local.shape[1:])
+    if len(shape) > 6:
+        raise InputError(f"gather_rows: rows of {len(shape)} dimensions; at most 6 are supported")
+    wide = local is not None and local.dtype == torch.float64
+    meta_list = [0 if local is None else int(local.shape[0]), len(shape), int(wide)]
+    meta_list += shape + [0] * (6 - len(shape))
+    meta = torch.tensor(meta_list, dtype=torch.int64, device=dev)
+    metas = [torch.zeros_like(meta) for _ in range(ws)]
+    tdist.all_gather(metas, meta)
+    counts = [int(m[0]) for m in metas]
+    known = [m for m in metas if int(m[0]) > 0] or metas
+    row = [int(x) for x in known[0][3 : 3 + int(known[0][1])]]
+    if local is None and not any(counts):
+        row = [int(dim or 0)]
+    if any(int(m[0]) > 0 and [int(x) for x in m[3 : 3 + int(m[1])]] != row for m in metas):
+        raise InputError(f"rank {rank}: the ranks' rows have different shapes")
+    comm_dtype = torch.float64 if any(int(m[2]) for m in metas) else torch.float32
+    buf = torch.zeros(max(counts), *row, dtype=comm_dtype, device=dev)
+    if local is not None and counts[rank]:
+        buf[: counts[rank]] = local.detach().to(dev, comm_dtype)
+    parts = [torch.empty_like(buf) for _ in range(ws)]
+    tdist.all_gather(parts, buf)
+    out_dtype = torch.float32 if local is None else local.dtype
+    out_dev = torch.device("cpu") if local is None else local.device
+    rows = [p[:c].to(out_dev, out_dtype) for p, c in zip(parts, counts, strict=True)]
+    if local is not None:
+        rows[rank] = _local_grad(local, ws)
     return torch.cat(rows)
 
 
@@ -263,3 +316,77 @@ def current() -> Dist:
     )
     log.info("distributed: rank %d of %d on %s", _CURRENT.rank, _CURRENT.world, device)
     return _CURRENT
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process (:func:`current`; joins the launch's process group
+    on first use, ``(0, 1)`` without a launcher)."""
+    d = current()
+    return d.rank, d.world
+
+
+def is_main() -> bool:
+    """Is this the main process (rank 0, or no launch)?"""
+    return current().is_main
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op without a launch)."""
+    current().barrier()
+
+
+def all_sum(tensors: list[torch.Tensor]) -> None:
+    """Sum each tensor over the ranks, in place (a no-op without a launch; UWM's score sums)."""
+    if world()[1] == 1:
+        return
+    import torch.distributed as tdist
+
+    dev = _comm_device()
+    for t in tensors:
+        moved = t if t.device == dev else t.to(dev)
+        tdist.all_reduce(moved)
+        if moved is not t:
+            t.copy_(moved)
+
+
+def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of rank ``rank``: a contiguous share of the ``ceil(n / batch_size)``
+    whole batches (the first ranks take one more when they do not divide evenly; may be empty),
+    so every row is computed in exactly the batch it would be in one process (the gathered
+    matrix *is* the one-process matrix, not merely close to it)."""
+    n_batches = (n + batch_size - 1) // batch_size
+    per, extra = divmod(n_batches, world_size)
+    first = rank * per + min(rank, extra)
+    count = per + (1 if rank < extra else 0)
+    return min(n, first * batch_size), min(n, (first + count) * batch_size)
+
+
+def sharded_rows(
+    n: int,
+    batch_size: int,
+    compute: Callable[[int, int], torch.Tensor],
+    cache: Any = None,
+    key: str | None = None,
+    what: str = "",
+) -> torch.Tensor:
+    """``compute(lo, hi)`` on this rank's :func:`shard_batches` share, gathered on every rank
+    (CPU float32).
+
+    With an :class:`~relsafe.engine.cache.EmbeddingCache` and the call's ``key``, the share is
+    stored under ``key`` plus its row range (and reloaded on a relaunch with the same process
+    count and batch size): the per-shard resume."""
+    import hashlib
+
+    rank, ws = world()
+    lo, hi = shard_batches(n, batch_size, rank, ws)
+    local: torch.Tensor | None = None
+    if hi > lo:
+        skey = None
+        if cache is not None and key is not None:
+            skey = hashlib.sha256(f"{key}|rows {lo}:{hi} of {n}".encode()).hexdigest()
+            local = cache.load(skey, hi - lo)
+        if local is None:
+            local = compute(lo, hi)
+            if skey is not None:
+                cache.save(skey, local, {"modality": what, "rows": f"{lo}:{hi}", "n": str(n)})
+    return gather_rows(local).to("cpu", torch.float32)

@@ -66,7 +66,7 @@ def embed(
         tensors["image"] = engine.embed_images(paths)
         meta["n_images"] = str(len(paths))
         meta["image_paths"] = "\n".join(paths)
-    from relsafe.engine.sharding import is_main
+    from relsafe.distributed import is_main
 
     if not is_main():
         from relsafe.errors import NotMainProcess

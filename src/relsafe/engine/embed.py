@@ -22,7 +22,7 @@
   entries) and a hash of the inputs; a repeated call loads the matrix without running the model;
 * with ``distributed=True`` under a launcher (``accelerate launch`` / ``torchrun``), each process
   embeds its share of whole batches and the rows are gathered on every process
-  (:mod:`relsafe.engine.sharding`); with a cache each share is its own entry, so a killed
+  (:mod:`relsafe.distributed`); with a cache each share is its own entry, so a killed
   launch resumes per shard. Without a launcher it is the one-process path.
 """
 
@@ -418,8 +418,8 @@ class EmbeddingEngine:
         self, modality: str, n: int, produce: Callable[[slice], Any], key: str | None
     ) -> torch.Tensor:
         """This process's share of whole batches, then all shares gathered in order
-        (:func:`relsafe.engine.sharding.sharded_rows`; each share cached on its own)."""
-        from relsafe.engine.sharding import sharded_rows
+        (:func:`relsafe.distributed.sharded_rows`; each share cached on its own)."""
+        from relsafe.distributed import sharded_rows
 
         def compute(lo: int, hi: int) -> torch.Tensor:
             return self._compute(
@@ -467,7 +467,7 @@ class EmbeddingEngine:
 def _is_main(distributed: bool) -> bool:
     if not distributed:
         return True
-    from relsafe.engine.sharding import is_main
+    from relsafe.distributed import is_main
 
     return is_main()
 

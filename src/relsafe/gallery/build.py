@@ -147,7 +147,7 @@ def build_index(
     build of the same gallery is resumed either way. ``batch_size`` is the engine's.
     ``distributed``: share the shards among a launch's processes (module docs); None does so
     whenever ``WORLD_SIZE`` > 1."""
-    from relsafe.engine.sharding import barrier, world
+    from relsafe.distributed import barrier, world
     from relsafe.gallery.faiss_index import check_geometry, choose_kind
     from relsafe.outputs import writing
 
@@ -295,7 +295,7 @@ def _run_shards(
         if bar is not None:
             bar.close()
     if ws > 1:
-        from relsafe.engine.sharding import barrier
+        from relsafe.distributed import barrier
 
         barrier()  # every rank's shard files are written
         if rank != 0:

@@ -177,8 +177,8 @@ def compute_scores(
     """
     from tqdm.auto import tqdm
 
+    from relsafe.distributed import all_sum, shard_batches, world
     from relsafe.engine.embed import progress_enabled, resolve_dtype
-    from relsafe.engine.sharding import all_sum, shard_batches, world
 
     if distributed is None:
         distributed = _launched()
