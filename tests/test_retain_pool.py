@@ -60,7 +60,7 @@ def test_safeclip_and_hysac_records_carry_the_pool(tiny_clip_dir: Path, policy) 
     hy = hysac(
         load_model(str(tiny_clip_dir)),
         policy,
-        HySACConfig(steps=1, n_per_pair=2, n_val_per_pair=2, batch_size=2),
+        HySACConfig(steps=1, n_per_pair=2, n_val_per_pair=2, batch_size=2, retain_pool=True),
         progress=False,
     ).record
     retain = {k: v for k, v in lora.data_sizes.items() if k.startswith("retain_")}

@@ -166,7 +166,9 @@ class Runner:
             if not isinstance(getattr(mcfg, "seed", None), int):
                 return None
             mcfg = dataclasses.replace(mcfg, seed=mcfg.seed + repeat)
-        key = _hash({"base": self.base_key, "method": spec.name, "config": to_dict(mcfg)})
+        # a config may say how it enters the key (fields added later, at their old behaviour)
+        conf = mcfg.resume_key() if hasattr(mcfg, "resume_key") else to_dict(mcfg)
+        key = _hash({"base": self.base_key, "method": spec.name, "config": conf})
         return _seed_label(spec.key, repeat), mcfg, key
 
     def edit_stage(self, spec: MethodSpec, repeat: int = 0) -> Path | None:

@@ -80,6 +80,16 @@ class SafeClipConfig:
     log_every: int = 10
     checkpoint_every: int = 50
 
+    def resume_key(self) -> dict:
+        """The config as it enters a ``relsafe run`` stage key. The retain-pool fields came after
+        runs existed; with the pool off the method trains exactly as before them (same weights,
+        checked against the previous commit), so they are left out and earlier runs resume."""
+        d = to_dict(self)
+        if not self.retain_pool:
+            d.pop("retain_pool")
+            d.pop("pool_batch")
+        return d
+
     def validate(self) -> None:
         unknown = set(self.weights) - set(COSINE_WEIGHTS) - set(CONTRASTIVE_WEIGHTS)
         if unknown:

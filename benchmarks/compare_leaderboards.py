@@ -1,0 +1,85 @@
+"""Compare two ``leaderboard.md`` files cell by cell (issue 15's identity check).
+
+Prints how many cells were compared, how many differ by more than ``--tol``, the largest absolute
+difference, and each differing cell (method, column, both values). Exit status 0 when the two
+tables have the same methods, columns and ``n`` line and every number agrees within ``--tol``;
+1 otherwise.
+
+    python benchmarks/compare_leaderboards.py runs/benchmark-1seed/leaderboard.md \
+        runs/identity/leaderboard.md
+
+Numbers are read as printed (3 decimals), so ``--tol 0`` asks for the same printed table; cells
+that are not numbers (``–``) must match as text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def read_table(path: Path) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """The header, ``{method: cells}`` and the lines after the table (``n``, seeds)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = [ln for ln in lines if ln.startswith("|")]
+    if len(rows) < 3:
+        raise SystemExit(f"{path}: no Markdown table found")
+    split = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in rows]
+    header, body = split[0], split[2:]
+    rest = [ln for ln in lines if ln and not ln.startswith("|")]
+    return header, {r[0]: r[1:] for r in body}, rest
+
+
+def numbers(cell: str) -> list[float]:
+    return [float(x) for x in NUMBER.findall(cell.replace("*", ""))]
+
+
+def compare(a: Path, b: Path, tol: float) -> int:
+    ha, ta, ra = read_table(a)
+    hb, tb, rb = read_table(b)
+    problems: list[str] = []
+    if ha != hb:
+        problems.append(f"columns differ: {sorted(set(ha) ^ set(hb))}")
+    if set(ta) != set(tb):
+        problems.append(f"methods differ: {sorted(set(ta) ^ set(tb))}")
+    n_a = [ln for ln in ra if ln.startswith(("n (", "Seeds"))]
+    n_b = [ln for ln in rb if ln.startswith(("n (", "Seeds"))]
+    if n_a != n_b:
+        problems.append(f"n / seeds lines differ:\n  {n_a}\n  {n_b}")
+    cells = worst = 0.0
+    differing = []
+    for method in sorted(set(ta) & set(tb)):
+        for col, ca, cb in zip(ha[1:], ta[method], tb[method], strict=False):
+            na, nb = numbers(ca), numbers(cb)
+            cells += 1
+            if len(na) != len(nb) or (not na and ca != cb):
+                differing.append(f"{method} / {col}: {ca} vs {cb}")
+                continue
+            d = max((abs(x - y) for x, y in zip(na, nb, strict=True)), default=0.0)
+            worst = max(worst, d)
+            if d > tol:
+                differing.append(f"{method} / {col}: {ca} vs {cb}")
+    print(
+        f"{int(cells)} cells compared; {len(differing)} differ by more than {tol}; "
+        f"largest difference {worst:.3f}"
+    )
+    for line in problems + differing:
+        print(" ", line)
+    return 1 if problems or differing else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("a", type=Path)
+    ap.add_argument("b", type=Path)
+    ap.add_argument("--tol", type=float, default=0.0, help="largest allowed |difference|")
+    args = ap.parse_args(argv)
+    return compare(args.a, args.b, args.tol)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
