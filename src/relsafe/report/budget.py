@@ -12,13 +12,13 @@ __all__ = ["budget_rows", "budget_section", "budget_table"]
 
 NOTE = (
     "What each method trained on (seed 0's edit record; every seed has the same budget). "
-    "relational-lora and hysac (and safeclip with retain_pool: true; off by default, VAL chose "
-    "off) get the same retain "
-    "pool: the policy's neighbours, marginals and a sample of unrelated tuples, the same texts and "
-    "images (safeclip and hysac use them as safe text-image pairs, so marginal texts only enter "
-    "safeclip's text cosine term). Still unequal: the forget side (relational-lora's forget sets "
-    "vs the quadruplets of the policy's pairs), concept-erasure's retain set (tuples without the "
-    "concept), uwm's calibration pairs, and steps and learning rates (each chosen on VAL)."
+    "relational-lora trains with the policy's retain pool (its neighbours, marginals and a sample "
+    "of unrelated tuples). safeclip and hysac can take the same pool as safe text-image pairs "
+    "(retain_pool: true), but VAL chose it off for both (it cut their safety more than it raised "
+    "preservation; docs/benchmarks.md), so here they train on the quadruplets of the policy's "
+    "pairs only. Also unequal: the forget side (relational-lora's forget sets vs the "
+    "quadruplets), concept-erasure's retain set (tuples without the concept), uwm's calibration "
+    "pairs, and steps and learning rates."
 )
 
 
