@@ -94,12 +94,15 @@ def run_all(model_dir: str, out: Path, distributed: bool) -> dict[str, torch.Ten
 def _worker(model_dir: str, out: str) -> None:
     from safetensors.torch import save_file
 
-    from relsafe.distributed import world
+    from relsafe.distributed import gather_rows, world
 
     rank, ws = world()
     assert ws == 2, ws
     res = run_all(model_dir, Path(out), distributed=True)
     save_file({k: v.contiguous() for k, v in res.items()}, str(Path(out) / f"rank{rank}.st"))
+    # a rank with no rows (None) still takes part and receives the others' rows
+    mine = torch.arange(6.0).reshape(2, 3) if rank == 0 else None
+    save_file({"g": gather_rows(mine).contiguous()}, str(Path(out) / f"empty{rank}.st"))
 
 
 def _free_port() -> int:
@@ -158,6 +161,9 @@ def test_two_processes_equal_one(tiny_clip_dir: Path, tmp_path: Path) -> None:
         for k, v in one.items():
             assert got[k].shape == v.shape, k
             assert torch.equal(got[k], v), f"{k} on rank {rank} differs from one process"
+    for rank in (0, 1):
+        g = load_file(str(dist_out / f"empty{rank}.st"))["g"]
+        assert torch.equal(g, torch.arange(6.0).reshape(2, 3)), (rank, g)
     # each rank's share is its own cache entry (resume per shard), plus the gathered whole
     assert len(list((dist_out / "cache").rglob("*.safetensors"))) == 2 * 2 + 2
     assert (dist_out / "index" / "index.json").is_file()

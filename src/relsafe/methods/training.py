@@ -168,8 +168,13 @@ def run_loop(
     optimizer: str = "adamw",
     extra_param_groups: list[dict[str, Any]] | None = None,
     extra: ExtraState | None = None,
+    fused: bool | None = None,
 ) -> LoopResult:
     """Optimise ``params`` for ``steps`` steps on the weighted sum of ``step_losses``.
+
+    ``fused``: the fused (single-kernel) Adam/AdamW update; None uses it when every trainable
+    parameter is a floating-point CUDA tensor (the same update, fewer kernel launches), False
+    never (``benchmarks/train_step.py``'s reference style).
 
     ``extra``: a method's own resumable state (:class:`ExtraState`), saved inside the same
     checkpoint folder as the adapter and optimiser, so the set is always complete.
@@ -187,9 +192,11 @@ def run_loop(
         check_number(desc, name, v, lo=1, hi=MAX_EVERY, integer=True)
     groups: list[dict[str, Any]] = [{"params": params, "weight_decay": weight_decay}]
     groups += extra_param_groups or []
-    opt: torch.optim.Optimizer = (
-        torch.optim.Adam(groups, lr=lr) if optimizer == "adam" else torch.optim.AdamW(groups, lr=lr)
-    )
+    if fused is None:
+        every = [p for g in groups for p in g["params"]]
+        fused = bool(every) and all(p.is_cuda and p.is_floating_point() for p in every)
+    kind = torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW
+    opt: torch.optim.Optimizer = kind(groups, lr=lr, fused=True) if fused else kind(groups, lr=lr)
     dist = current_dist()
     rng = random.Random(seed)  # the same stream on every rank: the same global batches
     dist.seed_torch(seed)
