@@ -113,7 +113,9 @@ for name in ("embed", "train", "uwm"):
             lines.append(
                 f"| train step {data['args']['config']} {prof}, B={data['args']['batch_size']} | "
                 f"reference {r['reference']:.3f} s, relsafe {r['relsafe']:.3f} s = "
-                f"{r['reference'] / r['relsafe']:.2f}x | {secs} |"
+                f"{r['reference'] / r['relsafe']:.2f}x"
+                + (f" (stopped early: {r['stopped']})" if r.get("stopped") else "")
+                + f" | {secs} |"
             )
     else:
         for r in data:

@@ -163,6 +163,7 @@ def timed_loops(style: str, device: torch.device, out: dict[str, Any]) -> Any:
         marks.append(time.perf_counter())
         out["times"] = [b - a for a, b in zip(marks, marks[1:], strict=False)]
         out["curve"] = res.curve
+        out["stopped"] = res.stopped_early  # e.g. a non-finite loss: fewer steps were timed
         out["state"] = {n: v.detach().float().cpu() for n, v in handle.state_dict().items()}
         return res
 
@@ -357,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             res = {style: run(base, prof, style, args) for style in STYLES}
             r: dict[str, Any] = {s: res[s]["s_per_step"] for s in STYLES}
             r["curve"] = {s: res[s]["curve"] for s in STYLES}
+            r["stopped"] = {s: res[s]["stopped"] for s in STYLES if res[s].get("stopped")}
             if args.processes > 1:
                 r["scaling"] = scaling(args, prof, res["relsafe"], tmp)
             rows[prof] = r
@@ -377,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| {prof} ({PROFILES[prof]}) | {r['reference']:.3f} | {r['relsafe']:.3f} | "
             f"{r['reference'] / r['relsafe']:.2f}x |"
         )
+    for prof, r in rows.items():
+        for style, why in r["stopped"].items():
+            print(f"WARNING, {prof} {style}: stopped early ({why}); fewer steps were timed")
     for prof, r in rows.items():
         if "scaling" in r:
             print(f"scaling, {prof}: {r['scaling']}")
