@@ -81,14 +81,10 @@ class SafeClipConfig:
     checkpoint_every: int = 50
 
     def resume_key(self) -> dict:
-        """The config as it enters a ``relsafe run`` stage key. The retain-pool fields came after
-        runs existed; with the pool off the method trains exactly as before them (same weights,
-        checked against the previous commit), so they are left out and earlier runs resume."""
-        d = to_dict(self)
-        if not self.retain_pool:
-            d.pop("retain_pool")
-            d.pop("pool_batch")
-        return d
+        """How this config enters a run's stage key (:func:`relsafe.data.retain_pool.pool_resume_key`)."""
+        from relsafe.data.retain_pool import pool_resume_key
+
+        return pool_resume_key(self)
 
     def validate(self) -> None:
         unknown = set(self.weights) - set(COSINE_WEIGHTS) - set(CONTRASTIVE_WEIGHTS)
