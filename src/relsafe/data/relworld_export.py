@@ -49,7 +49,6 @@ def export_relworld(
 
     ``out`` must not exist yet or be empty of anything but an earlier export (the caller checks
     with :mod:`relsafe.outputs`); ``styles`` cycle over each tuple's images like the suites'."""
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from relsafe.utils_io import atomic_dir
@@ -78,20 +77,7 @@ def export_relworld(
             t = tuples[int(lab)]
             i = counts.get(int(lab), 0)
             counts[int(lab)] = i + 1
-            rel = Path("images") / f"{t.subject}-{t.relation}-{t.object}" / f"{i}.png"
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr).save(tmp / rel, format="PNG")
-            rows.append(
-                {
-                    "image": rel.as_posix(),
-                    "subject": t.subject,
-                    "relation": t.relation,
-                    "object": t.object,
-                    "split": split,
-                    "domain": styles[i % len(styles)],
-                    "scene": "",
-                }
-            )
+            rows.append(_write_image(tmp, "images", str(i), arr, t, split, styles[i % len(styles)]))
         if edit_seeds:
             rows.extend(
                 _edit_rows(
@@ -124,7 +110,6 @@ def _retain_rows(
     retained tuple, each its own scene), and ``n`` filler renders (a seed of their own) of every
     tuple retained by another seed but not by ``k``, so each tuple's ``k``-th block of unpaired
     rows is seed ``k``'s."""
-    from PIL import Image
 
     from relsafe.data.world import RenderedImages
 
@@ -137,16 +122,11 @@ def _retain_rows(
         )
         imgs.extend(f_img)
         tuples.extend(f_t)
-    rows = []
-    for i, (img, t) in enumerate(zip(imgs, tuples, strict=True)):
-        scene = f"retain{k}-{i}"
-        rel = Path("edit") / f"{t.subject}-{t.relation}-{t.object}" / f"{scene}.png"
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(tmp / rel, format="PNG")
-        rows.append({"image": rel.as_posix(), "subject": t.subject, "relation": t.relation,
-                     "object": t.object, "split": "train",
-                     "domain": TRAIN_STYLES[(i % n) % len(TRAIN_STYLES)], "scene": scene})  # fmt: skip
-    return rows
+    return [
+        _write_image(tmp, "edit", f"retain{k}-{i}", img, t, "train",
+                     TRAIN_STYLES[(i % n) % len(TRAIN_STYLES)], scene=f"retain{k}-{i}")
+        for i, (img, t) in enumerate(zip(imgs, tuples, strict=True))
+    ]  # fmt: skip
 
 
 def _edit_rows(
@@ -155,7 +135,6 @@ def _edit_rows(
     """Write the forget pairs RelWorld's edit sets render for seeds ``0..n_seeds-1`` (seed-major,
     pair by pair, as :meth:`relsafe.data.world.RenderedImages.pair_images` orders them) and
     return their manifest rows: each pair a scene ``edit<k>-<i>``, both rows in ``train``."""
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from relsafe.data.world import RenderedImages
@@ -176,20 +155,28 @@ def _edit_rows(
         if retain:
             rows.extend(_retain_rows(tmp, retain[k], every, k, n_retain, size))
         for i in range(len(a_t)):
-            scene = f"edit{k}-{i}"
+            scene, domain = f"edit{k}-{i}", TRAIN_STYLES[(i % n) % len(TRAIN_STYLES)]
             for img, t in ((a_img[i], a_t[i]), (b_img[i], b_t[i])):
-                rel = Path("edit") / f"{t.subject}-{t.relation}-{t.object}" / f"{scene}.png"
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img).save(tmp / rel, format="PNG")
-                rows.append(
-                    {
-                        "image": rel.as_posix(),
-                        "subject": t.subject,
-                        "relation": t.relation,
-                        "object": t.object,
-                        "split": "train",
-                        "domain": TRAIN_STYLES[(i % n) % len(TRAIN_STYLES)],
-                        "scene": scene,
-                    }
-                )
+                rows.append(_write_image(tmp, "edit", scene, img, t, "train", domain, scene=scene))
     return rows
+
+
+def _write_image(
+    tmp: Path, folder: str, name: str, img: Any, t: Any, split: str, domain: str, scene: str = ""
+) -> dict[str, str]:
+    """Save ``img`` as ``<folder>/<subject>-<relation>-<object>/<name>.png`` under ``tmp`` and
+    return its manifest row."""
+    from PIL import Image
+
+    rel = Path(folder) / f"{t.subject}-{t.relation}-{t.object}" / f"{name}.png"
+    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(tmp / rel, format="PNG")
+    return {
+        "image": rel.as_posix(),
+        "subject": t.subject,
+        "relation": t.relation,
+        "object": t.object,
+        "split": split,
+        "domain": domain,
+        "scene": scene,
+    }
