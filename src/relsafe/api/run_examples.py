@@ -16,7 +16,7 @@ from relsafe.data.world import ManifestImages, world_of
 from relsafe.eval.candidates import candidate_tuples
 from relsafe.world import splits
 from relsafe.world.captions import canonical_caption
-from relsafe.world.dataset import item_seeds
+from relsafe.world.dataset import scene_seed
 from relsafe.world.styles import TRAIN_STYLES
 
 __all__ = ["example_items"]
@@ -46,7 +46,7 @@ def example_items(policy: Any, model: Any, engine: Any, n: int) -> list[dict[str
         item: dict[str, Any] = {"tuple": t.id, "unsafe": unsafe, "top1": tuples[top[i]].id}
         if isinstance(world.images, ManifestImages):
             item["image"] = str(world.images.rows(t, "test")[0].image)
-        else:  # the seed test_images gave image i (one per tuple), first training style
-            item.update(seed=item_seeds(splits.TEST, i)[0], style=TRAIN_STYLES[0], size=64)
+        else:  # the tuple's first TEST scene, first training style: what test_images gave
+            item.update(seed=scene_seed(splits.TEST, t, None, 0), style=TRAIN_STYLES[0], size=64)
         items.append(item)
     return items

@@ -29,6 +29,12 @@ def _cmd_export_relworld(args: argparse.Namespace) -> int:
             edit_per_tuple=args.edit_per_tuple,
             retain_per_tuple=args.retain_per_tuple,
             policy=load_policy(find_policy(args.policy)) if args.policy else None,
+            quad_per_pair=args.quad_per_pair,
+            val_per_pair=args.val_per_pair,
+            val_per_tuple=args.val_per_tuple,
+            test_per_pair=args.test_per_pair,
+            ood_styles=args.ood_styles.split(",") if args.ood_styles else (),
+            concept_role=args.concept_role,
         )
     n = sum(1 for _ in manifest.open(encoding="utf-8")) - 1
     print(f"wrote {n} RelWorld {args.split} images and {manifest}")
@@ -72,8 +78,8 @@ def register(add: Any, sub: Any) -> None:
         "--edit-seeds",
         type=int,
         default=0,
-        help="also write, as train rows with scene ids, the forget pairs RelWorld's edit sets "
-        "render for method seeds 0..N-1 (default 0: none)",
+        help="also write a run's material for method seeds 0..N-1 (train, val and test minimal "
+        "pairs with scene ids, every tuple's own train scenes; docs/your-data.md) (default 0)",
     )
     sp.add_argument(
         "--edit-per-tuple",
@@ -86,6 +92,28 @@ def register(add: Any, sub: Any) -> None:
         type=int,
         default=6,
         help="retain images per retained tuple and seed (images_per_retain_tuple; 0: none)",
+    )
+    for flag, what in (
+        (
+            "--quad-per-pair",
+            "train quadruplets per policy pair and seed (uwm/safeclip/hysac n_per_pair)",
+        ),
+        ("--val-per-pair", "val quadruplets per policy pair and seed (hysac n_val_per_pair)"),
+        ("--val-per-tuple", "val images of every tuple (tuning, the unsafe classifier's fit)"),
+        ("--test-per-pair", "test quadruplets per policy pair (safeground/visu n_per_pair)"),
+    ):
+        sp.add_argument(flag, type=int, default=0, help=f"with --edit-seeds: {what} (default 0)")
+    sp.add_argument(
+        "--ood-styles",
+        default=None,
+        help="comma-separated held-out styles: each adds the probes and test quadruplets again "
+        "in that style, as its own domain (a manifest world's OOD attack domain:<style>)",
+    )
+    sp.add_argument(
+        "--concept-role",
+        default="object",
+        choices=("subject", "relation", "object"),
+        help="with --edit-seeds: the concept-erasure pairs written (its concept_role)",
     )
     sp.add_argument("--policy", default=None, help="policy of the edit pairs (default: default)")
     sp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")

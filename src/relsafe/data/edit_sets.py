@@ -185,7 +185,7 @@ def _build(
             f_targets.append(b)
             f_tt.append(u)
     f_img, f_tgt, f_it, _ = world.images.pair_images(
-        forget, sizes.images_per_forget_tuple, sizes.size, sizes.seed, 0
+        forget, sizes.images_per_forget_tuple, sizes.size, sizes.seed
     )
     r_texts: list[str] = []
     r_tt: list[ORO | None] = []
@@ -209,7 +209,6 @@ def _build(
         sizes.images_per_retain_tuple,
         sizes.size,
         sizes.seed,
-        10_000_000,
     )
     warnings = []
     unpaired = getattr(world.images, "unpaired", lambda _pairs: [])(forget)

@@ -14,8 +14,9 @@ per pair, the styles, the caption split and the output form: :class:`Quadruplets
 memory, e.g. for :class:`relsafe.data.visu.VisuData` and UWM's calibration) or, via
 :meth:`Quadruplets.as_arrays` / :func:`policy_quadruplets`, the ViSU-format dict with stacked
 ``uint8 (N, H, W, 3)`` image arrays that the fine-tuning methods take. The records, their order and
-every seed are those of :func:`relsafe.world.dataset.quadruplets`: record ``j`` of pair ``p`` uses
-style ``styles[j % len(styles)]`` and seeds from ``(base_seed, p * n_per_pair + j)``.
+every seed are those of :func:`relsafe.world.dataset.quadruplets`: with ``base_seed = splits.<USE> +
+k``, record ``j`` of a pair shows the pair's scene ``k * n_per_pair + j`` (the seed block rule, the
+same in a manifest world), captions from ``(base_seed, p * n_per_pair + j)``.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def _world_quadruplets(
     from relsafe.data.world import ManifestImages, domains_of, use_of_seed
     from relsafe.world import splits
     from relsafe.world.captions import caption_pair
-    from relsafe.world.dataset import item_seeds
+    from relsafe.world.dataset import quad_caption_seed
     from relsafe.world.styles import TRAIN_STYLES
 
     if not isinstance(world.images, ManifestImages):
@@ -201,7 +202,7 @@ def _world_quadruplets(
         g = world.images.load_rows(ru, size)
         v = world.images.load_rows(rs, size)
         for j in range(k):
-            _, cap_seed = item_seeds(base_seed, p * n_per_pair + j, 0x0DA7)
+            cap_seed = quad_caption_seed(base_seed, p * n_per_pair + j)
             u_text, s_text = caption_pair(
                 unsafe, safe, random.Random(cap_seed), caption_split, vocab=world.vocabulary
             )

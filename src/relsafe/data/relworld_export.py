@@ -5,12 +5,30 @@ probe split's seed (``test`` by default: the images the suites score, so an inde
 RelWorld test gallery) and writes::
 
     DIR/images/<subject>-<relation>-<object>/<i>.png
-    DIR/manifest.csv      image,subject,relation,object,split,domain
+    DIR/manifest.csv      image,subject,relation,object,split,domain,scene
 
 ``image`` is relative to the manifest's folder; ``domain`` is the image's style (``plain``,
 ``pastel``, ... or a held-out style when asked for). The images are exactly
 :func:`~relsafe.data.probes.render_probe_images`' for the same arguments, so numbers computed on the
 files match the suites'. The folder is written whole (built beside it and renamed into place).
+
+**A run's material** (``edit_seeds > 0``): RelWorld is a manifest nobody wrote down (every tuple
+and every ordered pair has its own sequence of scenes per use,
+:class:`relsafe.data.world.RenderedImages`), and the exporter writes the first scenes of each
+sequence a run draws, as rows the manifest world's seed block rule takes in the same order:
+
+* ``train``: ``edit_seeds * edit_per_tuple`` minimal pairs (one ``scene``, both tuples) of every
+  policy pair and every concept-erasure pair, ``edit_seeds * quad_per_pair`` of the policy pairs
+  (the quadruplet methods'), and ``edit_seeds * retain_per_tuple`` own scenes of every tuple;
+* ``val``: ``edit_seeds * val_per_pair`` minimal pairs of the policy pairs (HySAC's validation)
+  and ``val_per_tuple`` own scenes of every tuple (tuning, the unsafe classifier's fit);
+* ``test``: ``test_per_pair`` minimal pairs of the policy pairs (the quadruplet suites), in the
+  training styles and again in each of ``ood_styles``; the probes above are the test split's own
+  scenes, and ``ood_styles`` adds each held-out style's probes as its own domain.
+
+A run on ``world: {vocabulary: relworld, data: DIR/manifest.csv}`` then sees RelWorld's own images
+(``tests/test_world_identity.py``); its OOD attacks are named ``domain:<style>``, not
+``ood:<style>``.
 """
 
 from __future__ import annotations
@@ -22,9 +40,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from relsafe.data.probes import check_probe_split, probe_tuples, render_probe_images
 from relsafe.errors import InputError
-from relsafe.world.styles import ALL_STYLES, TRAIN_STYLES
+from relsafe.world.styles import ALL_STYLES, OOD_STYLES, TRAIN_STYLES
 
 __all__ = ["MANIFEST_COLUMNS", "export_relworld"]
 
@@ -44,8 +64,15 @@ def export_relworld(
     edit_per_tuple: int = 24,
     policy: Any = None,
     retain_per_tuple: int = 6,
+    quad_per_pair: int = 0,
+    val_per_pair: int = 0,
+    val_per_tuple: int = 0,
+    test_per_pair: int = 0,
+    ood_styles: Sequence[str] = (),
+    concept_role: str = "object",
 ) -> Path:
-    """Render and write the gallery (see the module docs); returns the manifest's path.
+    """Render and write the gallery and, with ``edit_seeds``, a run's material (see the module
+    docs); returns the manifest's path.
 
     ``out`` must not exist yet or be empty of anything but an earlier export (the caller checks
     with :mod:`relsafe.outputs`); ``styles`` cycle over each tuple's images like the suites'."""
@@ -54,34 +81,51 @@ def export_relworld(
     from relsafe.utils_io import atomic_dir
 
     check_probe_split(split)
-    if isinstance(n_per_tuple, bool) or not isinstance(n_per_tuple, int) or n_per_tuple < 1:
-        raise InputError(f"n_per_tuple must be a positive integer, got {n_per_tuple!r}")
-    if n_per_tuple > 1000:
-        raise InputError(f"n_per_tuple must be at most 1000, got {n_per_tuple}")
+    _count("n_per_tuple", n_per_tuple, 1, 1000)
     if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 1024:
         raise InputError(f"size must be an integer in [16, 1024], got {size!r}")
     bad = [s for s in styles if s not in ALL_STYLES]
     if bad or not styles:
         raise InputError(f"unknown styles {bad or '(none given)'}; valid: {list(ALL_STYLES)}")
+    bad = [s for s in ood_styles if s not in OOD_STYLES]
+    if bad:
+        raise InputError(f"ood_styles {bad} are not held-out styles {list(OOD_STYLES)}")
     tuples = probe_tuples(None)
-    images, labels, _ = render_probe_images(n_per_tuple, size, seed, tuples, split, styles)
-    rows: list[dict[str, str]] = []
     dest = Path(out)
     with atomic_dir(dest) as tmp:
-        counts: dict[int, int] = {}
-        for arr, lab in tqdm(
-            list(zip(images, labels, strict=True)),
-            desc=f"RelWorld {split} images",
-            disable=not progress,
-        ):
-            t = tuples[int(lab)]
-            i = counts.get(int(lab), 0)
-            counts[int(lab)] = i + 1
-            rows.append(_write_image(tmp, "images", str(i), arr, t, split, styles[i % len(styles)]))
+        rows: list[dict[str, str]] = []
+        for probe_styles, folder in [(tuple(styles), "images")] + [
+            ((s,), f"images-{s}") for s in ood_styles
+        ]:
+            images, labels, _ = render_probe_images(
+                n_per_tuple, size, seed, tuples, split, probe_styles
+            )
+            counts: dict[int, int] = {}
+            for arr, lab in tqdm(
+                list(zip(images, labels, strict=True)),
+                desc=f"RelWorld {split} images ({'/'.join(probe_styles)})",
+                disable=not progress,
+            ):
+                i = counts.get(int(lab), 0)
+                counts[int(lab)] = i + 1
+                style = probe_styles[(seed * n_per_tuple + i) % len(probe_styles)]
+                rows.append(_write_image(tmp, folder, str(i), arr, tuples[int(lab)], split, style))
         if edit_seeds:
             rows.extend(
-                _edit_rows(
-                    tmp, policy, edit_seeds, edit_per_tuple, size, progress, retain_per_tuple
+                _run_rows(
+                    tmp,
+                    policy,
+                    size=size,
+                    progress=progress,
+                    n_seeds=edit_seeds,
+                    edit_per_tuple=edit_per_tuple,
+                    retain_per_tuple=retain_per_tuple,
+                    quad_per_pair=quad_per_pair,
+                    val_per_pair=val_per_pair,
+                    val_per_tuple=0 if split == "val" else val_per_tuple,
+                    test_per_pair=test_per_pair,
+                    ood_styles=tuple(ood_styles),
+                    concept_role=concept_role,
                 )
             )
         buf = io.StringIO()
@@ -92,72 +136,83 @@ def export_relworld(
     return dest / "manifest.csv"
 
 
-def _retain_sets(policy: Any, k: int, n: int, size: int) -> Any:
-    """RelWorld's relational edit sets of seed ``k`` with ``n`` retain images per tuple (and
-    none of the forget tuples: those are :func:`_edit_rows`' pairs)."""
-    from relsafe.data.edit_sets import SetSizes, relational_sets
-
-    return relational_sets(policy, SetSizes(
-        texts_per_forget_tuple=1, images_per_forget_tuple=0, texts_per_retain_tuple=1,
-        images_per_retain_tuple=n, size=size, seed=k,
-    ))  # fmt: skip
+def _count(name: str, v: Any, lo: int, hi: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise InputError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
 
 
-def _retain_rows(
-    tmp: Path, sets: Any, every: set[Any], k: int, n: int, size: int
+def _run_rows(
+    tmp: Path,
+    policy: Any,
+    *,
+    size: int,
+    progress: bool,
+    n_seeds: int,
+    edit_per_tuple: int,
+    retain_per_tuple: int,
+    quad_per_pair: int,
+    val_per_pair: int,
+    val_per_tuple: int,
+    test_per_pair: int,
+    ood_styles: tuple[str, ...],
+    concept_role: str,
 ) -> list[dict[str, str]]:
-    """The retain images RelWorld's relational edit sets render for seed ``k`` (``n`` per
-    retained tuple, each its own scene), and ``n`` filler renders (a seed of their own) of every
-    tuple retained by another seed but not by ``k``, so each tuple's ``k``-th block of unpaired
-    rows is seed ``k``'s."""
-
-    from relsafe.data.world import RenderedImages
-
-    kept = sorted({t for ts in sets.retain_tuples.values() for t in ts})
-    imgs, tuples = list(sets.retain_images), list(sets.retain_image_tuples)
-    fill = [t for t in sorted(every) if t not in set(kept)]
-    if fill:
-        f_img, _, f_t, _ = RenderedImages().pair_images(
-            [(t, t) for t in fill], n, size, k, 50_000_000
-        )
-        imgs.extend(f_img)
-        tuples.extend(f_t)
-    return [
-        _write_image(tmp, "edit", f"retain{k}-{i}", img, t, "train",
-                     TRAIN_STYLES[(i % n) % len(TRAIN_STYLES)], scene=f"retain{k}-{i}")
-        for i, (img, t) in enumerate(zip(imgs, tuples, strict=True))
-    ]  # fmt: skip
-
-
-def _edit_rows(
-    tmp: Path, policy: Any, n_seeds: int, n: int, size: int, progress: bool, n_retain: int = 6
-) -> list[dict[str, str]]:
-    """Write the forget pairs RelWorld's edit sets render for seeds ``0..n_seeds-1`` (seed-major,
-    pair by pair, as :meth:`relsafe.data.world.RenderedImages.pair_images` orders them) and
-    return their manifest rows: each pair a scene ``edit<k>-<i>``, both rows in ``train``."""
+    """The rows of a run's material (module docs), use by use: minimal pairs share a scene
+    ``<split>-<p>-<pos>`` (``p`` the pair's index, ``pos`` its scene), own scenes have none."""
     from tqdm.auto import tqdm
 
-    from relsafe.data.world import RenderedImages
+    from relsafe.data.edit_sets import concept_sets
+    from relsafe.world import splits
+    from relsafe.world.dataset import scene_seed
+    from relsafe.world.render import render_batch
 
-    for name, v, hi in (("edit_seeds", n_seeds, 100), ("edit_per_tuple", n, 1000)):
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
-            raise InputError(f"{name} must be an integer in [0, {hi}], got {v!r}")
+    _count("edit_seeds", n_seeds, 0, 100)
+    for name, v in (
+        ("edit_per_tuple", edit_per_tuple),
+        ("retain_per_tuple", retain_per_tuple),
+        ("quad_per_pair", quad_per_pair),
+        ("val_per_pair", val_per_pair),
+        ("val_per_tuple", val_per_tuple),
+        ("test_per_pair", test_per_pair),
+    ):
+        _count(name, v, 0, 1000)
     if policy is None:
         from relsafe.policy import find_policy, load_policy
 
         policy = load_policy(find_policy("default"))
-    pairs = list(policy.pairs())
+    own = list(policy.pairs())
+    concept = [p for p in concept_sets(policy, concept_role).counterparts.items() if p not in own]
+    every = probe_tuples(None)
+    # (split, pair index, a, b, scenes, styles): b None for a tuple's own scenes
+    plan: list[tuple[str, int, Any, Any, int, tuple[str, ...]]] = []
+    for p, (a, b) in enumerate(own + concept):
+        n = max(edit_per_tuple, quad_per_pair if p < len(own) else 0)
+        plan.append(("train", p, a, b, n_seeds * n, TRAIN_STYLES))
+    plan += [("train", -1, t, None, n_seeds * retain_per_tuple, TRAIN_STYLES) for t in every]
+    for p, (a, b) in enumerate(own):
+        plan.append(("val", p, a, b, n_seeds * val_per_pair, TRAIN_STYLES))
+        for st in (TRAIN_STYLES, *((s,) for s in ood_styles)):
+            plan.append(("test", p, a, b, test_per_pair, st))
+    plan += [("val", -1, t, None, val_per_tuple, TRAIN_STYLES) for t in every]
+    use = {"train": splits.EDIT, "val": splits.VAL, "test": splits.TEST}
     rows: list[dict[str, str]] = []
-    retain = [_retain_sets(policy, k, n_retain, size) for k in range(n_seeds)] if n_retain else []
-    every = {t for s in retain for ts in s.retain_tuples.values() for t in ts}
-    for k in tqdm(range(n_seeds), desc="RelWorld edit pairs", disable=not progress):
-        a_img, b_img, a_t, b_t = RenderedImages().pair_images(pairs, n, size, k, 0)
-        if retain:
-            rows.extend(_retain_rows(tmp, retain[k], every, k, n_retain, size))
-        for i in range(len(a_t)):
-            scene, domain = f"edit{k}-{i}", TRAIN_STYLES[(i % n) % len(TRAIN_STYLES)]
-            for img, t in ((a_img[i], a_t[i]), (b_img[i], b_t[i])):
-                rows.append(_write_image(tmp, "edit", scene, img, t, "train", domain, scene=scene))
+    for split, p, a, b, n, styles in tqdm(plan, desc="RelWorld run material", disable=not progress):
+        if not n:
+            continue
+        sides = [a] if b is None else [a, b]
+        seeds = [scene_seed(use[split], a, b, pos) for pos in range(n)]
+        imgs = np.zeros((len(sides), n, size, size, 3), np.uint8)
+        for k, style in enumerate(styles):
+            idx = [pos for pos in range(n) if pos % len(styles) == k]
+            for si, t in enumerate(sides if idx else []):
+                imgs[si, idx] = render_batch([t] * len(idx), [seeds[i] for i in idx], style, size)
+        tag = "" if len(styles) > 1 else f"-{styles[0]}"
+        for pos in range(n):  # in scene order: the order the seed block rule counts in
+            style = styles[pos % len(styles)]
+            scene = "" if b is None else f"{split}-{p}-{pos}{tag}"
+            for si, t in enumerate(sides):
+                name = f"{split}-{pos}{tag}" if b is None else f"{scene}-{'ab'[si]}"
+                rows.append(_write_image(tmp, "run", name, imgs[si, pos], t, split, style, scene))
     return rows
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from relsafe.errors import InputError
 from relsafe.world import splits
-from relsafe.world.dataset import item_seeds
+from relsafe.world.dataset import scene_seed
 from relsafe.world.render import render_batch
 from relsafe.world.styles import TRAIN_STYLES
 from relsafe.world.vocab import ORO, Vocabulary, default_vocabulary
@@ -65,7 +65,7 @@ class ImageSource(Protocol):
     paired: bool  # counterpart images are minimal pairs of their forget images
 
     def pair_images(
-        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
+        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int
     ) -> tuple[np.ndarray, np.ndarray, list[ORO], list[ORO]]:
         """Up to ``n`` edit images of each pair's first tuple and as many of its second;
         returns (a images, b images, a tuples, b tuples), uint8 (N, size, size, 3)."""
@@ -89,33 +89,47 @@ class ImageSource(Protocol):
 
 @dataclass(frozen=True)
 class RenderedImages:
-    """RelWorld's renderer: any number of images of any tuple, for any use, from its own seeds."""
+    """RelWorld's renderer: any number of images of any tuple, for any use.
+
+    RelWorld behaves as a manifest nobody had to write down: every tuple has an endless sequence
+    of scenes per use (its own photos) and every ordered pair ``(a, b)`` another (minimal pairs:
+    both tuples rendered from one seed), :func:`relsafe.world.dataset.scene_seed`. Seed ``k``
+    asking for ``n`` takes scenes ``k*n .. k*n+n-1``, scene ``pos`` in the training style
+    ``pos % 4`` (or ``styles[pos % len(styles)]``): exactly what a manifest world's seed block
+    rule takes from the rows ``export-relworld`` writes, so the two give the same images to every
+    consumer (edit sets, quadruplets, probes)."""
 
     name: str = "relworld-renderer"
     paired: bool = True
 
     def pair_images(
-        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
+        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int
     ) -> tuple[np.ndarray, np.ndarray, list[ORO], list[ORO]]:
         a_t, b_t, seeds, styles = [], [], [], []
-        for p, (a, b) in enumerate(pairs):
+        for a, b in pairs:
             for j in range(n):
-                s, _ = item_seeds(splits.EDIT + seed, offset + p * n + j)
+                pos = seed * n + j
                 a_t.append(a)
                 b_t.append(b)
-                seeds.append(s)
-                styles.append(TRAIN_STYLES[j % len(TRAIN_STYLES)])
+                seeds.append(scene_seed(splits.EDIT, a, b, pos))
+                styles.append(TRAIN_STYLES[pos % len(TRAIN_STYLES)])
         if not a_t:
             empty = np.zeros((0, size, size, 3), np.uint8)
             return empty, empty.copy(), [], []
         a_img = np.zeros((len(a_t), size, size, 3), np.uint8)
-        b_img = np.zeros_like(a_img)
         for style in TRAIN_STYLES:
             idx = [i for i, s in enumerate(styles) if s == style]
             if idx:
-                sd = [seeds[i] for i in idx]
-                a_img[idx] = render_batch([a_t[i] for i in idx], sd, style, size)
-                b_img[idx] = render_batch([b_t[i] for i in idx], sd, style, size)
+                a_img[idx] = render_batch(
+                    [a_t[i] for i in idx], [seeds[i] for i in idx], style, size
+                )
+        b_img = a_img.copy()
+        for style in TRAIN_STYLES:  # a tuple's own scenes (a == b) are their own targets
+            idx = [i for i, s in enumerate(styles) if s == style and a_t[i] != b_t[i]]
+            if idx:
+                b_img[idx] = render_batch(
+                    [b_t[i] for i in idx], [seeds[i] for i in idx], style, size
+                )
         return a_img, b_img, a_t, b_t
 
     def probe_images(
@@ -129,17 +143,19 @@ class RenderedImages:
     ) -> tuple[np.ndarray, np.ndarray, int]:
         styles = [st.split(":", 1)[1] if st.startswith("domain:") else st for st in styles]
         labels = np.repeat(np.arange(len(tuples)), n_per_tuple)
-        reps = np.tile(np.arange(n_per_tuple), len(tuples))
-        base = splits.ALL[split] + seed
-        seeds = [item_seeds(base, int(i))[0] for i in range(len(labels))]
+        pos = seed * n_per_tuple + np.tile(np.arange(n_per_tuple), len(tuples))
+        seeds = [
+            scene_seed(splits.ALL[split], tuples[int(t)], None, int(q))
+            for t, q in zip(labels, pos, strict=True)
+        ]
         img = np.zeros((len(labels), size, size, 3), np.uint8)
         for k, style in enumerate(styles):
-            idx = np.nonzero(reps % len(styles) == k)[0]
+            idx = np.nonzero(pos % len(styles) == k)[0]
             if len(idx):
                 img[idx] = render_batch(
                     [tuples[labels[i]] for i in idx], [seeds[i] for i in idx], style, size
                 )
-        return img, labels, base
+        return img, labels, splits.ALL[split] + seed
 
     def describe(self) -> dict[str, Any]:
         return {"images": self.name}
@@ -153,7 +169,7 @@ class NoImages:
     paired: bool = False
 
     def pair_images(
-        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
+        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int
     ) -> tuple[np.ndarray, np.ndarray, list[ORO], list[ORO]]:
         empty = np.zeros((0, size, size, 3), np.uint8)
         return empty, empty.copy(), [], []
@@ -180,8 +196,9 @@ class NoImages:
 class ManifestImages:
     """Images from a tuple-labelled manifest (:class:`relsafe.data.manifest.Manifest`).
 
-    ``edit`` images are the tuple's ``train`` rows, probes its ``val``/``test`` rows, in manifest
-    order, at most ``n`` per tuple (never repeated, so every ``n`` counts distinct images).
+    ``edit`` images are the tuple's ``train`` rows, probes its ``val``/``test`` rows of no shared
+    scene (:meth:`own_rows`), in manifest order, at most ``n`` per tuple by the seed block rule
+    (never repeated, so every ``n`` counts distinct images).
     In-distribution probes use the test domains that also occur in train; each other test domain
     is an OOD attack ``domain:<name>`` (:meth:`probe_images` with ``styles=("domain:<name>",)``).
     Images are decoded when asked for and resized to the requested square size."""
@@ -206,6 +223,12 @@ class ManifestImages:
     def rows(self, t: ORO, split: str, domains: Sequence[str] | None = None) -> list[Any]:
         got = self._index.get((t.id, split), [])
         return got if domains is None else [r for r in got if r.domain in set(domains)]
+
+    def own_rows(self, t: ORO, split: str, domains: Sequence[str] | None = None) -> list[Any]:
+        """``t``'s rows of no shared scene (its own photos, not one side of a minimal pair), or
+        all its rows when every one is in a pair: what probes and retained images draw from."""
+        got = self.rows(t, split, domains)
+        return [r for r in got if not self._shared(r)] or got
 
     def in_domains(self) -> tuple[str, ...]:
         """The domains of the train split: probes without an OOD attack use these."""
@@ -255,8 +278,7 @@ class ManifestImages:
         if not ra or not rb:
             return [], [], False
         if a == b:
-            solo = [r for r in ra if not self._shared(r)]
-            got = _block(solo or ra, n, seed)
+            got = _block(self.own_rows(a, split, domains), n, seed)
             return got, list(got), True
         b_scene = {r.scene: r for r in rb if r.scene is not None}
         mates = [r for r in ra if r.scene is not None and r.scene in b_scene]
@@ -281,7 +303,7 @@ class ManifestImages:
         return out
 
     def pair_images(
-        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int, offset: int
+        self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int
     ) -> tuple[np.ndarray, np.ndarray, list[ORO], list[ORO]]:
         a_rows, b_rows, a_t, b_t = [], [], [], []
         missing = []
@@ -317,7 +339,7 @@ class ManifestImages:
         split_name = _MANIFEST_SPLIT[split]
         rows, labels = [], []
         for k, t in enumerate(tuples):
-            got = self.rows(t, split_name, domains)[:n_per_tuple]
+            got = _block(self.own_rows(t, split_name, domains), n_per_tuple, seed)
             rows.extend(got)
             labels.extend([k] * len(got))
         if not rows:

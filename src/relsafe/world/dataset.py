@@ -35,6 +35,39 @@ def item_seeds(seed: int, index: int, salt: int = _SALT_ITEM) -> tuple[int, int]
     return int(a >> np.uint64(1)), int(b >> np.uint64(1))
 
 
+def scene_seed(base: int, a: ORO, b: ORO | None, pos: int) -> int:
+    """The image seed of scene ``pos`` of one tuple (``b`` None or ``a``) or of a minimal pair
+    (``a`` and ``b`` rendered from one seed), in the use whose base seed is ``base``.
+
+    Each tuple and each ordered pair has its own endless sequence of scenes per use (a hash of
+    the ids, not of a position in some list), so every consumer that asks for scenes ``k*n ..
+    k*n+n-1`` of a pair gets the same ones whatever else it asks for: the RelWorld form of a
+    manifest's *seed block* rule (:meth:`relsafe.data.world.ManifestImages.paired_rows`), and
+    what makes an ``export-relworld`` manifest give a run RelWorld's own images."""
+    import hashlib
+
+    key = a.id if b is None or b == a else f"{a.id}>{b.id}"
+    salt = int.from_bytes(hashlib.sha256(f"relsafe-scene:{key}".encode()).digest()[:8], "big")
+    return item_seeds(base, pos, salt)[0]
+
+
+def scene_block(seed: int) -> tuple[int, int]:
+    """``(use base seed, k)`` of a base seed ``splits.<USE> + k`` (``0 <= k < 1000``); any other
+    seed is its own base with ``k = 0``."""
+    from relsafe.world import splits
+
+    for base in sorted(splits.ALL.values(), reverse=True):
+        if 0 <= seed - base < 1000:
+            return base, seed - base
+    return seed, 0
+
+
+def quad_caption_seed(base: int, index: int) -> int:
+    """The caption seed of quadruplet ``index`` (``p * n_per_pair + j``) under base ``base``:
+    the same in every world, so a manifest world's quadruplets have RelWorld's captions."""
+    return item_seeds(base, index, _SALT_QUAD)[1]
+
+
 def _check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
@@ -181,8 +214,10 @@ def quadruplets(
 ) -> list[Quadruplet]:
     """``n_per_pair`` quadruplets for each ``(unsafe tuple, safe counterpart)`` pair.
 
-    Record ``j`` of pair ``p`` uses style ``styles[j % len(styles)]`` and seeds from
-    :func:`item_seeds` ``(seed, p * n_per_pair + j)``. Records come pair by pair.
+    With ``seed = splits.<USE> + k``, record ``j`` of a pair shows the pair's scene
+    ``pos = k * n_per_pair + j`` (:func:`scene_seed`) in style ``styles[pos % len(styles)]``, its
+    captions drawn from :func:`quad_caption_seed` ``(seed, p * n_per_pair + j)``. Records come
+    pair by pair.
     """
     vocab = default_vocabulary()
     if isinstance(n_per_pair, bool) or not isinstance(n_per_pair, int) or n_per_pair < 1:
@@ -208,10 +243,13 @@ def quadruplets(
             )
         checked.append((unsafe, safe))
     out: list[Quadruplet] = []
+    base, k = scene_block(seed)
     for p, (unsafe, safe) in enumerate(checked):
         for j in range(n_per_pair):
-            style = styles[j % len(styles)]
-            img_seed, cap_seed = item_seeds(seed, p * n_per_pair + j, _SALT_QUAD)
+            pos = k * n_per_pair + j
+            style = styles[pos % len(styles)]
+            img_seed = scene_seed(base, unsafe, safe, pos)
+            cap_seed = quad_caption_seed(seed, p * n_per_pair + j)
             u_text, s_text = caption_pair(unsafe, safe, random.Random(cap_seed), caption_split)
             out.append(
                 Quadruplet(

@@ -103,36 +103,30 @@ def neighbour_calibration_data(policy: Any, cfg: UWMConfig) -> dict[str, Calibra
     ``child|drinking|juice``, ``child|holding|wine``).
 
     About ``cfg.n_per_pair`` records per unsafe tuple and kind, spread evenly over its neighbours
-    of that kind (at least one each); base seed ``EDIT + cfg.seed`` (offset per kind and tuple,
-    inside the EDIT block), ``edit`` captions, training styles. Kinds that no unsafe tuple has
+    of that kind (at least one each); base seed ``EDIT + cfg.seed`` (each pair its own scenes),
+    ``edit`` captions, training styles. Kinds that no unsafe tuple has
     are left out; an unsafe tuple without neighbours of a kind adds nothing to that kind's set.
     """
     from relsafe.data.quadruplets import build_quadruplets
-    from relsafe.data.world import world_of
     from relsafe.policy import NEIGHBOUR_KINDS
     from relsafe.world import splits
-    from relsafe.world.dataset import quadruplets
 
     if policy is None:
         raise InputError("uwm with contrast 'neighbours' needs a safety policy (--policy)")
     out: dict[str, CalibrationData] = {}
-    for k, kind in enumerate(NEIGHBOUR_KINDS):
+    for kind in NEIGHBOUR_KINDS:
         quads = []
-        for u, t in enumerate(policy.unsafe):
+        for t in policy.unsafe:
             neigh = policy.derive(t).by_kind(kind)
             if not neigh:
                 continue
             per = max(1, -(-cfg.n_per_pair // len(neigh)))  # ceil: every neighbour gets some
-            seed = splits.EDIT + cfg.seed + 10_000 * (k + 1) + 100 * u
-            if world_of(policy).is_builtin:
-                quads += quadruplets(
-                    [(t, n) for n in neigh], per, caption_split="edit", seed=seed, size=cfg.size
-                )
-            else:  # a manifest world: the neighbours' own train images (no scene-matched pairs)
-                q = build_quadruplets(
-                    _Pairs(policy, [(t, n) for n in neigh]), per, seed, size=cfg.size
-                )
-                quads += [_Quad(q.S[i], q.V[i], q.U[i], q.G[i]) for i in range(len(q))]
+            # each (tuple, neighbour) pair has its own scenes (world.dataset.scene_seed), so one
+            # base seed serves every kind and tuple, in RelWorld and in a manifest world alike
+            q = build_quadruplets(
+                _Pairs(policy, [(t, n) for n in neigh]), per, splits.EDIT + cfg.seed, size=cfg.size
+            )
+            quads += [_Quad(q.S[i], q.V[i], q.U[i], q.G[i]) for i in range(len(q))]
         if quads:
             out[kind] = CalibrationData(
                 S=[q.safe_text for q in quads],
