@@ -148,8 +148,10 @@ class Runner:
             spec = {**(spec if isinstance(spec, dict) else {}), "visu": cfg.visu}
         self.policy = load_policy(cfg.policy, spec)
         key: dict[str, Any] = {"model": cfg.model, "policy": self.policy.sha256}
-        if spec not in (None, "relworld"):  # RelWorld keeps its keys: old runs resume
+        if spec not in (None, "relworld"):
             key["world"] = self.policy.world.describe()
+        else:  # RelWorld's scenes changed once (scene sequences): runs before that redo
+            key["relworld"] = self.policy.world.images.describe()
         self.base_key = _hash(key)
         self._models: dict[str, Any] = {}
         self._reference: Any = None

@@ -101,6 +101,7 @@ class RenderedImages:
 
     name: str = "relworld-renderer"
     paired: bool = True
+    scenes: str = "scene-sequences-v1"  # how images are drawn (enters run stage keys)
 
     def pair_images(
         self, pairs: Sequence[tuple[ORO, ORO]], n: int, size: int, seed: int
@@ -158,7 +159,7 @@ class RenderedImages:
         return img, labels, splits.ALL[split] + seed
 
     def describe(self) -> dict[str, Any]:
-        return {"images": self.name}
+        return {"images": self.name, "scenes": self.scenes}
 
 
 @dataclass(frozen=True)
