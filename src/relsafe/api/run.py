@@ -151,7 +151,9 @@ class Runner:
         if spec not in (None, "relworld"):
             key["world"] = self.policy.world.describe()
         else:  # RelWorld's scenes changed once (scene sequences): runs before that redo
-            key["relworld"] = self.policy.world.images.describe()
+            from relsafe.data.world import world_of
+
+            key["relworld"] = world_of(self.policy).images.describe()
         self.base_key = _hash(key)
         self._models: dict[str, Any] = {}
         self._reference: Any = None
