@@ -182,3 +182,105 @@ def test_check_flags_a_scene_with_two_rows_of_one_tuple(exported: Path) -> None:
     m = load_manifest(bad, default_vocabulary(), progress=False)
     problems = m.scene_problems()
     assert len(problems) == 1 and same[0]["scene"] in problems[0]
+
+
+# ---- a whole run: RelWorld and its export give the same leaderboard -----------------------------
+
+_DATA = {
+    "texts_per_forget_tuple": 2,
+    "images_per_forget_tuple": 1,
+    "texts_per_retain_tuple": 1,
+    "images_per_retain_tuple": 1,
+    "n_unrelated": 2,
+    "size": 32,
+}
+RUN_METHODS = [
+    {"name": "relational-lora", "config": {"steps": 2, "data": _DATA}},
+    {"name": "concept-erasure", "config": {"steps": 2, "data": _DATA}},
+    {"name": "safeclip", "config": {"steps": 2, "n_per_pair": 2, "batch_size": 2, "size": 32}},
+    {"name": "uwm", "config": {"n_per_pair": 2, "size": 32, "batch_size": 4}},
+    {
+        "name": "hysac",
+        "config": {"steps": 2, "batch_size": 4, "n_per_pair": 2, "n_val_per_pair": 1, "size": 32},
+    },
+]
+_OOD = ["sketch"]
+RUN_SUITES = {
+    "zeroshot": {
+        "n_per_tuple": 1, "size": 32, "paraphrase_variants": 1, "corruptions": [],
+        "ood_styles": _OOD,
+    },
+    "relational": {
+        "n_per_tuple": 1, "size": 32, "text_variants": 1, "corruptions": ["noise"],
+        "ood_styles": _OOD,
+    },
+    "safeground": {"n_per_pair": 2, "size": 32, "ood_styles": _OOD},
+    "visu": {"n_per_pair": 2, "size": 32},
+    "unsafe_cls": {
+        "n_images_per_tuple": 1, "n_val_images_per_tuple": 1, "size": 32, "ood_styles": _OOD,
+    },
+}  # fmt: skip
+# what those configs draw from RelWorld, for method seeds 0 and 1 (relsafe data export-relworld)
+RUN_EXPORT = {
+    "n_per_tuple": 1,
+    "size": 32,
+    "edit_seeds": 2,
+    "edit_per_tuple": 1,
+    "retain_per_tuple": 1,
+    "quad_per_pair": 2,
+    "val_per_pair": 1,
+    "val_per_tuple": 1,
+    "test_per_pair": 2,
+    "ood_styles": _OOD,
+}
+
+
+def _table(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [ln for ln in lines if ln.startswith(("|", "n (", "Seeds:"))]
+
+
+def test_a_reduced_run_on_the_export_gives_relworlds_leaderboard(
+    tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    """Every method (2 seeds) and every suite (one OOD style, one corruption) on the tiny CLIP:
+    the leaderboard of ``world: {vocabulary: relworld, data: <export>}`` is RelWorld's, cell for
+    cell, ``n`` for ``n``; only the OOD attack's name differs (``domain:sketch``)."""
+    from relsafe import api
+    from relsafe.eval.rows import read_rows
+
+    policy = load_policy(find_policy("tiny"))
+    manifest = export_relworld(tmp_path / "exp", policy=policy, progress=False, **RUN_EXPORT)
+    cfg = {
+        "model": str(tiny_clip_dir),
+        "policy": "tiny",
+        "methods": RUN_METHODS,
+        "suites": RUN_SUITES,
+        "seeds": 2,
+        "examples": 0,
+    }
+    api.run(cfg, out=tmp_path / "relworld", progress=False)
+    world = {"vocabulary": "relworld", "data": str(manifest)}
+    api.run({**cfg, "world": world}, out=tmp_path / "manifest", progress=False)
+    want, got = (
+        _table(tmp_path / "relworld" / "leaderboard.md"),
+        _table(tmp_path / "manifest" / "leaderboard.md"),
+    )
+    assert len(want) >= 2 + 6 + 2 and len(got) == len(want)
+    differ = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
+    assert not differ, (
+        f"leaderboard lines {differ} differ, e.g.\n{got[differ[0]][:300]}\n{want[differ[0]][:300]}"
+    )
+    rows = {
+        (r.method, r.suite, r.slice, r.attack.replace("domain:", "ood:"), r.metric): r.value
+        for r in read_rows(tmp_path / "manifest" / "results.jsonl")
+    }
+    ref = {
+        (r.method, r.suite, r.slice, r.attack, r.metric): r.value
+        for r in read_rows(tmp_path / "relworld" / "results.jsonl")
+    }
+    assert any(k[3] == "ood:sketch" for k in ref)
+    assert any(k[2].startswith("style:") for k in rows)  # per-domain slices on both worlds
+    assert sorted(set(rows) ^ set(ref))[:5] == []
+    bad = [k for k, v in ref.items() if rows[k] != pytest.approx(v, abs=1e-6, nan_ok=True)]
+    assert not bad, bad[:5]

@@ -84,6 +84,13 @@ class ImageSource(Protocol):
         (writable uint8 images, tuple index of each, the base seed of image-side transforms)."""
         ...
 
+    def probe_domains(
+        self, tuples: Sequence[ORO], n_per_tuple: int, seed: int, split: str
+    ) -> list[str]:
+        """The style (domain) of each in-distribution image :meth:`probe_images` gives for the
+        same arguments, in its order: the per-style slices of the zero-shot suite."""
+        ...
+
     def describe(self) -> dict[str, Any]: ...
 
 
@@ -158,6 +165,12 @@ class RenderedImages:
                 )
         return img, labels, splits.ALL[split] + seed
 
+    def probe_domains(
+        self, tuples: Sequence[ORO], n_per_tuple: int, seed: int, split: str
+    ) -> list[str]:
+        pos = seed * n_per_tuple + np.tile(np.arange(n_per_tuple), len(tuples))
+        return [TRAIN_STYLES[int(q) % len(TRAIN_STYLES)] for q in pos]
+
     def describe(self) -> dict[str, Any]:
         return {"images": self.name, "scenes": self.scenes}
 
@@ -188,6 +201,11 @@ class NoImages:
             "this world has no images (a vocabulary other than relworld and no manifest): give "
             "the run a manifest (world: {vocabulary: ..., data: manifest.csv}) for image suites"
         )
+
+    def probe_domains(
+        self, tuples: Sequence[ORO], n_per_tuple: int, seed: int, split: str
+    ) -> list[str]:
+        return []
 
     def describe(self) -> dict[str, Any]:
         return {"images": self.name}
@@ -349,6 +367,16 @@ class ManifestImages:
                 f"{len(tuples)} tuples asked for in domains {list(domains)}"
             )
         return self.load_rows(rows, size), np.asarray(labels, np.int64), splits.ALL[split] + seed
+
+    def probe_domains(
+        self, tuples: Sequence[ORO], n_per_tuple: int, seed: int, split: str
+    ) -> list[str]:
+        domains = self.in_domains()
+        return [
+            r.domain
+            for t in tuples
+            for r in _block(self.own_rows(t, _MANIFEST_SPLIT[split], domains), n_per_tuple, seed)
+        ]
 
     def describe(self) -> dict[str, Any]:
         return {

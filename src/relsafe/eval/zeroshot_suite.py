@@ -36,7 +36,7 @@ from relsafe.eval.retrieval import ranks
 from relsafe.eval.rows import Row
 from relsafe.eval.suites import Headline, ReportTable, SuiteContext, register_suite
 from relsafe.eval.zeroshot import zeroshot_classify
-from relsafe.world.styles import OOD_STYLES, TRAIN_STYLES
+from relsafe.world.styles import OOD_STYLES
 from relsafe.world.vocab import ORO
 
 
@@ -181,11 +181,13 @@ def zeroshot_suite(ctx: SuiteContext, cfg: ZeroShotConfig) -> list[Row]:
         row("all", attack, "top1", res["top1"], len(lab), hits.tolist())
         row("all", attack, "top5", res["top5"], len(lab))
 
-    # per training style (canonical captions; RelWorld renders image i of a tuple in style i % 3)
-    reps = torch.arange(len(labels)) % cfg.n_per_tuple
-    for k, style in enumerate(TRAIN_STYLES if world.is_builtin else ()):
-        sel = (reps % len(TRAIN_STYLES)) == k
-        if sel.any():
+    # per in-distribution style: RelWorld's training styles, a manifest's train domains
+    domains = np.asarray(
+        world.images.probe_domains(tuples, cfg.n_per_tuple, cfg.seed, "test"), dtype=object
+    )
+    if len(domains) == len(labels):
+        for style in dict.fromkeys(domains.tolist()):
+            sel = torch.as_tensor(domains == style)
             res = zeroshot_classify(
                 base_emb[sel], canon_text, labels[sel], model.similarity, ks=(1,)
             )
