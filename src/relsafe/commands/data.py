@@ -36,8 +36,13 @@ def _cmd_export_relworld(args: argparse.Namespace) -> int:
             ood_styles=args.ood_styles.split(",") if args.ood_styles else (),
             concept_role=args.concept_role,
         )
-    n = sum(1 for _ in manifest.open(encoding="utf-8")) - 1
-    print(f"wrote {n} RelWorld {args.split} images and {manifest}")
+    import csv
+    from collections import Counter
+
+    with manifest.open(encoding="utf-8", newline="") as f:
+        per = Counter(r["split"] for r in csv.DictReader(f))
+    counts = ", ".join(f"{per[s]} {s}" for s in ("train", "val", "test") if per[s])
+    print(f"wrote {sum(per.values())} RelWorld images ({counts}) and {manifest}")
     return 0
 
 
