@@ -10,6 +10,10 @@ pixel shows up as a different hash.
 Issue 13 changed the captions on purpose (training data from the ``edit`` caption split, evaluation
 data from ``eval``), so the ``S`` / ``U`` fingerprints of the cases drawn from those splits were
 re-pasted then; every image, tag and the held-out cases stayed identical.
+
+Issue 15 changed the images on purpose (RelWorld's scene sequences, ``world.dataset.scene_seed``:
+every consumer with seed ``k`` asking for ``n`` takes scenes ``k*n ..`` of a pair, as a manifest
+world does), so the ``V`` / ``G`` fingerprints were re-pasted then; every text stayed identical.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ EXPECTED: dict[str, Any] = {
     "visu_default": {
         "S": "7a4369c8c7140680",
         "U": "5838a5ce177b3e88",
-        "V": "d40cb73ffef724d6",
-        "G": "7cef876e96dab287",
+        "V": "bb06abe7937fddf8",
+        "G": "e1506958560e92ac",
         "tags": "bc3c42cf98d228cf",
         "safe_tags": "54e45157d61d426b",
         "source": "relworld:tiny",
@@ -43,8 +47,8 @@ EXPECTED: dict[str, Any] = {
     "visu_edit": {
         "S": "c84d9311b7a189cf",
         "U": "aec75213f8de5001",
-        "V": "add3b0a068782f11",
-        "G": "e534afab5c1d0bdb",
+        "V": "2391bdcb9c6d7a8a",
+        "G": "827217190d5c5f02",
         "tags": "5fc4043d8f34626e",
         "safe_tags": "5c3a6590a7c76eba",
         "source": "relworld:tiny",
@@ -53,8 +57,8 @@ EXPECTED: dict[str, Any] = {
     "visu_policy_default": {
         "S": "0c4697073081ba32",
         "U": "505033ddff087d45",
-        "V": "7a344a44540f5e13",
-        "G": "c0b0288e9da529b1",
+        "V": "3c96847329b894a0",
+        "G": "593f209e8776bde7",
         "tags": "10baac4a75fd0dbb",
         "safe_tags": "4968f84e780d3fcd",
         "source": "relworld:default",
@@ -63,24 +67,24 @@ EXPECTED: dict[str, Any] = {
     "uwm_seed2": {
         "S": "796080eecc9c2997",
         "U": "57a4c416e633ea75",
-        "V": "8f5ebc7c3e39229f",
-        "G": "b309e1e0ea1b27f8",
+        "V": "d6a71c11dc419789",
+        "G": "93e3c74c19b52cea",
         "source": "relworld:tiny",
         "n": 6,
     },
     "uwm_default_policy": {
         "S": "5812f45fd2a5c2b5",
         "U": "2eb76eaabf876022",
-        "V": "1891823fddf88e6a",
-        "G": "77ccc10fcefc8c18",
+        "V": "d9ad52076709866f",
+        "G": "6323cb0ebf0896b6",
         "source": "relworld:default",
         "n": 12,
     },
     "hysac_val": {
         "S": "f70dfa2bf86c148a",
         "U": "dc0177908153b096",
-        "V": "a3062fca033b5118",
-        "G": "610842ccee31711b",
+        "V": "f77a2f7413498be8",
+        "G": "3aa6a8ca5f0f13c4",
         "safe_id": "54e45157d61d426b",
         "unsafe_id": "bc3c42cf98d228cf",
         "keys": ["G", "S", "U", "V", "safe_id", "unsafe_id"],
@@ -88,8 +92,8 @@ EXPECTED: dict[str, Any] = {
     "hysac_heldout": {
         "S": "88cd912d303265aa",
         "U": "34edf9583cc60a46",
-        "V": "49b09c0740b0f58d",
-        "G": "054a9a9a358c0eb4",
+        "V": "8aa2ee39b38211a3",
+        "G": "10cd6ab92c62e7ee",
         "safe_id": "54e45157d61d426b",
         "unsafe_id": "bc3c42cf98d228cf",
         "keys": ["G", "S", "U", "V", "safe_id", "unsafe_id"],
@@ -97,8 +101,8 @@ EXPECTED: dict[str, Any] = {
     "hysac_ood": {
         "S": "7ace5d8526d06a88",
         "U": "ebfa5cc585d440cf",
-        "V": "559bd93a7bc685f6",
-        "G": "d7cc13f6fefe0540",
+        "V": "9641a0bed0dcbeb8",
+        "G": "ed928477b11669e9",
         "safe_id": "701de36ee4c8a19f",
         "unsafe_id": "b44c915d9201bae6",
         "keys": ["G", "S", "U", "V", "safe_id", "unsafe_id"],
@@ -106,8 +110,8 @@ EXPECTED: dict[str, Any] = {
     "hysac_default_policy": {
         "S": "29ccc521b04e5b26",
         "U": "80fb4283daa9fbc4",
-        "V": "32bb000293453b9a",
-        "G": "5a0d1c3352172994",
+        "V": "e340d0342a6e6c02",
+        "G": "9955561afeaeec58",
         "safe_id": "4968f84e780d3fcd",
         "unsafe_id": "10baac4a75fd0dbb",
         "keys": ["G", "S", "U", "V", "safe_id", "unsafe_id"],
@@ -115,8 +119,8 @@ EXPECTED: dict[str, Any] = {
     "safeclip_seed1": {  # the same records; since issue 14 with their tuple ids (positives)
         "S": "c2a99e04aa0c172a",
         "U": "0f0834dc518bc2a8",
-        "V": "bb479d48c5f287da",
-        "G": "b75f3b6453a3fe48",
+        "V": "dd00a0a7f2201f6d",
+        "G": "dac153e9b60c39dd",
         "safe_id": "54e45157d61d426b",
         "unsafe_id": "bc3c42cf98d228cf",
         "keys": ["G", "S", "U", "V", "safe_id", "unsafe_id"],

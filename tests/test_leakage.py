@@ -49,7 +49,7 @@ import relsafe.world.render
 from relsafe.data.edit_sets import SetSizes, concept_sets, relational_sets
 from relsafe.methods.base import get_method, methods
 from relsafe.models.registry import load_model
-from relsafe.policy import load_policy
+from relsafe.policy import NEIGHBOUR_KINDS, find_policy, load_policy
 from relsafe.world import splits
 from relsafe.world.captions import (
     CONTEXTS,
@@ -141,7 +141,9 @@ def recorder(monkeypatch: pytest.MonkeyPatch, tiny_clip: Any) -> Iterator[Record
         for name, mod in list(sys.modules.items())
         if name.startswith("relsafe") and getattr(mod, "item_seeds", None) is item_seeds
     ]
-    assert relsafe.world.dataset in users and relsafe.data.world in users
+    # relsafe.data.world draws through world.dataset.scene_seed, which calls the patched name
+    assert relsafe.world.dataset in users
+    assert relsafe.data.world.scene_seed is relsafe.world.dataset.scene_seed
     for mod in users:
         monkeypatch.setattr(mod, "item_seeds", seeds)
     yield rec
@@ -186,13 +188,22 @@ def _eval_material() -> EvalMaterial:
     strings |= {subject_caption(w) for w in vocab.subjects} | {
         object_caption(w) for w in vocab.objects
     }
-    item_seeds = relsafe.world.dataset.item_seeds
-    salts = (relsafe.world.dataset._SALT_ITEM, relsafe.world.dataset._SALT_QUAD)
+    # RelWorld's TEST scenes (world.dataset.scene_seed): every tuple's own and every policy
+    # pair's and neighbour pair's minimal pairs, far past what any suite draws
+    scene_seed = relsafe.world.dataset.scene_seed
+    policy = load_policy(find_policy("default"))
+    pairs = [
+        (u, c)
+        for u in policy.unsafe
+        for c in (
+            policy.counterparts[u],
+            *(n for k in NEIGHBOUR_KINDS for n in policy.derive(u).by_kind(k)),
+        )
+    ]
     test_seeds = {
-        item_seeds(splits.TEST + k, i, salt)[0]
-        for salt in salts
-        for k in range(3)
-        for i in range(2048)
+        scene_seed(splits.TEST, a, b, pos)
+        for a, b in [(t, None) for t in vocab.valid_tuples()] + pairs
+        for pos in range(256)
     }
     return EvalMaterial(_words(heldout), tuple(fixed), frozenset(strings), frozenset(test_seeds))
 
@@ -367,7 +378,11 @@ CWW = ORO("child", "drinking", "wine")
             "evaluation-only tuple child|eating|apple rendered",
         ),
         (
-            _one(renders=[(CWW, relsafe.world.dataset.item_seeds(splits.TEST, 3)[0], "plain")]),
+            _one(
+                renders=[
+                    (CWW, relsafe.world.dataset.scene_seed(splits.TEST, CWW, None, 3), "plain")
+                ]
+            ),
             "TEST probe image seed",
         ),
         (_one(base_seeds=[splits.TEST + 1]), "TEST base seed"),

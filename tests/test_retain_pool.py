@@ -100,7 +100,7 @@ def _retained_zero_shot(model, policy, tuples) -> float:  # noqa: ANN001
 
     world = world_of(policy)
     allt = list(world.vocabulary.iter_valid())
-    img, _, it, _ = world.images.pair_images([(t, t) for t in tuples], 3, 64, 999, 50_000_000)
+    img, _, it, _ = world.images.pair_images([(t, t) for t in tuples], 3, 64, 999)
     with torch.no_grad():
         tok = model.tokenize([prototype_caption(t, world.vocabulary) for t in allt])
         te = model.postprocess(model.forward_text(tok), "text")
