@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tiny_runs import TINY_DATA
+from tiny_runs import EVERY_METHOD
 
 from relsafe import api
 from relsafe.data.edit_sets import NEIGHBOURS_PER_KIND, SetSizes, relational_sets
@@ -457,16 +457,6 @@ def api_provenance(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "provenance.json").read_text(encoding="utf-8"))
 
 
-EVERY_METHOD = [
-    {"name": "relational-lora", "config": {"steps": 2, "data": TINY_DATA}},
-    {"name": "concept-erasure", "config": {"steps": 2, "data": TINY_DATA}},
-    {"name": "safeclip", "config": {"steps": 2, "n_per_pair": 2, "batch_size": 2, "size": 32}},
-    {"name": "uwm", "config": {"n_per_pair": 2, "size": 32, "batch_size": 4}},
-    {
-        "name": "hysac",
-        "config": {"steps": 2, "batch_size": 4, "n_per_pair": 2, "n_val_per_pair": 1, "size": 32},
-    },
-]
 EVERY_SUITE = {
     "zeroshot": {"n_per_tuple": 1, "size": 32, "paraphrase_variants": 1, "corruptions": []},
     "relational": {"n_per_tuple": 1, "size": 32, "text_variants": 1, "corruptions": ["noise"]},

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_runs import EVERY_METHOD
 
 from relsafe.data.edit_sets import SetSizes, concept_sets, relational_sets
 from relsafe.data.manifest import load_manifest
@@ -186,24 +187,7 @@ def test_check_flags_a_scene_with_two_rows_of_one_tuple(exported: Path) -> None:
 
 # ---- a whole run: RelWorld and its export give the same leaderboard -----------------------------
 
-_DATA = {
-    "texts_per_forget_tuple": 2,
-    "images_per_forget_tuple": 1,
-    "texts_per_retain_tuple": 1,
-    "images_per_retain_tuple": 1,
-    "n_unrelated": 2,
-    "size": 32,
-}
-RUN_METHODS = [
-    {"name": "relational-lora", "config": {"steps": 2, "data": _DATA}},
-    {"name": "concept-erasure", "config": {"steps": 2, "data": _DATA}},
-    {"name": "safeclip", "config": {"steps": 2, "n_per_pair": 2, "batch_size": 2, "size": 32}},
-    {"name": "uwm", "config": {"n_per_pair": 2, "size": 32, "batch_size": 4}},
-    {
-        "name": "hysac",
-        "config": {"steps": 2, "batch_size": 4, "n_per_pair": 2, "n_val_per_pair": 1, "size": 32},
-    },
-]
+RUN_METHODS = EVERY_METHOD
 _OOD = ["sketch"]
 RUN_SUITES = {
     "zeroshot": {

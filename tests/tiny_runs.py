@@ -17,6 +17,17 @@ TINY_DATA = {
 }
 TINY_LORA = {"steps": 2, "data": TINY_DATA}
 TINY_SAFECLIP = {"steps": 2, "n_per_pair": 2, "batch_size": 2, "size": 32}
+# every registered method, tiny (each stage a few seconds on the tiny CLIP at 32 px)
+EVERY_METHOD = [
+    {"name": "relational-lora", "config": {"steps": 2, "data": TINY_DATA}},
+    {"name": "concept-erasure", "config": {"steps": 2, "data": TINY_DATA}},
+    {"name": "safeclip", "config": {"steps": 2, "n_per_pair": 2, "batch_size": 2, "size": 32}},
+    {"name": "uwm", "config": {"n_per_pair": 2, "size": 32, "batch_size": 4}},
+    {
+        "name": "hysac",
+        "config": {"steps": 2, "batch_size": 4, "n_per_pair": 2, "n_val_per_pair": 1, "size": 32},
+    },
+]
 TINY_ZS = {"n_per_tuple": 1, "ood_styles": [], "corruptions": [], "paraphrase_variants": 1}
 TINY_REL = {"n_per_tuple": 1, "ood_styles": [], "corruptions": [], "text_variants": 1}
 
