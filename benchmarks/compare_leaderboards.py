@@ -72,13 +72,42 @@ def compare(a: Path, b: Path, tol: float) -> int:
     return 1 if problems or differing else 0
 
 
+def intervals(a: Path, b: Path) -> int:
+    """For two runs of the same benchmark on different draws (e.g. before and after a change of
+    RelWorld's scenes): cells with intervals, B's means outside A's interval, disjoint intervals."""
+    ha, ta, _ = read_table(a)
+    _, tb, _ = read_table(b)
+    total = outside = disjoint = 0
+    for method in sorted(set(ta) & set(tb)):
+        for col, ca, cb in zip(ha[1:], ta[method], tb[method], strict=False):
+            x, y = numbers(ca), numbers(cb)
+            if len(x) != 3 or len(y) != 3:
+                continue
+            total += 1
+            apart = y[2] < x[1] or x[2] < y[1]
+            disjoint += apart
+            if not x[1] <= y[0] <= x[2]:
+                outside += 1
+                print(f"  {method} / {col}: {ca} -> {cb}{' (disjoint)' if apart else ''}")
+    print(
+        f"{total} cells with intervals; {outside} of B's means outside A's interval; "
+        f"{disjoint} pairs of intervals disjoint"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("a", type=Path)
     ap.add_argument("b", type=Path)
     ap.add_argument("--tol", type=float, default=0.0, help="largest allowed |difference|")
+    ap.add_argument(
+        "--intervals",
+        action="store_true",
+        help="instead: which of B's means fall outside A's 95%% intervals (two draws of one run)",
+    )
     args = ap.parse_args(argv)
-    return compare(args.a, args.b, args.tol)
+    return intervals(args.a, args.b) if args.intervals else compare(args.a, args.b, args.tol)
 
 
 if __name__ == "__main__":
