@@ -101,8 +101,8 @@ class RenderedImages:
     RelWorld behaves as a manifest nobody had to write down: every tuple has an endless sequence
     of scenes per use (its own photos) and every ordered pair ``(a, b)`` another (minimal pairs:
     both tuples rendered from one seed), :func:`relsafe.world.dataset.scene_seed`. Seed ``k``
-    asking for ``n`` takes scenes ``k*n .. k*n+n-1``, scene ``pos`` in the style
-    ``styles[pos % len(styles)]`` (the training styles by default): exactly what a manifest world's seed block
+    asking for ``n`` takes scenes ``k*n .. k*n+n-1``, scene ``pos`` in the training style
+    ``pos % 4`` (or ``styles[pos % len(styles)]``): exactly what a manifest world's seed block
     rule takes from the rows ``export-relworld`` writes, so the two give the same images to every
     consumer (edit sets, quadruplets, probes)."""
 
@@ -151,7 +151,7 @@ class RenderedImages:
     ) -> tuple[np.ndarray, np.ndarray, int]:
         styles = [st.split(":", 1)[1] if st.startswith("domain:") else st for st in styles]
         labels = np.repeat(np.arange(len(tuples)), n_per_tuple)
-        pos = _probe_positions(len(tuples), n_per_tuple, seed)
+        pos = seed * n_per_tuple + np.tile(np.arange(n_per_tuple), len(tuples))
         seeds = [
             scene_seed(splits.ALL[split], tuples[int(t)], None, int(q))
             for t, q in zip(labels, pos, strict=True)
@@ -168,7 +168,7 @@ class RenderedImages:
     def probe_domains(
         self, tuples: Sequence[ORO], n_per_tuple: int, seed: int, split: str
     ) -> list[str]:
-        pos = _probe_positions(len(tuples), n_per_tuple, seed)
+        pos = seed * n_per_tuple + np.tile(np.arange(n_per_tuple), len(tuples))
         return [TRAIN_STYLES[int(q) % len(TRAIN_STYLES)] for q in pos]
 
     def describe(self) -> dict[str, Any]:
@@ -358,7 +358,7 @@ class ManifestImages:
         split_name = _MANIFEST_SPLIT[split]
         rows, labels = [], []
         for k, t in enumerate(tuples):
-            got = self._probe_rows(t, n_per_tuple, seed, split_name, domains)
+            got = _block(self.own_rows(t, split_name, domains), n_per_tuple, seed)
             rows.extend(got)
             labels.extend([k] * len(got))
         if not rows:
@@ -371,18 +371,12 @@ class ManifestImages:
     def probe_domains(
         self, tuples: Sequence[ORO], n_per_tuple: int, seed: int, split: str
     ) -> list[str]:
-        domains, split_name = self.in_domains(), _MANIFEST_SPLIT[split]
+        domains = self.in_domains()
         return [
             r.domain
             for t in tuples
-            for r in self._probe_rows(t, n_per_tuple, seed, split_name, domains)
+            for r in _block(self.own_rows(t, _MANIFEST_SPLIT[split], domains), n_per_tuple, seed)
         ]
-
-    def _probe_rows(
-        self, t: ORO, n: int, seed: int, split: str, domains: Sequence[str]
-    ) -> list[Any]:
-        """The rows a probe of ``t`` draws: seed ``seed``'s block of ``n`` of its own rows."""
-        return _block(self.own_rows(t, split, domains), n, seed)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -392,12 +386,6 @@ class ManifestImages:
             "rows": len(self.manifest.rows),
             "ood_domains": list(self.ood_domains()),
         }
-
-
-def _probe_positions(n_tuples: int, n: int, seed: int) -> np.ndarray:
-    """The scene position of each RelWorld probe image, tuple-major: seed ``seed``'s block of
-    ``n`` scenes of every tuple."""
-    return seed * n + np.tile(np.arange(n), n_tuples)
 
 
 def _block(rows: Sequence[Any], n: int, seed: int) -> list[Any]:
