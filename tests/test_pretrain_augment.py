@@ -119,3 +119,42 @@ def test_augment_off_reproduces_v1_batch_and_hash() -> None:
         assert np.array_equal(a[k], b[k])
     assert not np.array_equal(a["pixels"], b["pixels"])
     assert np.array_equal(b["pixels"], sample_batch(on, world, bank, 3)["pixels"])
+
+
+def test_pair_consistent_gives_both_images_of_a_pair_the_same_ops() -> None:
+    """With ``pair_consistent`` (groups of two) both images of a minimal pair get the same ops
+    with the same strengths: two identical images stay identical (pixel noise off, since it is
+    drawn per image by design), while different pairs get different draws; without groups the
+    two copies are augmented independently."""
+    rng = np.random.default_rng(0)
+    pixels = np.repeat(rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8), 2, axis=0)
+    probs = {p: 1.0 for p in OPS if p != "p_noise"}
+    cfg = AugmentConfig(enabled=True, clean_fraction=0.0, p_noise=0.0, **probs)
+    pairs = np.arange(len(pixels)) // 2
+    out = augment_pixels(pixels, np.random.default_rng(2), cfg, groups=pairs)
+    for k in range(4):
+        assert np.array_equal(out[2 * k], out[2 * k + 1]), f"pair {k} was augmented differently"
+        assert not np.array_equal(out[2 * k], pixels[2 * k])
+    assert not np.array_equal(out[0], out[2])
+    free = augment_pixels(pixels, np.random.default_rng(2), cfg)
+    assert not any(np.array_equal(free[2 * k], free[2 * k + 1]) for k in range(4))
+    with pytest.raises(InputError, match="group ids"):
+        augment_pixels(pixels, np.random.default_rng(2), cfg, groups=pairs[:3])
+
+
+def test_ramp_starts_clean_and_reaches_full_strength(pixels: np.ndarray) -> None:
+    cfg = AugmentConfig(enabled=True, clean_fraction=0.0, ramp_steps=100, **{p: 1.0 for p in OPS})
+    assert np.array_equal(augment_pixels(pixels, np.random.default_rng(4), cfg, step=0), pixels)
+    full = dataclasses.replace(cfg, ramp_steps=0)
+    for step in (100, 250):  # from ramp_steps on: exactly the un-ramped batch
+        a = augment_pixels(pixels, np.random.default_rng(4), cfg, step=step)
+        assert np.array_equal(a, augment_pixels(pixels, np.random.default_rng(4), full))
+    changed = [
+        (augment_pixels(big, np.random.default_rng(s), cfg, step=50) != big).any(axis=(1, 2, 3))
+        for s in range(20)
+        for big in [np.repeat(pixels, 8, axis=0)]
+    ]
+    share = float(np.mean(changed))  # half-way: about half the images are augmented
+    assert 0.35 < share < 0.65, share
+    with pytest.raises(ConfigError, match="ramp_steps"):
+        load_config(PretrainConfig, None, ["augment.ramp_steps=-1"])

@@ -55,6 +55,14 @@ class AugmentConfig:
     p_noise: float = 0.25
     noise_std_max: float = 0.25
     """Additive Gaussian noise std (pixel range ``[0, 1]``), uniform in ``[0, noise_std_max]``."""
+    ramp_steps: int = 0
+    """Curriculum: the share of augmented images rises linearly from 0 at step 0 to
+    ``1 - clean_fraction`` at this step (0 = full strength from the first step). The model first
+    learns the clean task, then the augmented one."""
+    pair_consistent: bool = False
+    """With ``swap_pairs``, both images of a minimal pair get the same ops with the same
+    strengths (their pixel noise is still drawn per image), so the pair still differs in one
+    element only."""
 
     def validate(self) -> None:
         """Every probability in [0, 1] and every strength within its bound (ConfigError)."""
@@ -79,110 +87,137 @@ class AugmentConfig:
         num(w, "contrast", self.contrast, lo=0, hi=1)
         num(w, "blur_sigma_max", self.blur_sigma_max, lo=0.3, hi=8)
         num(w, "noise_std_max", self.noise_std_max, lo=0, hi=1)
-        if not isinstance(self.enabled, bool):
-            raise ConfigError(f"{w}: enabled must be true or false, got {self.enabled!r}")
+        num(w, "ramp_steps", self.ramp_steps, lo=0, hi=10_000_000, integer=True)
+        for name in ("enabled", "pair_consistent"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{w}: {name} must be true or false, got {getattr(self, name)!r}")
 
 
-# ---- the ops: float32 (B, 3, H, W) in [0, 1], a mask of the rows to change ------------------------
-def _rows(rng: np.random.Generator, mask: np.ndarray, p: float) -> np.ndarray:
-    """Indices of the rows of ``mask`` an op with probability ``p`` applies to (one draw per row)."""
+# ---- the ops: float32 (B, 3, H, W) in [0, 1], the rows to change ----------------------------------
+@dataclass
+class Selection:
+    """The rows an op changes and which of its ``n`` parameter draws each row takes: one draw per
+    selected group (a single image, or both images of a minimal pair)."""
+
+    rows: np.ndarray
+    which: np.ndarray
+    n: int
+
+    @classmethod
+    def of(cls, rows: np.ndarray) -> Selection:
+        """One draw per row (no groups)."""
+        import numpy as np
+
+        rows = np.asarray(rows, dtype=np.int64)
+        return cls(rows, np.arange(len(rows)), len(rows))
+
+
+def _select(
+    rng: np.random.Generator, mask: np.ndarray, p: float, members: list[np.ndarray]
+) -> Selection:
+    """The groups of ``mask`` an op with probability ``p`` applies to (one draw per group), as
+    their member rows."""
     import numpy as np
 
-    return np.nonzero(mask & (rng.random(len(mask)) < p))[0]
+    groups = np.nonzero(mask & (rng.random(len(mask)) < p))[0]
+    if len(groups) == 0:
+        return Selection(np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
+    rows = np.concatenate([members[g] for g in groups])
+    which = np.repeat(np.arange(len(groups)), [len(members[g]) for g in groups])
+    return Selection(rows, which, len(groups))
 
 
 def scale_crop(
-    x: np.ndarray, rows: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
+    x: np.ndarray, sel: Selection, rng: np.random.Generator, cfg: AugmentConfig
 ) -> np.ndarray:
-    """Zoom each row by a log-uniform factor: in (random crop, resized up) or out (resized down
-    onto a canvas filled with the image's mean border colour, at a random place)."""
+    """Zoom each selected group by a log-uniform factor: in (random crop, resized up) or out
+    (resized down onto a canvas filled with the image's mean border colour, at a random place);
+    the members of a group share the factor and the place."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
     h, w = x.shape[2], x.shape[3]
     lo, hi = math.log(cfg.scale_min), math.log(cfg.scale_max)
-    for i in rows:
+    for k in range(sel.n):
         s = math.exp(rng.uniform(lo, hi))
-        img = torch.from_numpy(x[i : i + 1])
         if s >= 1:
             ch, cw = max(1, round(h / s)), max(1, round(w / s))
-            y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-            crop = img[:, :, y0 : y0 + ch, x0 : x0 + cw]
-            out = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
         else:
-            sh, sw = max(1, round(h * s)), max(1, round(w * s))
-            small = F.interpolate(img, size=(sh, sw), mode="bilinear", antialias=True)
-            border = torch.cat(
-                [img[..., 0, :], img[..., -1, :], img[..., :, 0], img[..., :, -1]], dim=-1
-            ).mean(-1)
-            out = border[..., None, None].expand(1, 3, h, w).clone()
-            y0, x0 = int(rng.integers(h - sh + 1)), int(rng.integers(w - sw + 1))
-            out[:, :, y0 : y0 + sh, x0 : x0 + sw] = small
-        x[i] = out[0].numpy()
+            ch, cw = max(1, round(h * s)), max(1, round(w * s))
+        y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        for i in sel.rows[sel.which == k]:
+            img = torch.from_numpy(x[i : i + 1])
+            if s >= 1:
+                crop = img[:, :, y0 : y0 + ch, x0 : x0 + cw]
+                out = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+            else:
+                small = F.interpolate(img, size=(ch, cw), mode="bilinear", antialias=True)
+                border = torch.cat(
+                    [img[..., 0, :], img[..., -1, :], img[..., :, 0], img[..., :, -1]], dim=-1
+                ).mean(-1)
+                out = border[..., None, None].expand(1, 3, h, w).clone()
+                out[:, :, y0 : y0 + ch, x0 : x0 + cw] = small
+            x[i] = out[0].numpy()
     return np.clip(x, 0, 1, out=x)
 
 
-def colour_jitter(
-    x: np.ndarray, rows: np.ndarray, rng: np.random.Generator, s: float
-) -> np.ndarray:
+def colour_jitter(x: np.ndarray, sel: Selection, rng: np.random.Generator, s: float) -> np.ndarray:
     """Per-channel gains and a saturation change (blend with the pixel's luma)."""
     import numpy as np
 
-    n = len(rows)
-    if n == 0 or s == 0:
+    if sel.n == 0 or s == 0:
         return x
-    gains = rng.uniform(1 - s, 1 + s, size=(n, 3, 1, 1)).astype(np.float32)
-    sat = rng.uniform(1 - s, 1 + s, size=(n, 1, 1, 1)).astype(np.float32)
-    v = x[rows] * gains
+    gains = rng.uniform(1 - s, 1 + s, size=(sel.n, 3, 1, 1)).astype(np.float32)[sel.which]
+    sat = rng.uniform(1 - s, 1 + s, size=(sel.n, 1, 1, 1)).astype(np.float32)[sel.which]
+    v = x[sel.rows] * gains
     luma = _luma(v)
-    x[rows] = np.clip(luma + sat * (v - luma), 0, 1)
+    x[sel.rows] = np.clip(luma + sat * (v - luma), 0, 1)
     return x
 
 
 def brightness_contrast(
-    x: np.ndarray, rows: np.ndarray, rng: np.random.Generator, b: float, c: float
+    x: np.ndarray, sel: Selection, rng: np.random.Generator, b: float, c: float
 ) -> np.ndarray:
     """Contrast around each image's mean, then a brightness factor."""
     import numpy as np
 
-    n = len(rows)
-    if n == 0:
+    if sel.n == 0:
         return x
-    bf = np.maximum(rng.uniform(1 - b, 1 + b, size=(n, 1, 1, 1)), 0.05).astype(np.float32)
-    cf = np.maximum(rng.uniform(1 - c, 1 + c, size=(n, 1, 1, 1)), 0.05).astype(np.float32)
-    v = x[rows]
+    bf = np.maximum(rng.uniform(1 - b, 1 + b, size=(sel.n, 1, 1, 1)), 0.05).astype(np.float32)
+    cf = np.maximum(rng.uniform(1 - c, 1 + c, size=(sel.n, 1, 1, 1)), 0.05).astype(np.float32)
+    v = x[sel.rows]
     mean = v.mean(axis=(1, 2, 3), keepdims=True)
-    x[rows] = np.clip(((v - mean) * cf + mean) * bf, 0, 1)
+    x[sel.rows] = np.clip(((v - mean) * cf[sel.which] + mean) * bf[sel.which], 0, 1)
     return x
 
 
-def grayscale(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def grayscale(x: np.ndarray, sel: Selection) -> np.ndarray:
     """Replace the rows by their luma (ITU-R 601 weights) in all three channels."""
-    if len(rows):
-        x[rows] = _luma(x[rows])
+    if len(sel.rows):
+        x[sel.rows] = _luma(x[sel.rows])
     return x
 
 
 def gaussian_blur(
-    x: np.ndarray, rows: np.ndarray, rng: np.random.Generator, sigma_max: float
+    x: np.ndarray, sel: Selection, rng: np.random.Generator, sigma_max: float
 ) -> np.ndarray:
-    """Separable Gaussian blur, one sigma per row (reflect padding)."""
+    """Separable Gaussian blur, one sigma per group (reflect padding)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
-    n = len(rows)
-    if n == 0:
+    if sel.n == 0:
         return x
-    sig = rng.uniform(0.3, sigma_max, size=n)
+    n = len(sel.rows)
+    sig = rng.uniform(0.3, sigma_max, size=sel.n)[sel.which]
     r = int(math.ceil(3 * sigma_max))
     t = np.arange(-r, r + 1, dtype=np.float64)
     k = np.exp(-0.5 * (t[None, :] / sig[:, None]) ** 2)
     k = (k / k.sum(1, keepdims=True)).astype(np.float32)  # (n, 2r + 1)
     kern = torch.from_numpy(np.repeat(k, 3, axis=0))  # one kernel per (row, channel)
     h, w = x.shape[2], x.shape[3]
-    v = torch.from_numpy(x[rows]).reshape(1, n * 3, h, w)
+    v = torch.from_numpy(x[sel.rows]).reshape(1, n * 3, h, w)
     pad = min(r, h - 1, w - 1)
     if pad < r:  # tiny images: reflect padding cannot exceed the size; trim the kernel
         kern = kern[:, r - pad : r + pad + 1]
@@ -190,22 +225,22 @@ def gaussian_blur(
     v = F.pad(v, (pad, pad, pad, pad), mode="reflect")
     v = F.conv2d(v, kern[:, None, :, None], groups=n * 3)
     v = F.conv2d(v, kern[:, None, None, :], groups=n * 3)
-    x[rows] = np.clip(v.reshape(n, 3, h, w).numpy(), 0, 1)
+    x[sel.rows] = np.clip(v.reshape(n, 3, h, w).numpy(), 0, 1)
     return x
 
 
 def additive_noise(
-    x: np.ndarray, rows: np.ndarray, rng: np.random.Generator, std_max: float
+    x: np.ndarray, sel: Selection, rng: np.random.Generator, std_max: float
 ) -> np.ndarray:
-    """Pixel-wise Gaussian noise, one std per row, clipped to the pixel range."""
+    """Pixel-wise Gaussian noise, one std per group (the noise itself per image), clipped to the
+    pixel range."""
     import numpy as np
 
-    n = len(rows)
-    if n == 0 or std_max == 0:
+    if sel.n == 0 or std_max == 0:
         return x
-    std = rng.uniform(0, std_max, size=(n, 1, 1, 1)).astype(np.float32)
-    noise = rng.standard_normal(size=(n, *x.shape[1:]), dtype=np.float32)
-    x[rows] = np.clip(x[rows] + std * noise, 0, 1)
+    std = rng.uniform(0, std_max, size=(sel.n, 1, 1, 1)).astype(np.float32)[sel.which]
+    noise = rng.standard_normal(size=(len(sel.rows), *x.shape[1:]), dtype=np.float32)
+    x[sel.rows] = np.clip(x[sel.rows] + std * noise, 0, 1)
     return x
 
 
@@ -213,13 +248,22 @@ def _luma(v: np.ndarray) -> np.ndarray:
     return 0.299 * v[:, 0:1] + 0.587 * v[:, 1:2] + 0.114 * v[:, 2:3]
 
 
-def augment_pixels(pixels: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+def augment_pixels(
+    pixels: np.ndarray,
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+    *,
+    step: int | None = None,
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
     """Augmented copy of a uint8 ``(B, H, W, 3)`` batch (same shape and dtype).
 
-    A ``clean_fraction`` of the rows is never touched; on the others each op applies with its own
-    probability, in a fixed order: scale and crop, colour jitter, brightness and contrast,
-    grayscale, blur, noise. With ``cfg.enabled`` false the input is returned as is and ``rng`` is
-    not drawn from.
+    A ``clean_fraction`` of the rows is never touched (more early on, with ``ramp_steps`` and
+    the training ``step``); on the others each op applies with its own probability, in a fixed
+    order: scale and crop, colour jitter, brightness and contrast, grayscale, blur, noise.
+    ``groups`` (one id per row, e.g. ``i // 2`` for minimal pairs) makes every draw per group, so
+    the rows of a group get the same ops and strengths. With ``cfg.enabled`` false the input is
+    returned as is and ``rng`` is not drawn from.
     """
     import numpy as np
 
@@ -233,15 +277,27 @@ def augment_pixels(pixels: np.ndarray, rng: np.random.Generator, cfg: AugmentCon
             f"{tuple(pixels.shape)}"
         )
     b = len(pixels)
-    mask = rng.random(b) >= cfg.clean_fraction
+    if groups is None:
+        members = [np.array([i]) for i in range(b)]
+    else:
+        groups = np.asarray(groups)
+        if groups.shape != (b,):
+            from relsafe.errors import InputError
+
+            raise InputError(f"augment_pixels: {b} rows but {groups.shape} group ids")
+        members = [np.nonzero(groups == g)[0] for g in dict.fromkeys(groups.tolist())]
+    clean = cfg.clean_fraction
+    if cfg.ramp_steps > 0 and step is not None and step < cfg.ramp_steps:
+        clean = 1.0 - (1.0 - clean) * step / cfg.ramp_steps
+    mask = rng.random(len(members)) >= clean
     x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-    x = scale_crop(x, _rows(rng, mask, cfg.p_scale), rng, cfg)
-    x = colour_jitter(x, _rows(rng, mask, cfg.p_colour), rng, cfg.colour_strength)
+    x = scale_crop(x, _select(rng, mask, cfg.p_scale, members), rng, cfg)
+    x = colour_jitter(x, _select(rng, mask, cfg.p_colour, members), rng, cfg.colour_strength)
     x = brightness_contrast(
-        x, _rows(rng, mask, cfg.p_brightness_contrast), rng, cfg.brightness, cfg.contrast
+        x, _select(rng, mask, cfg.p_brightness_contrast, members), rng, cfg.brightness, cfg.contrast
     )
-    x = grayscale(x, _rows(rng, mask, cfg.p_grayscale))
-    x = gaussian_blur(x, _rows(rng, mask, cfg.p_blur), rng, cfg.blur_sigma_max)
-    x = additive_noise(x, _rows(rng, mask, cfg.p_noise), rng, cfg.noise_std_max)
+    x = grayscale(x, _select(rng, mask, cfg.p_grayscale, members))
+    x = gaussian_blur(x, _select(rng, mask, cfg.p_blur, members), rng, cfg.blur_sigma_max)
+    x = additive_noise(x, _select(rng, mask, cfg.p_noise, members), rng, cfg.noise_std_max)
     out = np.rint(x * 255.0).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(out)

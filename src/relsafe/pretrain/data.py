@@ -178,7 +178,8 @@ def sample_batch(cfg: PretrainConfig, world: World, bank: TextBank, step: int) -
         from relsafe.pretrain.augment import AUGMENT_STREAM, augment_pixels
 
         aug_rng = np.random.default_rng([cfg.seed, step, DATA_STREAM, AUGMENT_STREAM])
-        pixels = augment_pixels(pixels, aug_rng, cfg.augment)
+        pairs = np.arange(b) // 2 if cfg.swap_pairs and cfg.augment.pair_consistent else None
+        pixels = augment_pixels(pixels, aug_rng, cfg.augment, step=step, groups=pairs)
     caps = np.empty(b, dtype=np.int64)
     use_ctx = rng.random(b) < cfg.context_fraction
     for k, t in enumerate(tids):
