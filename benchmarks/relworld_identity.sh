@@ -19,3 +19,4 @@ fi
 relsafe run configs/benchmark.yaml --out "$OUT" \
   --set world.vocabulary=relworld --set "world.data=$EXPORT/manifest.csv"
 python benchmarks/compare_leaderboards.py "$REF/leaderboard.md" "$OUT/leaderboard.md"
+python benchmarks/compare_results.py "$REF" "$OUT" --tol 0
