@@ -38,8 +38,8 @@ import pytest
 import torch
 
 import relsafe.data.edit_sets
+import relsafe.data.image_sources
 import relsafe.data.quadruplets
-import relsafe.data.world
 import relsafe.methods.hysac
 import relsafe.methods.relational_lora
 import relsafe.methods.safeclip
@@ -141,9 +141,9 @@ def recorder(monkeypatch: pytest.MonkeyPatch, tiny_clip: Any) -> Iterator[Record
         for name, mod in list(sys.modules.items())
         if name.startswith("relsafe") and getattr(mod, "item_seeds", None) is item_seeds
     ]
-    # relsafe.data.world draws through world.dataset.scene_seed, which calls the patched name
+    # relsafe.data.image_sources draws through world.dataset.scene_seed, which calls the patched name
     assert relsafe.world.dataset in users
-    assert relsafe.data.world.scene_seed is relsafe.world.dataset.scene_seed
+    assert relsafe.data.image_sources.scene_seed is relsafe.world.dataset.scene_seed
     for mod in users:
         monkeypatch.setattr(mod, "item_seeds", seeds)
     yield rec

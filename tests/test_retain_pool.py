@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from relsafe.data.edit_sets import SetSizes, relational_sets
-from relsafe.data.retain_pool import retain_pool
+from relsafe.data.retain_pool import pool_labels, retain_pool
 from relsafe.policy import load_policy
 
 SMALL = SetSizes(texts_per_retain_tuple=2, images_per_retain_tuple=2, n_unrelated=4, size=32)
@@ -142,3 +142,14 @@ def test_the_pool_fields_enter_the_stage_key_only_when_the_pool_is_on() -> None:
             cls(retain_pool=True, pool_batch=4).resume_key(),
         )
         assert on["retain_pool"] is True and _hash(on) != _hash(off) != _hash(on4) != _hash(on)
+
+
+def test_pool_labels_share_the_quadruplets_label_space() -> None:
+    """Hand-worked: quadruplets show tuples a (label 0) and b (label 1); pool rows of b, c, a, c,
+    d get b's and a's labels where the quadruplets show them and new labels 2, 3 from ``start``
+    on, one per new tuple in first-seen order."""
+    index = {"a": 0, "b": 1}
+    assert pool_labels(index, ["b", "c", "a", "c", "d"], start=2) == [1, 2, 0, 2, 3]
+    assert index == {"a": 0, "b": 1, "c": 2, "d": 3}
+    # without quadruplet ids every quadruplet is its own group (0..n-1): the pool starts at n
+    assert pool_labels({}, ["x", "y", "x"], start=5) == [5, 6, 5]

@@ -1,7 +1,7 @@
 """A manifest world built from ``export-relworld --edit-seeds`` gives a run RelWorld's own images.
 
 The manifest world is not RelWorld-aware: it applies the generic seed block rule
-(:meth:`relsafe.data.world.ManifestImages.paired_rows`) and pairs rows by ``scene``. RelWorld's
+(:meth:`relsafe.data.image_sources.ManifestImages.paired_rows`) and pairs rows by ``scene``. RelWorld's
 renderer draws by the same rule from per-tuple and per-pair scene sequences
 (:func:`relsafe.world.dataset.scene_seed`), and the exporter writes the first scenes of each, so
 every consumer (edit sets, concept erasure, quadruplets of every split and style, probes) gets the

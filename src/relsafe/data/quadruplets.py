@@ -164,7 +164,7 @@ def _world_quadruplets(
     styles: Sequence[str] | None = None,
 ) -> Quadruplets:
     """Quadruplets of a manifest world: for pair ``p``, record ``j`` pairs the ``j``-th image the
-    seed block rule (:meth:`relsafe.data.world.ManifestImages.paired_rows`, seed ``k`` of
+    seed block rule (:meth:`relsafe.data.image_sources.ManifestImages.paired_rows`, seed ``k`` of
     ``splits.<USE> + k``) draws of the unsafe tuple in the seed's split (train for edits, val,
     test) with its counterpart's row of the same scene (else one of the counterpart's own images,
     with a warning), at most ``n_per_pair`` and never more than the unsafe tuple has;

@@ -14,7 +14,7 @@ files match the suites'. The folder is written whole (built beside it and rename
 
 **A run's material** (``edit_seeds > 0``): RelWorld is a manifest nobody wrote down (every tuple
 and every ordered pair has its own sequence of scenes per use,
-:class:`relsafe.data.world.RenderedImages`), and the exporter writes the first scenes of each
+:class:`relsafe.data.image_sources.RenderedImages`), and the exporter writes the first scenes of each
 sequence a run draws, as rows the manifest world's seed block rule takes in the same order:
 
 * ``train``: ``edit_seeds * edit_per_tuple`` minimal pairs (one ``scene``, both tuples) of every
@@ -39,8 +39,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from relsafe.data.probes import check_probe_split, probe_tuples, render_probe_images
 from relsafe.errors import InputError
@@ -163,8 +161,7 @@ def _run_rows(
 
     from relsafe.data.edit_sets import concept_sets
     from relsafe.world import splits
-    from relsafe.world.dataset import scene_seed
-    from relsafe.world.render import render_batch
+    from relsafe.world.dataset import render_scenes, scene_seed, scene_style
 
     _count("edit_seeds", n_seeds, 0, 100)
     for name, v in (
@@ -201,18 +198,14 @@ def _run_rows(
             continue
         sides = [a] if b is None else [a, b]
         seeds = [scene_seed(use[split], a, b, pos) for pos in range(n)]
-        imgs = np.zeros((len(sides), n, size, size, 3), np.uint8)
-        for k, style in enumerate(styles):
-            idx = [pos for pos in range(n) if pos % len(styles) == k]
-            for si, t in enumerate(sides if idx else []):
-                imgs[si, idx] = render_batch([t] * len(idx), [seeds[i] for i in idx], style, size)
+        imgs = [render_scenes([t] * n, seeds, range(n), styles, size) for t in sides]
         tag = "" if len(styles) > 1 else f"-{styles[0]}"
         for pos in range(n):  # in scene order: the order the seed block rule counts in
-            style = styles[pos % len(styles)]
+            style = scene_style(pos, styles)
             scene = "" if b is None else f"{split}-{p}-{pos}{tag}"
             for si, t in enumerate(sides):
                 name = f"{split}-{pos}{tag}" if b is None else f"{scene}-{'ab'[si]}"
-                rows.append(_write_image(tmp, "run", name, imgs[si, pos], t, split, style, scene))
+                rows.append(_write_image(tmp, "run", name, imgs[si][pos], t, split, style, scene))
     return rows
 
 

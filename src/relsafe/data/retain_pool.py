@@ -115,3 +115,16 @@ def pool_resume_key(cfg: object) -> dict:
         for name in POOL_FIELDS:
             d.pop(name, None)
     return d
+
+
+def pool_labels(index: dict[str, int], ids: list[str], start: int) -> list[int]:
+    """The labels of pool rows ``ids`` in a method's quadruplet label space (one id space, so a
+    pool row and a quadruplet of the same tuple are positives of each other): the label
+    ``index`` gives a tuple the quadruplets show, else a new label from ``start`` on, one per new
+    id in first-seen order. ``index`` (id -> label) is extended in place."""
+    out, nxt = [], start
+    for i in ids:
+        if i not in index:
+            index[i], nxt = nxt, nxt + 1
+        out.append(index[i])
+    return out

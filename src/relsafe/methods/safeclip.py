@@ -45,7 +45,7 @@ from relsafe.config import to_dict
 from relsafe.data.edit_sets import SetSizes
 from relsafe.data.images import to_pixels
 from relsafe.data.quadruplets import build_quadruplets
-from relsafe.data.retain_pool import RetainPool, retain_pool
+from relsafe.data.retain_pool import RetainPool, pool_labels, retain_pool
 from relsafe.distributed import current as current_dist
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
@@ -167,10 +167,13 @@ def safeclip(
     groups = _group_ids(data)
     m_pool = len(pool_texts)
     if m_pool:  # one id space: a pool row and a quadruplet of the same tuple are positives
-        quad_ids = list(ids) if ids is not None else [f"quadruplet:{i}" for i in range(n)]
-        all_ids = _group_ids({"safe_id": [*quad_ids, *pool_ids]})
-        assert all_ids is not None
-        groups, pool_groups = all_ids[:n], all_ids[n:]
+        index: dict[str, int] = {}
+        if ids is None:  # every quadruplet its own group
+            groups = torch.arange(n)
+        else:
+            groups = torch.tensor([index.setdefault(str(i), len(index)) for i in ids])
+        start = n if ids is None else len(index)
+        pool_groups = torch.tensor(pool_labels(index, pool_ids, start), dtype=torch.long)
     marginals = pool.marginal_texts() if pool is not None else []
     dist = current_dist()  # a world of one unless started by `accelerate launch`
     if dist.enabled:

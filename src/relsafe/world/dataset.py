@@ -42,7 +42,7 @@ def scene_seed(base: int, a: ORO, b: ORO | None, pos: int) -> int:
     Each tuple and each ordered pair has its own endless sequence of scenes per use (a hash of
     the ids, not of a position in some list), so every consumer that asks for scenes ``k*n ..
     k*n+n-1`` of a pair gets the same ones whatever else it asks for: the RelWorld form of a
-    manifest's *seed block* rule (:meth:`relsafe.data.world.ManifestImages.paired_rows`), and
+    manifest's *seed block* rule (:meth:`relsafe.data.image_sources.ManifestImages.paired_rows`), and
     what makes an ``export-relworld`` manifest give a run RelWorld's own images."""
     import hashlib
 
@@ -60,6 +60,28 @@ def scene_block(seed: int) -> tuple[int, int]:
         if 0 <= seed - base < 1000:
             return base, seed - base
     return seed, 0
+
+
+def scene_style(pos: int, styles: Sequence[str] = TRAIN_STYLES) -> str:
+    """The style of scene ``pos`` of a sequence: the styles cycle, ``styles[pos % len(styles)]``."""
+    return styles[int(pos) % len(styles)]
+
+
+def render_scenes(
+    tuples: Sequence[ORO],
+    seeds: Sequence[int],
+    positions: Sequence[int],
+    styles: Sequence[str],
+    size: int,
+) -> np.ndarray:
+    """Item ``i``: ``tuples[i]`` rendered from ``seeds[i]`` in the style of its scene position
+    (:func:`scene_style`), uint8 ``(N, size, size, 3)``; one :func:`render_batch` per style."""
+    out = np.zeros((len(tuples), size, size, 3), np.uint8)
+    for k, style in enumerate(styles):
+        idx = [i for i, q in enumerate(positions) if int(q) % len(styles) == k]
+        if idx:
+            out[idx] = render_batch([tuples[i] for i in idx], [seeds[i] for i in idx], style, size)
+    return out
 
 
 def quad_caption_seed(base: int, index: int) -> int:
@@ -247,7 +269,7 @@ def quadruplets(
     for p, (unsafe, safe) in enumerate(checked):
         for j in range(n_per_pair):
             pos = k * n_per_pair + j
-            style = styles[pos % len(styles)]
+            style = scene_style(pos, styles)
             img_seed = scene_seed(base, unsafe, safe, pos)
             cap_seed = quad_caption_seed(seed, p * n_per_pair + j)
             u_text, s_text = caption_pair(unsafe, safe, random.Random(cap_seed), caption_split)

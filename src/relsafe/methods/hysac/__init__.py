@@ -21,8 +21,8 @@ the safe text inside-out of the safe image, ``V=>U`` puts unsafe text beyond the
 the origin, unsafe content further out), exactly the reference's ``entailmentLoss_A(S, V)``,
 ``entailmentLoss_A(U, G)`` and ``entailmentLoss_D(V, U)``.
 
-**Retain pool** (issue 14, equal data budget; ``retain_pool: true``, default, when a policy is
-given): the policy's retain pool (:mod:`relsafe.data.retain_pool`, relational-lora's retain tuples,
+**Retain pool** (issue 14, equal data budget; ``retain_pool: true``, off by default since VAL
+chose off, and only when a policy is given): the policy's retain pool (:mod:`relsafe.data.retain_pool`, relational-lora's retain tuples,
 texts and images) gives safe S-V anchor pairs; each step adds ``pool_batch`` of them to the
 ``batch_size`` quadruplets' S and V rows in ``nce_SV`` (multi-positive by tuple) and ``ent_SV``,
 HySAC's "safe anchors across the whole dataset". Validation stays on quadruplets.

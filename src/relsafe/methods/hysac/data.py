@@ -9,7 +9,7 @@ takes: a uint8 ``(N, H, W, 3)`` array, a list of PIL images, a preprocessed floa
 ``(N, 3, H, W)`` tensor), optionally with ``safe_id`` / ``unsafe_id`` and a ``"val"`` entry of the
 same form (otherwise ``val_fraction`` of it is held out).
 
-With a policy and ``retain_pool: true`` (default), the policy's retain pool joins as safe S-V
+With a policy and ``retain_pool: true`` (off by default: VAL chose off), the policy's retain pool joins as safe S-V
 anchor pairs (:func:`pool_pairs`), also when ``data`` is given; a ViSU file alone gets none.
 """
 
@@ -25,7 +25,7 @@ import torch
 from relsafe.data.edit_sets import SetSizes
 from relsafe.data.images import to_pixels
 from relsafe.data.quadruplets import policy_quadruplets
-from relsafe.data.retain_pool import RetainPool, retain_pool
+from relsafe.data.retain_pool import RetainPool, pool_labels, retain_pool
 from relsafe.errors import InputError
 from relsafe.methods.hysac.config import HySACConfig
 from relsafe.world import splits
@@ -103,15 +103,8 @@ def pool_pairs(
     texts, images, ids = pool.pairs()
     if not texts:
         return None, pool
-    index: dict[Any, int] = dict(train.safe_index or {})
-    nxt = [int(train.safe_label.max()) + 1 if len(train) else 0]
-
-    def label(i: str) -> int:
-        if i not in index:
-            index[i], nxt[0] = nxt[0], nxt[0] + 1
-        return index[i]
-
-    labels = torch.tensor([label(i) for i in ids], dtype=torch.long)
+    start = int(train.safe_label.max()) + 1 if len(train) else 0
+    labels = torch.tensor(pool_labels(dict(train.safe_index or {}), ids, start), dtype=torch.long)
     return PoolPairs(texts, to_pixels(model, images, what="retain pool images"), labels), pool
 
 
