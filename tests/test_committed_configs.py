@@ -1,0 +1,29 @@
+"""The YAML files under ``configs/`` that commands take by path load and validate: every tuning
+grid (one budget for every method) and every pretraining config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relsafe.api.tune import DEFAULT_BUDGET, TuneGrid, grid_trials
+from relsafe.config import load_config
+from relsafe.pretrain.config import PretrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "grids").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_grid_loads_within_the_shared_budget(path: Path) -> None:
+    grid = load_config(TuneGrid, str(path), [])
+    assert 1 <= len(grid_trials(grid)) <= grid.budget <= DEFAULT_BUDGET
+
+
+def test_the_v2_pretraining_config_is_v1_plus_augmentation() -> None:
+    v2 = load_config(PretrainConfig, str(CONFIGS / "pretrain" / "relsafe-mini-v2.yaml"), [])
+    v1 = PretrainConfig()
+    assert v2.augment.enabled and v2.augment.pair_consistent and v2.augment.ramp_steps == 400
+    assert v2.steps == 1800 and v2.weights_hash() != v1.weights_hash()
+    same = {k: v for k, v in v2.to_dict().items() if k not in ("augment", "steps")}
+    assert same == {k: v for k, v in v1.to_dict().items() if k not in ("augment", "steps")}
