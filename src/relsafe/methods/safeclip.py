@@ -114,12 +114,13 @@ def _info_nce(
     return symmetric_info_nce(scale * a @ b.T, groups)
 
 
-def _group_ids(data: dict[str, Any]) -> torch.Tensor | None:
-    """Per record, an integer id of the safe tuple it shows (``safe_id``), or None without ids."""
+def _group_ids(data: dict[str, Any], index: dict[str, int] | None = None) -> torch.Tensor | None:
+    """Per record, an integer id of the safe tuple it shows (``safe_id``, first-seen order;
+    ``index`` filled with id -> group), or None without ids."""
     ids = data.get("safe_id")
     if ids is None:
         return None
-    index: dict[str, int] = {}
+    index = {} if index is None else index
     return torch.tensor([index.setdefault(str(i), len(index)) for i in ids], dtype=torch.long)
 
 
@@ -164,14 +165,12 @@ def safeclip(
     ids = data.get("safe_id")
     if ids is not None and len(ids) != n:
         raise InputError(f"safeclip: safe_id has {len(ids)} entries for {n} quadruplets")
-    groups = _group_ids(data)
+    index: dict[str, int] = {}  # safe tuple id -> group, filled by _group_ids
+    groups = _group_ids(data, index)
     m_pool = len(pool_texts)
     if m_pool:  # one id space: a pool row and a quadruplet of the same tuple are positives
-        index: dict[str, int] = {}
-        if ids is None:  # every quadruplet its own group
+        if groups is None:  # no ids: every quadruplet its own group
             groups = torch.arange(n)
-        else:
-            groups = torch.tensor([index.setdefault(str(i), len(index)) for i in ids])
         start = n if ids is None else len(index)
         pool_groups = torch.tensor(pool_labels(index, pool_ids, start), dtype=torch.long)
     marginals = pool.marginal_texts() if pool is not None else []

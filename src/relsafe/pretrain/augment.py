@@ -103,14 +103,6 @@ class Selection:
     which: np.ndarray
     n: int
 
-    @classmethod
-    def of(cls, rows: np.ndarray) -> Selection:
-        """One draw per row (no groups)."""
-        import numpy as np
-
-        rows = np.asarray(rows, dtype=np.int64)
-        return cls(rows, np.arange(len(rows)), len(rows))
-
 
 def _select(
     rng: np.random.Generator, mask: np.ndarray, p: float, members: list[np.ndarray]

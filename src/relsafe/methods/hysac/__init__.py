@@ -22,9 +22,10 @@ the origin, unsafe content further out), exactly the reference's ``entailmentLos
 ``entailmentLoss_A(U, G)`` and ``entailmentLoss_D(V, U)``.
 
 **Retain pool** (issue 14, equal data budget; ``retain_pool: true``, off by default since VAL
-chose off, and only when a policy is given): the policy's retain pool (:mod:`relsafe.data.retain_pool`, relational-lora's retain tuples,
-texts and images) gives safe S-V anchor pairs; each step adds ``pool_batch`` of them to the
-``batch_size`` quadruplets' S and V rows in ``nce_SV`` (multi-positive by tuple) and ``ent_SV``,
+chose off, and only when a policy is given): the policy's retain pool
+(:mod:`relsafe.data.retain_pool`, relational-lora's retain tuples, texts and images) gives safe
+S-V anchor pairs; each step adds ``pool_batch`` of them to the ``batch_size`` quadruplets' S and
+V rows in ``nce_SV`` (multi-positive by tuple) and ``ent_SV``,
 HySAC's "safe anchors across the whole dataset". Validation stays on quadruplets.
 
 The seven weights (default 1 each) are normalised once to sum to 1. Optimiser: AdamW, lr 1e-3

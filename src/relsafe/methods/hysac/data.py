@@ -9,8 +9,9 @@ takes: a uint8 ``(N, H, W, 3)`` array, a list of PIL images, a preprocessed floa
 ``(N, 3, H, W)`` tensor), optionally with ``safe_id`` / ``unsafe_id`` and a ``"val"`` entry of the
 same form (otherwise ``val_fraction`` of it is held out).
 
-With a policy and ``retain_pool: true`` (off by default: VAL chose off), the policy's retain pool joins as safe S-V
-anchor pairs (:func:`pool_pairs`), also when ``data`` is given; a ViSU file alone gets none.
+With a policy and ``retain_pool: true`` (off by default: VAL chose off), the policy's retain
+pool joins as safe S-V anchor pairs (:func:`pool_pairs`), also when ``data`` is given; a ViSU
+file alone gets none.
 """
 
 from __future__ import annotations
