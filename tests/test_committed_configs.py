@@ -22,8 +22,10 @@ def test_every_grid_loads_within_the_shared_budget(path: Path) -> None:
 
 def test_the_v2_pretraining_config_is_v1_plus_augmentation() -> None:
     v2 = load_config(PretrainConfig, str(CONFIGS / "pretrain" / "relsafe-mini-v2.yaml"), [])
-    v1 = PretrainConfig()
+    v1 = load_config(PretrainConfig, str(CONFIGS / "pretrain" / "relsafe-mini-v1.yaml"), [])
+    assert not v1.augment.enabled and v1.steps == 1200
     assert v2.augment.enabled and v2.augment.pair_consistent and v2.augment.ramp_steps == 400
     assert v2.steps == 1800 and v2.weights_hash() != v1.weights_hash()
+    assert v2 == PretrainConfig()  # v2 is the default (the bundled weights)
     same = {k: v for k, v in v2.to_dict().items() if k not in ("augment", "steps")}
     assert same == {k: v for k, v in v1.to_dict().items() if k not in ("augment", "steps")}

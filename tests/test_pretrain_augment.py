@@ -1,10 +1,12 @@
 """Pretraining augmentations (relsafe-mini v2, issue 14): each op keeps shape, dtype and range,
-is seeded, and with augmentation off the v1 batches and config hash are unchanged."""
+is seeded, with augmentation off the v1 batches and config hash are unchanged, and the defaults
+are the config that trained the bundled weights (v2)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,9 @@ OPS = ("p_scale", "p_colour", "p_brightness_contrast", "p_grayscale", "p_blur", 
 # Computed with the pre-augmentation code (commit c8ac786's pretrain/data.py and config.py):
 V1_BATCH_SHA256 = "1fe6662eb323bf98b52212d966835f98f95878d2b153ffe955ade74cfe4c376d"
 V1_WEIGHTS_HASH = "cfafdc0cb393e60429b2dcabecb8dd28b55b52a47e046cd2c203c3d09c2e135e"
+# The config recorded in the bundled weights' pretrain.json (relsafe-mini v2):
+V2_WEIGHTS_HASH = "b55a20238244f0ad44f0b680ab5165c7b3d93288c3f437992424b1b29795671a"
+V1 = {"steps": 1200, "augment": AugmentConfig(enabled=False)}
 
 
 def _only(op: str, **kw: float) -> AugmentConfig:
@@ -69,7 +74,7 @@ def test_seeded_and_clean_rows(pixels: np.ndarray) -> None:
 def test_disabled_is_identity_and_draws_nothing(pixels: np.ndarray) -> None:
     rng = np.random.default_rng(3)
     state = rng.bit_generator.state
-    assert augment_pixels(pixels, rng, AugmentConfig()) is pixels
+    assert augment_pixels(pixels, rng, AugmentConfig(enabled=False)) is pixels
     assert rng.bit_generator.state == state
 
 
@@ -109,10 +114,12 @@ def _digest(batch: dict) -> str:
 def test_augment_off_reproduces_v1_batch_and_hash() -> None:
     world = make_world()
     bank = _bank(len(world.tuples))
-    off = PretrainConfig(batch_size=8)
+    off = PretrainConfig(batch_size=8, **V1)
     assert _digest(sample_batch(off, world, bank, 3)) == V1_BATCH_SHA256
-    assert PretrainConfig().weights_hash() == V1_WEIGHTS_HASH
-    on = dataclasses.replace(off, augment=AugmentConfig(enabled=True, clean_fraction=0.0))
+    assert PretrainConfig(**V1).weights_hash() == V1_WEIGHTS_HASH
+    on = dataclasses.replace(
+        off, augment=AugmentConfig(enabled=True, clean_fraction=0.0, ramp_steps=0)
+    )
     assert on.weights_hash() != off.weights_hash()
     a, b = sample_batch(off, world, bank, 3), sample_batch(on, world, bank, 3)
     for k in ("tids", "caps", "prompts"):  # augmentation draws from its own stream
@@ -158,3 +165,19 @@ def test_ramp_starts_clean_and_reaches_full_strength(pixels: np.ndarray) -> None
     assert 0.35 < share < 0.65, share
     with pytest.raises(ConfigError, match="ramp_steps"):
         load_config(PretrainConfig, None, ["augment.ramp_steps=-1"])
+
+
+def test_defaults_are_the_bundled_weights_config() -> None:
+    """``relsafe pretrain`` with no options trains the bundled relsafe-mini: its hash is the one of
+    the config stored beside the weights, and the committed v1 and v2 files load to v1 and v2."""
+    import json
+
+    from relsafe.models.mini import bundled_weights_dir
+
+    record = json.loads((bundled_weights_dir() / "pretrain.json").read_text())
+    assert PretrainConfig.from_dict(record["config"]).weights_hash() == V2_WEIGHTS_HASH
+    assert PretrainConfig().weights_hash() == V2_WEIGHTS_HASH
+    configs = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+    v1 = load_config(PretrainConfig, str(configs / "relsafe-mini-v1.yaml"), [])
+    assert v1.weights_hash() == V1_WEIGHTS_HASH
+    assert load_config(PretrainConfig, str(configs / "relsafe-mini-v2.yaml"), []) == PretrainConfig()

@@ -29,10 +29,11 @@ AUGMENT_STREAM = 0xA06
 
 @dataclass
 class AugmentConfig:
-    """Per-op probabilities (``p_*``, per image) and strengths; off by default (v1)."""
+    """Per-op probabilities (``p_*``, per image) and strengths. The defaults train the bundled
+    relsafe-mini (v2); ``enabled: false`` trains v1 (``configs/pretrain/relsafe-mini-v1.yaml``)."""
 
-    enabled: bool = False
-    clean_fraction: float = 0.25
+    enabled: bool = True
+    clean_fraction: float = 0.5
     """Share of each batch's images left untouched whatever the op probabilities (keeps the
     clean training styles well represented)."""
     p_scale: float = 0.4
@@ -55,11 +56,11 @@ class AugmentConfig:
     p_noise: float = 0.25
     noise_std_max: float = 0.25
     """Additive Gaussian noise std (pixel range ``[0, 1]``), uniform in ``[0, noise_std_max]``."""
-    ramp_steps: int = 0
+    ramp_steps: int = 400
     """Curriculum: the share of augmented images rises linearly from 0 at step 0 to
     ``1 - clean_fraction`` at this step (0 = full strength from the first step). The model first
     learns the clean task, then the augmented one."""
-    pair_consistent: bool = False
+    pair_consistent: bool = True
     """With ``swap_pairs``, both images of a minimal pair get the same ops with the same
     strengths (their pixel noise is still drawn per image), so the pair still differs in one
     element only."""

@@ -40,7 +40,7 @@ class PretrainConfig:
     """Everything that determines a pretraining run (the weights are a function of this)."""
 
     seed: int = 0
-    steps: int = 1200
+    steps: int = 1800
     batch_size: int = 96
     lr: float = 3e-3
     min_lr_ratio: float = 0.02
@@ -90,8 +90,9 @@ class PretrainConfig:
     """Images per tuple and style in the final quick check (0 to skip it)."""
     log_every: int = 100
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    """Generic image augmentations of the training batch (:mod:`relsafe.pretrain.augment`); off
-    (v1) by default, ``augment.enabled=true`` trains relsafe-mini v2."""
+    """Generic image augmentations of the training batch (:mod:`relsafe.pretrain.augment`); on by
+    default (relsafe-mini v2, the bundled weights); ``augment.enabled=false`` with ``steps=1200``
+    trains v1."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
