@@ -22,16 +22,31 @@ from pathlib import Path
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def read_table(path: Path) -> tuple[list[str], dict[str, list[str]], list[str]]:
-    """The header, ``{method: cells}`` and the lines after the table (``n``, seeds)."""
+def read_table(path: Path) -> tuple[list[str], dict[str, dict[str, str]], list[str]]:
+    """The columns, ``{method: {column: cell}}`` and the lines outside the tables (``n``, seeds).
+
+    A leaderboard with ``extra_policies`` has one table per policy, each after a ``#### Policy
+    `NAME``` heading; a later table's methods are keyed ``NAME/method``."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    rows = [ln for ln in lines if ln.startswith("|")]
-    if len(rows) < 3:
+    section, header, cols = "", [], []
+    body: dict[str, dict[str, str]] = {}
+    rest = []
+    for ln in lines:
+        if ln.startswith("#### Policy"):
+            section, header = ln.split("`")[1] + "/", []
+            rest.append(ln)
+        elif ln.startswith("|"):
+            cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+            if not header:
+                header = cells
+                cols = cols or cells
+            elif not set(ln) <= set("|-: "):  # not the |---| line
+                body[section + cells[0]] = dict(zip(header[1:], cells[1:], strict=False))
+        elif ln:
+            rest.append(ln)
+    if not body:
         raise SystemExit(f"{path}: no Markdown table found")
-    split = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in rows]
-    header, body = split[0], split[2:]
-    rest = [ln for ln in lines if ln and not ln.startswith("|")]
-    return header, {r[0]: r[1:] for r in body}, rest
+    return cols, body, rest
 
 
 def numbers(cell: str) -> list[float]:
@@ -53,7 +68,8 @@ def compare(a: Path, b: Path, tol: float) -> int:
     cells = worst = 0.0
     differing = []
     for method in sorted(set(ta) & set(tb)):
-        for col, ca, cb in zip(ha[1:], ta[method], tb[method], strict=False):
+        for col in [c for c in ta[method] if c in tb[method]]:
+            ca, cb = ta[method][col], tb[method][col]
             na, nb = numbers(ca), numbers(cb)
             cells += 1
             if len(na) != len(nb) or (not na and ca != cb):
@@ -75,11 +91,12 @@ def compare(a: Path, b: Path, tol: float) -> int:
 def intervals(a: Path, b: Path) -> int:
     """For two runs of the same benchmark on different draws (e.g. before and after a change of
     RelWorld's scenes): cells with intervals, B's means outside A's interval, disjoint intervals."""
-    ha, ta, _ = read_table(a)
+    _, ta, _ = read_table(a)
     _, tb, _ = read_table(b)
     total = outside = disjoint = 0
     for method in sorted(set(ta) & set(tb)):
-        for col, ca, cb in zip(ha[1:], ta[method], tb[method], strict=False):
+        for col in [c for c in ta[method] if c in tb[method]]:
+            ca, cb = ta[method][col], tb[method][col]
             x, y = numbers(ca), numbers(cb)
             if len(x) != 3 or len(y) != 3:
                 continue

@@ -180,4 +180,6 @@ def test_defaults_are_the_bundled_weights_config() -> None:
     configs = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
     v1 = load_config(PretrainConfig, str(configs / "relsafe-mini-v1.yaml"), [])
     assert v1.weights_hash() == V1_WEIGHTS_HASH
-    assert load_config(PretrainConfig, str(configs / "relsafe-mini-v2.yaml"), []) == PretrainConfig()
+    assert (
+        load_config(PretrainConfig, str(configs / "relsafe-mini-v2.yaml"), []) == PretrainConfig()
+    )

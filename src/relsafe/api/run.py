@@ -13,6 +13,7 @@ Output folder ``OUT``::
     OUT/provenance.json        config, seeds, versions, git commit, checkpoint hashes
     OUT/timings.json           seconds per stage
     OUT/report.html            the self-contained report
+    OUT/policies/<name>/       each of ``extra_policies``: a run folder of its own (same layout)
 
 Every stage writes its output atomically and records the hash of the config that produced it in a
 ``.stage.json`` beside it; a re-run with the same config skips finished stages (resumable after a
@@ -24,6 +25,12 @@ Seeds (docs/intervals.md): each method that has a ``seed`` in its config is edit
 model is evaluated once (its test items do not depend on a training seed), as is a method without
 a seed. ``results.jsonl`` holds each method's mean over its seeds and, for every headline cell, a
 95% interval (rows ``<metric>.ci_low`` / ``.ci_high``, :mod:`relsafe.eval.seed_rows`).
+
+``extra_policies`` score further policies with their own methods (the default benchmark: the
+relational ``default`` policy, then the concept-level ``concepts`` policy where object-level methods
+are expected to work). Each is a nested run with the run's model, world, seeds and (unless it names
+its own) suites, sharing the embedding cache; the leaderboard gets one table per policy and the
+report covers them all.
 
 ``OUT`` must be new, empty or a run folder (:func:`relsafe.outputs.is_run_folder`): a run never
 writes into, and ``--fresh`` never deletes, a folder relsafe did not make.
@@ -71,6 +78,16 @@ class MethodSpec:
 
 
 @dataclass
+class PolicyRun:
+    """A further policy of a run (``extra_policies``), scored with its own methods into
+    ``OUT/policies/<policy name>/``."""
+
+    policy: str
+    methods: list[MethodSpec] = field(default_factory=list)
+    suites: dict[str, dict[str, Any]] | None = None  # None: the run's suites
+
+
+@dataclass
 class RunConfig:
     model: str = "relsafe-mini"
     policy: str = "default"
@@ -87,6 +104,20 @@ class RunConfig:
     # a ViSU file (a `split` on every row): quadruplet methods train on its train/val rows, the
     # visu and safeground suites score its test rows
     visu: str | None = None
+    # further policies, each with its own methods, in OUT/policies/<name>/ (PolicyRun)
+    extra_policies: list[PolicyRun] = field(default_factory=list)
+
+    def nested(self, extra: PolicyRun, cache_dir: str) -> RunConfig:
+        """The config of one of ``extra_policies`` as a run of its own."""
+        return dataclasses.replace(
+            self,
+            policy=extra.policy,
+            methods=list(extra.methods),
+            suites=dict(self.suites if extra.suites is None else extra.suites),
+            cache_dir=cache_dir,
+            report=False,
+            extra_policies=[],
+        )
 
     def validate(self) -> None:
         from relsafe.data.world_spec import check_world_spec
@@ -116,6 +147,19 @@ class RunConfig:
             from_dict(known_m[m.name].config_cls, dict(m.config), f"methods[{i}].config")
         for s, cfg in self.suites.items():
             from_dict(known_s[s].config_cls, dict(cfg or {}), f"suites.{s}")
+        seen = {self.policy}
+        for i, extra in enumerate(self.extra_policies):
+            if extra.policy in seen:
+                raise ConfigError(
+                    f"extra_policies[{i}]: policy {extra.policy!r} is already in the run"
+                )
+            seen.add(extra.policy)
+            if not extra.methods:
+                raise ConfigError(f"extra_policies[{i}] ({extra.policy}): names no methods")
+            try:
+                self.nested(extra, "").validate()
+            except ConfigError as e:
+                raise ConfigError(f"extra_policies[{i}] ({extra.policy}): {e}") from e
 
 
 def _hash(obj: Any) -> str:
@@ -157,6 +201,17 @@ class Runner:
         self.base_key = _hash(key)
         self._models: dict[str, Any] = {}
         self._reference: Any = None
+        # one nested runner per further policy, built now so a bad policy fails before any work
+        self.nested: list[Runner] = []
+        for extra in cfg.extra_policies:
+            sub = Runner(cfg.nested(extra, str(self.cache_dir)), out, progress=progress)
+            sub.out = out / "policies" / _folder_name(sub.policy.name)
+            if any(n.out == sub.out for n in self.nested):
+                raise ConfigError(
+                    f"extra_policies: two policies are named {sub.policy.name!r}; "
+                    "their run folders would collide"
+                )
+            self.nested.append(sub)
 
     # ---- stages ------------------------------------------------------------------------
     def edit_plan(self, spec: MethodSpec, repeat: int = 0) -> tuple[str, Any, str] | None:
@@ -344,6 +399,11 @@ class Runner:
         for label in dict.fromkeys(e[0] for e in entries):
             seeds = [per_entry[name] for lab, name, _, _ in entries if lab == label]
             all_rows.extend(combine_seeds(seeds, keys, resamples=self.cfg.resamples))
+        for sub in self.nested:
+            log.info("policy %s: its own run in %s", sub.policy.name, sub.out)
+            t_sub = time.perf_counter()
+            sub.run()
+            self.timings[f"policy:{sub.policy.name}"] = time.perf_counter() - t_sub
         self.timings["total"] = time.perf_counter() - t_all
         seeds = {"training_seeds_per_method": self.cfg.seeds, "bootstrap_seed": 0}
         prov = provenance(config=to_dict(self.cfg), seeds=seeds, policy=self.policy)
@@ -360,11 +420,16 @@ class Runner:
         from relsafe.report import leaderboard_markdown
 
         self.leaderboard = leaderboard_markdown(all_rows)
+        for sub in self.nested:
+            self.leaderboard += (
+                f"\n\n#### Policy `{sub.policy.name}` ({len(sub.policy.unsafe)} unsafe tuples; "
+                f"{sub.out.relative_to(self.out)}/)\n\n{sub.leaderboard}"
+            )
         atomic_write_text(self.out / "leaderboard.md", self.leaderboard + "\n")
         if self.cfg.report:
             from relsafe.report import build_report
 
-            build_report([self.out], self.out / "report.html")
+            build_report([self.out, *(s.out for s in self.nested)], self.out / "report.html")
         return self.out
 
     def _write_timings(self) -> None:
@@ -382,6 +447,14 @@ class Runner:
         atomic_write_json(
             path, {"this_run": self.timings, "stages": stages, "previous_run": old.get("this_run")}
         )
+
+
+def _folder_name(name: str) -> str:
+    """A policy name as a folder name (anything but letters, digits, ``-``, ``_`` and ``.`` becomes
+    ``_``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "policy"
 
 
 def _seed_label(label: str, repeat: int) -> str:
