@@ -129,7 +129,7 @@ def test_the_pool_fields_enter_the_stage_key_only_when_the_pool_is_on() -> None:
     """Runs made before the pool existed resume: with the pool off, safeclip's and hysac's stage
     keys see the configs as they were; turning it on (or changing pool_batch with it on) is a new
     stage."""
-    from relsafe.api.run import _hash  # the run's stage-key hash
+    from relsafe.api.run_files import _hash  # the run's stage-key hash
     from relsafe.methods.hysac.config import HySACConfig
     from relsafe.methods.safeclip import SafeClipConfig
 
