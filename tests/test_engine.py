@@ -57,7 +57,12 @@ def test_texts_match_model_and_batching(tiny_clip) -> None:  # noqa: ANN001
     ref = tiny_clip.encode_text(TEXTS)
     for bs, workers in [(256, 0), (3, 0), (4, 2)]:
         eng = EmbeddingEngine(
-            tiny_clip, device="cpu", batch_size=bs, num_workers=workers, progress=False
+            tiny_clip,
+            device="cpu",
+            dtype="float32",  # exact agreement; auto is bfloat16 on a CPU with bf16 units
+            batch_size=bs,
+            num_workers=workers,
+            progress=False,
         )
         out = eng.embed_texts(TEXTS)
         assert out.shape == (len(TEXTS), tiny_clip.embed_dim)
@@ -69,7 +74,9 @@ def test_texts_match_model_and_batching(tiny_clip) -> None:  # noqa: ANN001
 
 def test_all_image_input_kinds_agree(tiny_clip, pixels: np.ndarray, png_paths: list[Path]) -> None:  # noqa: ANN001
     pils = [Image.fromarray(a) for a in pixels]
-    eng = EmbeddingEngine(tiny_clip, device="cpu", batch_size=3, num_workers=2, progress=False)
+    eng = EmbeddingEngine(
+        tiny_clip, device="cpu", dtype="float32", batch_size=3, num_workers=2, progress=False
+    )
     ref = tiny_clip.encode_image(pils)
     outs = {
         "pil": eng.embed_images(pils),
@@ -89,7 +96,8 @@ def test_bfloat16_autocast_outputs_float32(tiny_clip, pixels: np.ndarray) -> Non
     eng = EmbeddingEngine(tiny_clip, device="cpu", dtype="bfloat16", progress=False)
     out = eng.embed_images(pixels)
     assert out.dtype == torch.float32
-    ref = EmbeddingEngine(tiny_clip, device="cpu", progress=False).embed_images(pixels)
+    ref = EmbeddingEngine(tiny_clip, device="cpu", dtype="float32", progress=False)
+    ref = ref.embed_images(pixels)
     assert (out - ref).abs().max() < 0.05  # close, but computed in bf16
     assert next(tiny_clip.parameters()).dtype == torch.float32  # weights untouched
 
@@ -293,7 +301,8 @@ def test_one_tower_edit_keeps_the_other_modality_cached(
 ) -> None:
     model = load_model(str(tiny_clip_dir))
     calls = _count_calls(model, monkeypatch)
-    eng = EmbeddingEngine(model, device="cpu", cache_dir=tmp_path, progress=False)
+    # float32: on a CPU with bf16 units, auto's precision probe would add forward calls
+    eng = EmbeddingEngine(model, device="cpu", dtype="float32", cache_dir=tmp_path, progress=False)
     img0, txt0 = eng.embed_images(pixels), eng.embed_texts(TEXTS)
     assert (calls["image"], calls["text"]) == (1, 1)
     # a text-tower edit (what a text-only safety edit does): texts recompute, images hit the cache

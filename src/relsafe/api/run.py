@@ -44,13 +44,19 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from relsafe.api._resolve import build_config, load_model, load_policy, provenance
 from relsafe.api.edit import edit_model
 from relsafe.api.evaluate import evaluate_model
+from relsafe.api.run_config import (  # (re-exported: the run's config lives beside it)
+    MethodSpec,
+    PolicyRun,
+    RunConfig,
+    load_run_config,
+)
 from relsafe.api.run_files import (
     _dump_yaml,
     _folder_name,
@@ -67,109 +73,17 @@ from relsafe.errors import InputError
 from relsafe.outputs import RUN_MARKER, is_run_folder, output_dir, writing
 from relsafe.utils_io import atomic_write_json, atomic_write_text
 
+__all__ = [
+    "MethodSpec",
+    "PolicyRun",
+    "RunConfig",
+    "RunOutcome",
+    "Runner",
+    "load_run_config",
+    "run",
+]
+
 log = logging.getLogger(__name__)
-
-
-def _all_suites() -> dict[str, dict[str, Any]]:
-    from relsafe.eval.suites import suites
-
-    return {name: {} for name in suites()}
-
-
-@dataclass
-class MethodSpec:
-    name: str
-    label: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return self.label or self.name
-
-
-@dataclass
-class PolicyRun:
-    """A further policy of a run (``extra_policies``), scored with its own methods into
-    ``OUT/policies/<policy name>/``."""
-
-    policy: str
-    methods: list[MethodSpec] = field(default_factory=list)
-    suites: dict[str, dict[str, Any]] | None = None  # None: the run's suites
-
-
-@dataclass
-class RunConfig:
-    model: str = "relsafe-mini"
-    policy: str = "default"
-    methods: list[MethodSpec] = field(default_factory=list)
-    suites: dict[str, dict[str, Any]] = field(default_factory=_all_suites)  # every registered one
-    cache_dir: str | None = None  # default: OUT/cache
-    report: bool = True
-    examples: int = 6  # example images in the report
-    seeds: int = 3  # training seeds per method (seed, seed + 1, ...); intervals combine them
-    resamples: int = 1000  # bootstrap replicates per headline interval
-    # where the material comes from: None / "relworld" (the policy vocabulary's default: RelWorld
-    # renders) or {vocabulary: NAME|PATH, data: MANIFEST, skip_bad: false} (docs/your-data.md)
-    world: Any = None
-    # a ViSU file (a `split` on every row): quadruplet methods train on its train/val rows, the
-    # visu and safeground suites score its test rows
-    visu: str | None = None
-    # further policies, each with its own methods, in OUT/policies/<name>/ (PolicyRun)
-    extra_policies: list[PolicyRun] = field(default_factory=list)
-
-    def nested(self, extra: PolicyRun, cache_dir: str) -> RunConfig:
-        """The config of one of ``extra_policies`` as a run of its own."""
-        return dataclasses.replace(
-            self,
-            policy=extra.policy,
-            methods=list(extra.methods),
-            suites=dict(self.suites if extra.suites is None else extra.suites),
-            cache_dir=cache_dir,
-            report=False,
-            extra_policies=[],
-        )
-
-    def validate(self) -> None:
-        from relsafe.data.world_spec import check_world_spec
-        from relsafe.eval.suites import suites as all_suites
-        from relsafe.methods.base import methods as all_methods
-
-        check_world_spec(self.world, "world")
-        if self.seeds < 1:
-            raise ConfigError(f"seeds: must be >= 1, got {self.seeds}")
-        if self.resamples < 100:
-            raise ConfigError(f"resamples: must be >= 100 for a 95% interval, got {self.resamples}")
-
-        known_s = all_suites()
-        for s in self.suites:
-            if s not in known_s:
-                raise ConfigError(f"suites: unknown suite {s!r} (available: {sorted(known_s)})")
-        known_m = all_methods()
-        labels = set()
-        for i, m in enumerate(self.methods):
-            if m.name not in known_m:
-                raise ConfigError(
-                    f"methods[{i}]: unknown method {m.name!r} (available: {sorted(known_m)})"
-                )
-            if m.key in labels or m.key == "original":
-                raise ConfigError(f"methods[{i}]: label {m.key!r} is used twice (give `label:`)")
-            labels.add(m.key)
-            from_dict(known_m[m.name].config_cls, dict(m.config), f"methods[{i}].config")
-        for s, cfg in self.suites.items():
-            from_dict(known_s[s].config_cls, dict(cfg or {}), f"suites.{s}")
-        seen = {self.policy}
-        for i, extra in enumerate(self.extra_policies):
-            if extra.policy in seen:
-                raise ConfigError(
-                    f"extra_policies[{i}]: policy {extra.policy!r} is already in the run"
-                )
-            seen.add(extra.policy)
-            if not extra.methods:
-                raise ConfigError(f"extra_policies[{i}] ({extra.policy}): names no methods")
-            try:
-                self.nested(extra, "").validate()
-            except ConfigError as e:
-                raise ConfigError(f"extra_policies[{i}] ({extra.policy}): {e}") from e
 
 
 class Runner:
@@ -255,7 +169,6 @@ class Runner:
     ) -> Path:
         """Evaluate one model with one suite into ``rows/<folder or label>/<suite>.jsonl`` (rows
         say ``method=label``) and its per-item sidecar."""
-        from relsafe.engine import EmbeddingEngine
         from relsafe.eval.rows import RowWriter, items_path, write_items
         from relsafe.eval.suites import get_suite
 
@@ -270,6 +183,8 @@ class Runner:
                 "suite": suite,
                 "config": to_dict(scfg),
                 "policy": self.policy.sha256,
+                # (auto keeps the keys of runs from before dtype existed)
+                **({} if self.cfg.dtype == "auto" else {"dtype": self.cfg.dtype}),
             }
         )
         marker = path.with_suffix(".stage.json")
@@ -277,7 +192,7 @@ class Runner:
             return path  # (a stage from before intervals existed has no items: it is redone)
         t0 = time.perf_counter()
         model = self._load(model_spec)
-        engine = EmbeddingEngine(model, cache_dir=self.cache_dir, progress=self.progress)
+        engine = self._engine(model, progress=self.progress)
         reference = None
         if s.uses_reference and label != "original":
             if self._reference is None:
@@ -300,6 +215,7 @@ class Runner:
                 "model": model_spec,
                 "method": label,
                 "suite_config": to_dict(scfg),
+                "precision": engine.dtype_name,
             },
             seeds={"suite_seed": getattr(scfg, "seed", None)},
             models=[model, reference],
@@ -317,20 +233,28 @@ class Runner:
         """Top-1 tuple caption of a few test images per model, for the report's example strip:
         images of each unsafe tuple and of its counterpart (:mod:`relsafe.api.run_examples`)."""
         from relsafe.api.run_examples import example_items
-        from relsafe.engine import EmbeddingEngine
 
         path = self.out / "rows" / label / "examples.json"
         key = _hash({"model": model_key, "n": self.cfg.examples, "policy": self.policy.sha256})
+        if self.cfg.dtype != "auto":
+            key = _hash({"examples": key, "dtype": self.cfg.dtype})
         marker = path.with_suffix(".stage.json")
         if _stage_done(marker, key) and path.is_file():
             return path
         t0 = time.perf_counter()
         model = self._load(model_spec)
-        engine = EmbeddingEngine(model, cache_dir=self.cache_dir, progress=False)
+        engine = self._engine(model, progress=False)
         items = example_items(self.policy, model, engine, self.cfg.examples)
         atomic_write_json(path, {"model": model_spec, "items": items})
         _mark(marker, key, time.perf_counter() - t0)
         return path
+
+    def _engine(self, model: Any, *, progress: bool) -> Any:
+        from relsafe.engine import EmbeddingEngine
+
+        return EmbeddingEngine(
+            model, dtype=self.cfg.dtype, cache_dir=self.cache_dir, progress=progress
+        )
 
     def _load(self, spec: str) -> Any:
         if spec not in self._models:
@@ -440,11 +364,6 @@ class Runner:
         atomic_write_json(
             path, {"this_run": self.timings, "stages": stages, "previous_run": old.get("this_run")}
         )
-
-
-def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """A validated :class:`RunConfig` from a YAML file plus ``--set`` overrides."""
-    return build_config(RunConfig, path, overrides, str(path) if path else "run config")
 
 
 @dataclass

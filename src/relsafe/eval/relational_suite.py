@@ -357,8 +357,11 @@ def drift_rows(ctx: SuiteContext, reference: Any, cfg: RelationalConfig) -> list
     imgs = NONE.test_images(
         cfg.n_per_tuple, cfg.size, cfg.seed, tuples=keep, split=cfg.split, world=world
     ).images
-    ref_engine = EmbeddingEngine(
-        reference, cache_dir=getattr(ctx.engine, "cache_dir", None), progress=False
+    ref_engine = EmbeddingEngine(  # in the edited model's compute mode
+        reference,
+        dtype=getattr(ctx.engine, "dtype_name", "auto"),
+        cache_dir=getattr(ctx.engine, "cache_dir", None),
+        progress=False,
     )
     out = []
     for modality, a, b, n in (
