@@ -324,3 +324,14 @@ def test_one_tower_edit_keeps_the_other_modality_cached(
     assert model.fingerprint("text") != fp[0] and model.fingerprint("image") != fp[1]
     with pytest.raises(InputError, match="modality"):
         model.fingerprint("audio")
+
+
+def test_cache_dir_names_the_cache_folder(tiny_clip, tmp_path: Path) -> None:  # noqa: ANN001
+    # engines for a second model (the relational suite's reference) share the cache through it
+    assert EmbeddingEngine(tiny_clip, device="cpu", progress=False).cache_dir is None
+    eng = EmbeddingEngine(tiny_clip, device="cpu", cache_dir=tmp_path / "c", progress=False)
+    assert eng.cache_dir == tmp_path / "c"
+    eng.embed_texts(TEXTS)
+    sibling = EmbeddingEngine(tiny_clip, device="cpu", cache_dir=eng.cache_dir, progress=False)
+    sibling.embed_texts(TEXTS)
+    assert sibling.stats["cache_hits"] == 1 and sibling.stats["forward_batches"] == 0

@@ -183,8 +183,7 @@ class Runner:
                 "suite": suite,
                 "config": to_dict(scfg),
                 "policy": self.policy.sha256,
-                # (auto keeps the keys of runs from before dtype existed)
-                **({} if self.cfg.dtype == "auto" else {"dtype": self.cfg.dtype}),
+                **self._dtype_key(),
             }
         )
         marker = path.with_suffix(".stage.json")
@@ -235,9 +234,14 @@ class Runner:
         from relsafe.api.run_examples import example_items
 
         path = self.out / "rows" / label / "examples.json"
-        key = _hash({"model": model_key, "n": self.cfg.examples, "policy": self.policy.sha256})
-        if self.cfg.dtype != "auto":
-            key = _hash({"examples": key, "dtype": self.cfg.dtype})
+        key = _hash(
+            {
+                "model": model_key,
+                "n": self.cfg.examples,
+                "policy": self.policy.sha256,
+                **self._dtype_key(),
+            }
+        )
         marker = path.with_suffix(".stage.json")
         if _stage_done(marker, key) and path.is_file():
             return path
@@ -248,6 +252,11 @@ class Runner:
         atomic_write_json(path, {"model": model_spec, "items": items})
         _mark(marker, key, time.perf_counter() - t0)
         return path
+
+    def _dtype_key(self) -> dict[str, str]:
+        """How ``dtype`` enters an evaluation stage's key: not at all for ``auto`` (the keys of runs
+        from before ``dtype`` existed stay valid)."""
+        return {} if self.cfg.dtype == "auto" else {"dtype": self.cfg.dtype}
 
     def _engine(self, model: Any, *, progress: bool) -> Any:
         from relsafe.engine import EmbeddingEngine

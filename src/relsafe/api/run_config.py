@@ -81,14 +81,13 @@ class RunConfig:
 
     def validate(self) -> None:
         from relsafe.data.world_spec import check_world_spec
+        from relsafe.engine.precision import DTYPE_CHOICES
         from relsafe.eval.suites import suites as all_suites
         from relsafe.methods.base import methods as all_methods
 
         check_world_spec(self.world, "world")
         if self.seeds < 1:
             raise ConfigError(f"seeds: must be >= 1, got {self.seeds}")
-        from relsafe.engine.precision import DTYPE_CHOICES
-
         if self.dtype not in DTYPE_CHOICES:
             raise ConfigError(f"dtype: unknown {self.dtype!r} (available: {list(DTYPE_CHOICES)})")
         if self.resamples < 100:

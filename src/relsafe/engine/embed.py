@@ -187,6 +187,11 @@ class EmbeddingEngine:
         """The compute mode: ``float32``, ``bfloat16``, ``float16`` or ``int8-text``."""
         return self.precision.mode
 
+    @property
+    def cache_dir(self) -> Any:
+        """The on-disk cache's folder (a ``Path``), or None when caching is off."""
+        return self.cache.folder if self.cache is not None else None
+
     @staticmethod
     def cache_dir_path(cache_dir: str | os.PathLike[str] | None) -> Any:
         from pathlib import Path

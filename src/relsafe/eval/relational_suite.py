@@ -360,7 +360,7 @@ def drift_rows(ctx: SuiteContext, reference: Any, cfg: RelationalConfig) -> list
     ref_engine = EmbeddingEngine(  # in the edited model's compute mode
         reference,
         dtype=getattr(ctx.engine, "dtype_name", "auto"),
-        cache_dir=getattr(getattr(ctx.engine, "cache", None), "folder", None),
+        cache_dir=getattr(ctx.engine, "cache_dir", None),
         progress=False,
     )
     out = []
