@@ -39,6 +39,16 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
         return probe(self, tuples, n, size, seed, split, *a, **k)
 
     monkeypatch.setattr(RenderedImages, "probe_images", spy)
+    import relsafe.eval.suites as suites
+
+    evaluated: list[str] = []
+    run_suite = suites.run_suite
+
+    def count(name: str, model: Any, **k: Any) -> Any:
+        evaluated.append(k["method"])
+        return run_suite(name, model, **k)
+
+    monkeypatch.setattr(suites, "run_suite", count)
     grid = {"base": TINY_LORA, "grid": {"lr": [1e-5, 3e-2]}, "budget": 8}
     res = tune(
         "relational-lora",
@@ -50,6 +60,9 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
         progress=False,
     )
     assert splits_seen and set(splits_seen) == {"val"}  # TEST is never read
+    # the original is scored once per tune, each trial once
+    assert sorted(evaluated) == ["original", "relational-lora", "relational-lora"]
+    assert any((res.out / "cache").iterdir())  # embeddings cached for a resumed tune
     assert [t["changes"] for t in res.trials] == [{"lr": 1e-5}, {"lr": 3e-2}]
     summaries = [t["val"]["summary"] for t in res.trials]
     assert all(s is not None for s in summaries)
@@ -73,6 +86,20 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
         progress=False,
     )
     assert splits_seen == [] and again.trials == res.trials
+    # the evaluation dtype is part of a trial's identity: float32 redoes them, and says so
+    f32 = tune(
+        "relational-lora",
+        grid={**grid, "dtype": "float32"},
+        out=tmp_path / "t",
+        model="relsafe-mini",
+        policy="tiny",
+        suite_config=REL,
+        progress=False,
+    )
+    assert evaluated.count("relational-lora") == 4  # two trials redone
+    assert [t["key"] for t in f32.trials] != [t["key"] for t in res.trials]
+    prov = json.loads((res.out / "tune.json").read_text())["provenance"]
+    assert prov["config"]["grid"]["dtype"] == "float32"
 
 
 def test_tune_refuses_bad_grids_before_any_work(tiny_clip_dir: Path, tmp_path: Path) -> None:
@@ -84,6 +111,16 @@ def test_tune_refuses_bad_grids_before_any_work(tiny_clip_dir: Path, tmp_path: P
             model=str(tiny_clip_dir),
             policy="tiny",
         )
+    with pytest.raises(ConfigError, match="dtype: unknown 'f16'"):
+        tune(
+            "relational-lora",
+            grid={"grid": {"lr": [1e-3]}},
+            out=tmp_path / "d",
+            model=str(tiny_clip_dir),
+            policy="tiny",
+            dtype="f16",
+        )
+    assert not (tmp_path / "d").exists()
     with pytest.raises(ConfigError, match="trial 0"):
         tune(
             "relational-lora",

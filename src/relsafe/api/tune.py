@@ -61,8 +61,15 @@ class TuneGrid:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     budget: int = DEFAULT_BUDGET
     seed: int = 0
+    dtype: str = "auto"
+    """Compute dtype of the VAL evaluations (``relsafe run``'s ``dtype``): ``float32`` makes the
+    choice independent of whether the CPU has bf16 units (``auto`` picks bfloat16 there)."""
 
     def validate(self) -> None:
+        from relsafe.engine.precision import DTYPE_CHOICES
+
+        if self.dtype not in DTYPE_CHOICES:
+            raise ConfigError(f"dtype: unknown {self.dtype!r} (available: {list(DTYPE_CHOICES)})")
         if self.budget < 1:
             raise ConfigError(f"budget must be at least 1, got {self.budget}")
         for key, values in self.grid.items():
@@ -115,16 +122,23 @@ def tune(
     policy: Any = "default",
     world: Any = None,
     budget: int | None = None,
+    dtype: str | None = None,
     suite_config: Mapping[str, Any] | None = None,
     keep_edits: bool = False,
     progress: bool = True,
 ) -> TuneOutcome:
     """Run up to ``budget`` configurations of ``method`` and pick the best by the VAL summary
     (see the module docs). ``suite_config`` adds keys to the VAL relational config (its ``split``
-    is always ``val``)."""
+    is always ``val``). ``dtype`` overrides the grid's (the VAL evaluations' compute dtype).
+
+    The original model's VAL rows are computed once and compared with every trial's; its and the
+    trials' embeddings are cached in ``OUT/cache`` (keyed by weights, so a resumed tune reuses
+    them)."""
     from relsafe.api.edit import edit_model
     from relsafe.api.evaluate import evaluate_model
+    from relsafe.engine import EmbeddingEngine
     from relsafe.eval.relational_suite import RelationalConfig
+    from relsafe.eval.suites import run_suite
     from relsafe.methods.base import get_method
 
     if isinstance(grid, str | Path):
@@ -135,6 +149,8 @@ def tune(
         spec = grid
     if budget is not None:
         spec = dataclasses.replace(spec, budget=budget)
+    if dtype is not None:
+        spec = dataclasses.replace(spec, dtype=dtype)
     spec.validate()
     entry = get_method(method)
     pol = load_policy(policy, world)
@@ -154,6 +170,14 @@ def tune(
         configs.append(build_config(entry.config_cls, data, (), f"{method} config (trial {k})"))
     original = load_model(model)
     base_key = {"method": method, "model": model, "policy": pol.sha256, "suite": to_dict(rel_cfg)}
+    if spec.dtype != "auto":  # (so tune folders from before the option keep their trials)
+        base_key["dtype"] = spec.dtype
+    cache_dir = out / "cache"
+
+    def engine(m: Any) -> Any:
+        return EmbeddingEngine(m, dtype=spec.dtype, cache_dir=cache_dir, progress=progress)
+
+    original_rows: list[Any] | None = None
     trials: list[dict[str, Any]] = []
     for k, (changes, cfg) in enumerate(zip(trials_in, configs, strict=True)):
         folder = out / "trials" / f"{k:02d}"
@@ -178,6 +202,16 @@ def tune(
             progress=progress,
         )
         edited = load_model(str(edit_out / "merged"))
+        if original_rows is None:  # once per tune, not once per trial
+            original_rows = run_suite(
+                "relational",
+                original,
+                config=rel_cfg,
+                policy=pol,
+                method="original",
+                model_label=str(getattr(original, "spec", model)),
+                engine=engine(original),
+            )
         rows = evaluate_model(
             "relational",
             rel_cfg,
@@ -186,6 +220,8 @@ def tune(
             method=method,
             policy=pol,
             reference=original,
+            engine=engine(edited),
+            compare_with=original_rows,
         )
         rec = {
             "key": key,

@@ -19,6 +19,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         policy=args.policy,
         world=world_arg(args),
         budget=args.budget,
+        dtype=args.dtype,
         keep_edits=args.keep_edits,
         progress=not args.no_progress,
     )
@@ -43,6 +44,12 @@ def register(add: Any, sub: Any) -> None:
     add_world_arguments(sp)
     sp.add_argument(
         "--budget", type=int, default=None, help="trials at most (default: the grid's, 8)"
+    )
+    sp.add_argument(
+        "--dtype",
+        default=None,
+        help="compute dtype of the VAL evaluations (default: the grid's, else auto; "
+        "float32 makes the choice independent of the CPU's bf16 units)",
     )
     sp.add_argument(
         "--keep-edits", action="store_true", help="keep every trial's edit, not only the best"
