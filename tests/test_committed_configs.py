@@ -29,3 +29,22 @@ def test_the_v2_pretraining_config_is_v1_plus_augmentation() -> None:
     assert v2 == PretrainConfig()  # v2 is the default (the bundled weights)
     same = {k: v for k, v in v2.to_dict().items() if k not in ("augment", "steps")}
     assert same == {k: v for k, v in v1.to_dict().items() if k not in ("augment", "steps")}
+
+
+def test_the_benchmark_runs_every_method_at_its_tuned_winner() -> None:
+    """configs/benchmark.yaml's default-policy methods use the configs `relsafe tune` chose on VAL
+    (configs/tuned/default/<method>.yaml, each beside the VAL table that chose it): the equal
+    tuning budget is what the leaderboard runs, not a hand-picked default."""
+    from relsafe.api._resolve import build_config
+    from relsafe.api.run_config import load_run_config
+    from relsafe.methods.base import get_method
+
+    run = load_run_config(CONFIGS / "benchmark.yaml")
+    tuned = CONFIGS / "tuned" / "default"
+    assert {m.name for m in run.methods} == {p.stem for p in tuned.glob("*.yaml")}
+    for m in run.methods:
+        cls = get_method(m.name).config_cls
+        chosen = build_config(cls, str(tuned / f"{m.name}.yaml"), (), str(tuned / m.name))
+        assert build_config(cls, m.config, (), m.name) == chosen, m.name
+        table = (tuned / f"{m.name}.md").read_text(encoding="utf-8")
+        assert "VAL" in table and "**" in table  # the table that chose it, winner in bold
