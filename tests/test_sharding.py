@@ -103,6 +103,12 @@ def _worker(model_dir: str, out: str) -> None:
     # a rank with no rows (None) still takes part and receives the others' rows
     mine = torch.arange(6.0).reshape(2, 3) if rank == 0 else None
     save_file({"g": gather_rows(mine).contiguous()}, str(Path(out) / f"empty{rank}.st"))
+    # leave together and close the group: a rank that exits while its peer's last messages are
+    # in flight can take gloo down with SIGABRT (seen once in CI)
+    import torch.distributed as tdist
+
+    tdist.barrier()
+    tdist.destroy_process_group()
 
 
 def _free_port() -> int:
