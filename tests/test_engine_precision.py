@@ -37,6 +37,20 @@ def _never(mode: str) -> float:
     raise AssertionError(f"the {mode} probe should not run")
 
 
+def test_the_environment_can_keep_auto_off_a_cpus_bf16_units(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(P, "cpu_has_bf16", lambda: True)
+    for value in ("0", "off", "False"):
+        monkeypatch.setenv(P.CPU_BF16_ENV, value)
+        got = P.choose_precision("auto", CPU, fingerprint=lambda: "fp", probe=_never)
+        assert got.mode == "float32" and P.CPU_BF16_ENV in got.reason
+    monkeypatch.setenv(P.CPU_BF16_ENV, "1")
+    got = P.choose_precision("auto", CPU, fingerprint=lambda: "fp", probe=lambda m: 0.9999)
+    assert got.mode == "bfloat16"
+    assert P.choose_precision("bfloat16", CPU).mode == "bfloat16"  # a forced dtype is kept
+
+
 def test_auto_is_float32_on_a_cpu_without_bf16_units_without_probing() -> None:
     pr = P.choose_precision(
         "auto", CPU, fingerprint=lambda: "fp", probe=_never, bf16_units=lambda: False
@@ -87,6 +101,7 @@ def test_engine_auto_with_bf16_units_runs_the_real_probe(
     monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
 ) -> None:
     monkeypatch.setattr(P, "cpu_has_bf16", lambda: True)
+    monkeypatch.delenv(P.CPU_BF16_ENV, raising=False)  # (conftest sets it to 0)
     eng = EmbeddingEngine(tiny_clip, device="cpu", progress=False, num_workers=0)
     assert eng.precision.min_cosine is not None
     assert eng.dtype_name == ("bfloat16" if eng.precision.min_cosine >= P.MIN_COSINE else "float32")

@@ -9,6 +9,9 @@
   embeddings agree with float32's on a small probe batch (min cosine >= :data:`MIN_COSINE`), else
   float32 with a warning. Verdicts are cached per model fingerprint (in the process, and in
   ``precision.json`` of the engine's cache folder when there is one), so the probe runs once.
+  ``RELSAFE_CPU_BF16=0`` in the environment makes ``auto`` float32 on every CPU (bfloat16
+  results depend on the batch's size and composition, at about 1e-3 on a score; set it where
+  scores must not depend on how inputs were batched, or on which machine ran them).
 * ``int8-text`` runs the text tower with dynamic int8 ``nn.Linear`` layers
   (:func:`int8_text_model`; ``torch.ao.quantization.quantize_dynamic``) and images in float32;
   it is used only when its own probe passes (else float32, with a warning). ``auto`` never picks
@@ -36,6 +39,7 @@ from relsafe.errors import InputError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CPU_BF16_ENV",
     "DTYPE_CHOICES",
     "MIN_COSINE",
     "Precision",
@@ -51,6 +55,16 @@ MIN_COSINE = 0.999
 """A reduced precision is used only if every probe embedding has cosine >= this to float32's."""
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "int8-text")
+
+CPU_BF16_ENV = "RELSAFE_CPU_BF16"
+"""``0`` / ``false`` / ``no`` / ``off``: ``auto`` does not use a CPU's bf16 units (float32)."""
+
+
+def _cpu_bf16_for_auto() -> bool:
+    """May ``auto`` use bfloat16 on this CPU: it has bf16 units and ``RELSAFE_CPU_BF16`` allows."""
+    if os.environ.get(CPU_BF16_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return cpu_has_bf16()
 
 _VERDICTS: dict[str, dict[str, Any]] = {}  # "fingerprint|device|mode" -> verdict (this process)
 VERDICT_FILE = "precision.json"
@@ -237,9 +251,11 @@ def choose_precision(
     if requested == "auto":
         if device.type == "cuda":
             return Precision("bfloat16", torch.bfloat16, reason="CUDA")
-        if not (bf16_units or cpu_has_bf16)():
+        if not (bf16_units or _cpu_bf16_for_auto)():
             return Precision(
-                "float32", torch.float32, reason="CPU without bf16 units (avx512_bf16/amx_bf16)"
+                "float32",
+                torch.float32,
+                reason=f"CPU without bf16 units (avx512_bf16/amx_bf16) or {CPU_BF16_ENV}=0",
             )
         mode = "bfloat16"
     else:
