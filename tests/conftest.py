@@ -16,7 +16,6 @@ os.environ.setdefault("CI", "true")  # no progress bars in test output
 os.environ.setdefault("RELSAFE_CPU_BF16", "0")
 
 
-
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CLIPModel folder (seed 0, see relsafe.testing.tiny_clip_config). Read-only:

@@ -66,6 +66,7 @@ def _cpu_bf16_for_auto() -> bool:
         return False
     return cpu_has_bf16()
 
+
 _VERDICTS: dict[str, dict[str, Any]] = {}  # "fingerprint|device|mode" -> verdict (this process)
 VERDICT_FILE = "precision.json"
 
