@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -57,7 +56,7 @@ def _run(methods: list[str], out: Path, jobs: int, policy: str) -> int:
     return 1 if failed else 0
 
 
-def _collect(methods: list[str], out: Path, into: Path) -> int:
+def _collect(methods: list[str], out: Path, into: Path, policy: str) -> int:
     into.mkdir(parents=True, exist_ok=True)
     missing = []
     for m in methods:
@@ -67,13 +66,18 @@ def _collect(methods: list[str], out: Path, into: Path) -> int:
             continue
         tune = json.loads(tj.read_text(encoding="utf-8"))
         best = tune["trials"][tune["best"]]
-        shutil.copyfile(out / m / "table.md", into / f"{m}.md")
-        best_yaml = (out / m / "best.yaml").read_text(encoding="utf-8")
         grid = tune["provenance"]["config"]
+        pol = grid.get("policy", policy)  # (tunes before the key: --policy says which)
+        table = (out / m / "table.md").read_text(encoding="utf-8")
+        if " on policy `" not in table.split("\n", 1)[0]:
+            table = table.replace(f"for `{m}`;", f"for `{m}` on policy `{pol}`;", 1)
+        (into / f"{m}.md").write_text(table, encoding="utf-8")
+        best_yaml = (out / m / "best.yaml").read_text(encoding="utf-8")
         (into / f"{m}.yaml").write_text(  # the header names the committed table, not runs/
             best_yaml.replace(str(out / m / "table.md"), f"{m}.md beside this file", 1).replace(
                 "\n",
-                f"\n# model {grid['model']}; grid configs/grids/{m}.yaml; "
+                f"\n# model {grid['model']}; policy {pol}; "
+                f"grid configs/grids/{m}.yaml; "
                 f"the winning trial's grid values: {json.dumps(best['changes'])}\n",
                 1,
             ),
@@ -103,7 +107,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.action == "run":
         return _run(a.methods, a.out, max(1, a.jobs), a.policy)
-    return _collect(a.methods, a.out, a.into)
+    return _collect(a.methods, a.out, a.into, a.policy)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
     # only the winner's edit is kept; the table and best.yaml say which
     kept = [Path(t["edit"]).is_dir() for t in res.trials]
     assert kept == [i == res.best for i in range(2)]
-    assert "**" in (res.out / "table.md").read_text(encoding="utf-8")
+    table = (res.out / "table.md").read_text(encoding="utf-8")
+    assert "**" in table and "on policy `tiny`" in table.splitlines()[0]
     assert f"lr: {res.best_config['lr']}" in (res.out / "best.yaml").read_text(encoding="utf-8")
     assert json.loads((res.out / "tune.json").read_text())["split"] == "val"
     # a rerun with the same grid does no work: every trial is resumed from its marker
@@ -99,7 +100,7 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
     assert evaluated.count("relational-lora") == 4  # two trials redone
     assert [t["key"] for t in f32.trials] != [t["key"] for t in res.trials]
     prov = json.loads((res.out / "tune.json").read_text())["provenance"]
-    assert prov["config"]["grid"]["dtype"] == "float32"
+    assert prov["config"]["grid"]["dtype"] == "float32" and prov["config"]["policy"] == "tiny"
 
 
 def test_tune_refuses_bad_grids_before_any_work(tiny_clip_dir: Path, tmp_path: Path) -> None:

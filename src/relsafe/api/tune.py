@@ -241,7 +241,13 @@ def tune(
             if i != best:
                 shutil.rmtree(Path(t["edit"]), ignore_errors=True)
     prov = provenance(
-        config={"method": method, "model": model, "grid": to_dict(spec), "split": "val"},
+        config={
+            "method": method,
+            "model": model,
+            "policy": _policy_name(policy, pol),
+            "grid": to_dict(spec),
+            "split": "val",
+        },
         seeds={"grid_seed": spec.seed},
         models=[original],
         policy=pol,
@@ -249,7 +255,7 @@ def tune(
     atomic_write_json(
         out / "tune.json", {"trials": trials, "best": best, "provenance": prov, "split": "val"}
     )
-    atomic_write_text(out / "table.md", _table(method, trials, best))
+    atomic_write_text(out / "table.md", _table(method, trials, best, _policy_name(policy, pol)))
     header = (
         f"# {method}: chosen on VAL by `relsafe tune` (trial {best} of {len(trials)}; "
         f"summary {scores[best]}); the VAL table is {out / 'table.md'}\n"
@@ -262,14 +268,22 @@ def tune(
     return TuneOutcome(trials, best, out)
 
 
-def _table(method: str, trials: list[dict[str, Any]], best: int) -> str:
+def _policy_name(requested: Any, pol: Any) -> str:
+    """How a table names the policy: the name or path asked for, else the policy's source."""
+    if isinstance(requested, str | Path):
+        return str(requested)
+    return str(getattr(pol, "source", None) or "a policy object")
+
+
+def _table(method: str, trials: list[dict[str, Any]], best: int, policy: str) -> str:
     """The VAL table (Markdown): one row per trial, the winner in bold."""
 
     def f(v: Any) -> str:
         return "–" if v is None else f"{v:.3f}"
 
     lines = [
-        f"VAL (relational suite, split val; n = the policy's unsafe tuples) for `{method}`; "
+        f"VAL (relational suite, split val; n = the policy's unsafe tuples) for `{method}` "
+        f"on policy `{policy}`; "
         f"{len(trials)} trials, the best VAL summary in bold.",
         "",
         "| trial | changes | summary | safety | preservation | harmful landing | redirect | s |",
