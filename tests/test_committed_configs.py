@@ -48,3 +48,27 @@ def test_the_benchmark_runs_every_method_at_its_tuned_winner() -> None:
         assert build_config(cls, m.config, (), m.name) == chosen, m.name
         table = (tuned / f"{m.name}.md").read_text(encoding="utf-8")
         assert "VAL" in table and "**" in table  # the table that chose it, winner in bold
+        assert "on policy `default`" in table
+
+
+def test_the_benchmarks_tuned_concept_policy_methods_use_their_recorded_winners() -> None:
+    """An extra policy's method with a tune on that policy (configs/tuned/<policy>/) runs at its
+    winner there; the table says which policy chose it."""
+    from relsafe.api._resolve import build_config
+    from relsafe.api.run_config import load_run_config
+    from relsafe.methods.base import get_method
+
+    run = load_run_config(CONFIGS / "benchmark.yaml")
+    checked = 0
+    for extra in run.extra_policies:
+        tuned = CONFIGS / "tuned" / extra.policy
+        for m in extra.methods:
+            if not (tuned / f"{m.name}.yaml").is_file():
+                continue
+            cls = get_method(m.name).config_cls
+            chosen = build_config(cls, str(tuned / f"{m.name}.yaml"), (), str(tuned / m.name))
+            assert build_config(cls, m.config, (), m.name) == chosen, (extra.policy, m.name)
+            table = (tuned / f"{m.name}.md").read_text(encoding="utf-8")
+            assert f"on policy `{extra.policy}`" in table
+            checked += 1
+    assert checked >= 1  # concept-erasure on the concepts policy
