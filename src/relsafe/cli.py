@@ -203,10 +203,13 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from relsafe import api
 
+    overrides = list(args.overrides)
+    if args.jobs is not None:
+        overrides.append(f"jobs={args.jobs}")
     res = api.run(
         args.config,
         out=args.out,
-        overrides=args.overrides,
+        overrides=overrides,
         fresh=args.fresh,
         progress=not args.no_progress,
     )
@@ -307,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key (repeatable), e.g. --set suites.relational.n_per_tuple=4",
     )
     sp.add_argument("--fresh", action="store_true", help="delete the output folder first")
+    sp.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes for the edits and evaluations (the config's `jobs`; default 1), "
+        "each on its share of the cores",
+    )
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     sp = add(

@@ -253,6 +253,50 @@ class Runner:
         _mark(marker, key, time.perf_counter() - t0)
         return path
 
+    def entries(self) -> list[tuple[str, str, str, str]]:
+        """``(label, folder name, model spec, model key)`` of every model the run evaluates: the
+        original once, each method once per training seed (editing those not edited yet)."""
+        entries = [("original", "original", self.cfg.model, self.base_key)]
+        for spec in self.cfg.methods:
+            for repeat in range(self.cfg.seeds):
+                folder = self.edit_stage(spec, repeat)
+                if folder is None:
+                    break
+                entries.append(
+                    (
+                        spec.key,
+                        folder.name,
+                        str(folder / "merged"),
+                        _hash({"edit": (folder / "record.json").read_text()}),
+                    )
+                )
+        return entries
+
+    def eval_entry(self, label: str, name: str, model_spec: str, model_key: str) -> list[Any]:
+        """Every suite of one model of :meth:`entries` (and its report examples, seed 0 only);
+        returns its rows."""
+        rows: list[Any] = []
+        for suite in self.cfg.suites:
+            path = self.eval_stage(label, model_spec, model_key, suite, name)
+            rows.extend(_read_with_items(path))
+        if self.cfg.examples > 0 and name == label:  # seed 0 only
+            self.examples_stage(label, model_spec, model_key)
+        return rows
+
+    def pending_edits(self) -> list[tuple[int, int]]:
+        """``(method index, repeat)`` of every edit stage not done yet."""
+        todo = []
+        for i, spec in enumerate(self.cfg.methods):
+            for repeat in range(self.cfg.seeds):
+                plan = self.edit_plan(spec, repeat)
+                if plan is None:
+                    break
+                name, _, key = plan
+                done = _stage_done(self.out / "models" / f".{name}.stage.json", key)
+                if not (done and (self.out / "models" / name / "merged").is_dir()):
+                    todo.append((i, repeat))
+        return todo
+
     def _dtype_key(self) -> dict[str, str]:
         """How ``dtype`` enters an evaluation stage's key: not at all for ``auto`` (the keys of runs
         from before ``dtype`` existed stay valid)."""
@@ -272,12 +316,18 @@ class Runner:
         return self._models[spec]
 
     # ---- the whole run -------------------------------------------------------------------
-    def run(self) -> Path:
+    def claim(self) -> None:
+        """Make OUT this run's folder: new, empty or a run folder already (else refused), then
+        marked as one (before any stage writes into it, in this process or a worker)."""
         output_dir(self.out, recognise=is_run_folder)
         with writing(self.out):
             self.out.mkdir(parents=True, exist_ok=True)
             if not (self.out / RUN_MARKER).is_file():
                 atomic_write_json(self.out / RUN_MARKER, {"kind": "relsafe run", "version": 1})
+
+    def run(self) -> Path:
+        self.claim()
+        with writing(self.out):
             atomic_write_text(self.out / "config.yaml", _dump_yaml(to_dict(self.cfg)))
             return self._run_stages()  # an OS error about a file in OUT names it; others pass
 
@@ -287,30 +337,12 @@ class Runner:
         from relsafe.eval.suites import get_suite
 
         t_all = time.perf_counter()
-        # (label, folder name, model spec, model key); the original once, each method per seed
-        entries: list[tuple[str, str, str, str]] = [
-            ("original", "original", self.cfg.model, self.base_key)
-        ]
-        for spec in self.cfg.methods:
-            for repeat in range(self.cfg.seeds):
-                folder = self.edit_stage(spec, repeat)
-                if folder is None:
-                    break
-                entries.append(
-                    (
-                        spec.key,
-                        folder.name,
-                        str(folder / "merged"),
-                        _hash({"edit": (folder / "record.json").read_text()}),
-                    )
-                )
-        per_entry: dict[str, list] = {}
-        for label, name, spec, key in entries:
-            rows = per_entry.setdefault(name, [])
-            for suite in self.cfg.suites:
-                rows.extend(_read_with_items(self.eval_stage(label, spec, key, suite, name)))
-            if self.cfg.examples > 0 and name == label:  # seed 0 only
-                self.examples_stage(label, spec, key)
+        if self.cfg.jobs > 1:  # the independent stages first, in worker processes
+            from relsafe.api.run_workers import run_in_workers
+
+            run_in_workers(self, self.cfg.jobs, progress=self.progress)
+        entries = self.entries()
+        per_entry = {e[1]: self.eval_entry(*e) for e in entries}
         orig_rows = per_entry["original"]
         for suite in self.cfg.suites:
             compare = get_suite(suite).compare

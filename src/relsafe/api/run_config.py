@@ -66,6 +66,10 @@ class RunConfig:
     visu: str | None = None
     # further policies, each with its own methods, in OUT/policies/<name>/ (PolicyRun)
     extra_policies: list[PolicyRun] = field(default_factory=list)
+    # worker processes for the independent stages (every edit, then every model's evaluations, of
+    # every policy), each on its share of the cores; 1: all in this process. Not part of any stage
+    # key: a run resumes with another jobs (docs/performance.md, "relsafe run --jobs")
+    jobs: int = 1
 
     def nested(self, extra: PolicyRun, cache_dir: str) -> RunConfig:
         """The config of one of ``extra_policies`` as a run of its own."""
@@ -77,6 +81,7 @@ class RunConfig:
             cache_dir=cache_dir,
             report=False,
             extra_policies=[],
+            jobs=1,  # (the top run's workers already did the nested policies' stages)
         )
 
     def validate(self) -> None:
@@ -90,6 +95,12 @@ class RunConfig:
             raise ConfigError(f"seeds: must be >= 1, got {self.seeds}")
         if self.dtype not in DTYPE_CHOICES:
             raise ConfigError(f"dtype: unknown {self.dtype!r} (available: {list(DTYPE_CHOICES)})")
+        if (
+            isinstance(self.jobs, bool)
+            or not isinstance(self.jobs, int)
+            or not 1 <= self.jobs <= 64
+        ):
+            raise ConfigError(f"jobs: must be an integer in [1, 64], got {self.jobs!r}")
         if self.resamples < 100:
             raise ConfigError(f"resamples: must be >= 100 for a 95% interval, got {self.resamples}")
 

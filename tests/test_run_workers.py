@@ -1,0 +1,91 @@
+"""``relsafe run`` with ``jobs: 2``: the edits, then every model's evaluations, of every policy run
+in two worker processes, and give the run a one-process run gives (on the same thread count)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_runs import TINY_LORA, TINY_REL, tiny_run_config
+
+from relsafe.api.run import RunConfig, run
+from relsafe.cli import main
+from relsafe.config import ConfigError, from_dict
+from relsafe.eval.rows import read_rows
+
+OBJECTS = """\
+name: objects
+description: Guns, in two scenes (for the run workers test).
+unsafe:
+  - {tuple: child|holding|gun, counterpart: child|holding|toy}
+"""
+UWM = {"name": "uwm", "config": {"n_per_pair": 2, "size": 32, "batch_size": 4}}
+
+
+def _config(model_dir: Path, policy_path: Path, **top: object) -> RunConfig:
+    raw = tiny_run_config(
+        model_dir,
+        [{"name": "relational-lora", "config": TINY_LORA}, UWM],
+        {"relational": TINY_REL},
+        examples=1,
+        report=False,
+        seeds=2,
+        extra_policies=[{"policy": str(policy_path), "methods": [UWM]}],
+        **top,
+    )
+    return from_dict(RunConfig, raw, "test run")
+
+
+def _values(out: Path) -> dict[tuple, float]:
+    rows = [*read_rows(out / "results.jsonl"), *read_rows(out / "policies/objects/results.jsonl")]
+    return {(r.method, r.suite, r.slice, r.attack, r.metric): r.value for r in rows}
+
+
+@pytest.fixture
+def one_thread():  # noqa: ANN201 - a generator fixture
+    """This process on one thread, as each of 2 workers on 2 cores (the same float32 sums)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_two_workers_give_the_run_one_process_gives(
+    tmp_path: Path, tiny_clip_dir: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # (the workers: one thread each on any machine)
+    pol = tmp_path / "objects.yaml"
+    pol.write_text(OBJECTS)
+    cfg = _config(tiny_clip_dir, pol)
+    serial = run(cfg, out=tmp_path / "serial", progress=False)
+    parallel = run(cfg, out=tmp_path / "parallel", overrides=["jobs=2"], progress=False)
+    assert parallel.leaderboard == serial.leaderboard
+    a, b = _values(tmp_path / "serial"), _values(tmp_path / "parallel")
+    assert a.keys() == b.keys() and len(a) > 100
+    assert all(a[k] == pytest.approx(b[k], abs=1e-6, nan_ok=True) for k in a)
+    # the workers did the stages: the main process only found them done
+    out = tmp_path / "parallel"
+    this_run = json.loads((out / "timings.json").read_text())["this_run"]
+    assert "workers" in this_run and "edit:relational-lora@seed1" in this_run
+    assert any(k.startswith("eval:uwm") for k in this_run)
+    nested = json.loads((out / "policies/objects/timings.json").read_text())["this_run"]
+    assert "edit:uwm" in nested
+    assert (out / "rows/relational-lora/examples.json").is_file()
+    # jobs is not part of any stage key: one process resumes the folder with nothing to redo
+    again = run(cfg, out=out, progress=False)
+    assert again.leaderboard == serial.leaderboard
+    this_run = json.loads((out / "timings.json").read_text())["this_run"]
+    assert set(this_run) == {"total", "policy:objects"}, sorted(this_run)
+
+
+def test_jobs_is_checked_and_the_cli_flag_sets_it(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    pol = tmp_path / "objects.yaml"
+    pol.write_text(OBJECTS)
+    for bad in (0, 65, "two", True):
+        with pytest.raises(ConfigError, match="jobs"):
+            run(_config(tiny_clip_dir, pol, jobs=bad), out=tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()  # refused before any work
+    with pytest.raises(SystemExit):
+        main(["run", "cfg.yaml", "--out", str(tmp_path / "y"), "--jobs", "many"])
