@@ -89,3 +89,42 @@ def test_jobs_is_checked_and_the_cli_flag_sets_it(tmp_path: Path, tiny_clip_dir:
     assert not (tmp_path / "x").exists()  # refused before any work
     with pytest.raises(SystemExit):
         main(["run", "cfg.yaml", "--out", str(tmp_path / "y"), "--jobs", "many"])
+
+
+def test_a_failing_worker_stage_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stage's error comes back naming the stage (and its policy), the stages finished before it
+    keep their timings, and a dead worker becomes an error that says to re-run."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from types import SimpleNamespace
+
+    from relsafe.api import run_workers
+    from relsafe.errors import InputError
+
+    def runner(policy: str) -> SimpleNamespace:
+        methods = [SimpleNamespace(key="relational-lora"), SimpleNamespace(key="uwm")]
+        return SimpleNamespace(
+            cfg=SimpleNamespace(methods=methods), policy=SimpleNamespace(name=policy), timings={}
+        )
+
+    runners = [runner("default"), runner("objects")]
+
+    def work(task: tuple) -> dict[str, float]:
+        if task == ("edit", 1, (1, 2)):
+            raise InputError("images/x.png: cannot decode")
+        if task == ("edit", 0, (0, 1)):
+            raise BrokenProcessPool("gone")
+        return {f"edit:{task}": 1.0}
+
+    monkeypatch.setattr(run_workers, "_work", work)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with pytest.raises(InputError, match=r"^edit uwm@seed2 \(policy objects\): images/x.png"):
+            run_workers._pool_run(
+                runners, [("edit", 0, (0, 0)), ("edit", 1, (1, 2))], pool, "edits", False
+            )
+    assert runners[0].timings == {"edit:('edit', 0, (0, 0))": 1.0}  # the finished one is kept
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with pytest.raises(RuntimeError, match="died during edit relational-lora@seed1.*re-run"):
+            run_workers._pool_run(runners, [("edit", 0, (0, 1))], pool, "edits", False)
