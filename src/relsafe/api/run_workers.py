@@ -92,7 +92,8 @@ def _pool_run(
     try:
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
+            # the finished stages first (their timings are kept), then the first failure
+            for fut in sorted(done, key=lambda f: f.exception() is not None):
                 task = futures[fut]
                 try:
                     timings = fut.result()
