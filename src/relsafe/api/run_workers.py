@@ -13,10 +13,10 @@ and only combines seeds, writes ``results.jsonl``, the leaderboard and the repor
 never includes ``jobs``: a run folder resumes with any ``jobs``, and a killed worker loses only
 the stages it had not finished.
 
-Numbers: a stage computed on one thread can differ from the same stage on two threads in the
-last float32 bits (the order of a matmul's sums), which can move a near tie of a top-1 or a
-HySAC edit (docs/benchmarks.md). The README's leaderboard is computed with one thread per
-process (``jobs: 2`` on 2 cores).
+Numbers: torch does not promise the same float32 summation order at every thread count, so a
+stage on one thread could differ from the same stage on two in its last bits; measured on
+relsafe-mini, none did (``benchmarks/run_jobs.py``, docs/performance.md). The README's
+leaderboard is computed with one thread per process (``jobs: 2`` on 2 cores).
 """
 
 from __future__ import annotations
