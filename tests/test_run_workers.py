@@ -128,3 +128,32 @@ def test_a_failing_worker_stage_is_named(
     with ThreadPoolExecutor(max_workers=1) as pool:
         with pytest.raises(RuntimeError, match="died during edit relational-lora@seed1.*re-run"):
             run_workers._pool_run(runners, [("edit", 0, (0, 1))], pool, "edits", False)
+
+
+def test_the_jobs_benchmark_runs_a_reduced_benchmark_config(tmp_path: Path) -> None:
+    """benchmarks/run_jobs.py's config: the benchmark's model, policy, tuned methods (the ones
+    asked for), trained steps scaled, no extra policies; a valid run config."""
+    import importlib.util
+
+    import yaml
+
+    from relsafe.api.run_config import load_run_config
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("run_jobs", root / "benchmarks" / "run_jobs.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    full = yaml.safe_load((root / "configs" / "benchmark.yaml").read_text())
+    cfg = mod.reduced_config(0.25, ["relational-lora", "uwm"])
+    assert [m["name"] for m in cfg["methods"]] == ["relational-lora", "uwm"]
+    rl = next(m for m in full["methods"] if m["name"] == "relational-lora")["config"]
+    assert cfg["methods"][0]["config"] == {**rl, "steps": 38}  # 150 steps at a quarter
+    assert "steps" not in cfg["methods"][1]["config"]  # uwm is not trained
+    assert cfg["extra_policies"] == [] and cfg["seeds"] == 2 and cfg["model"] == full["model"]
+    (tmp_path / "reduced.yaml").write_text(yaml.safe_dump(cfg))
+    loaded = load_run_config(tmp_path / "reduced.yaml")  # validated as `relsafe run` would
+    assert loaded.jobs == full["jobs"] and [m.name for m in loaded.methods] == [
+        "relational-lora",
+        "uwm",
+    ]
