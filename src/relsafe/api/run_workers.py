@@ -39,12 +39,13 @@ __all__ = ["run_in_workers"]
 _RUNNERS: list[Any] = []
 
 
-def _init_worker(cfg: Any, out: str, jobs: int) -> None:
-    from relsafe.api.run import Runner
+def _init_worker(runner_cls: type, cfg: Any, out: str, jobs: int) -> None:
     from relsafe.engine.precision import fit_threads
 
     fit_threads(local_processes=jobs)
-    top = Runner(cfg, Path(out), progress=False)
+    # (the Runner class comes in as an argument, pickled by name: this module does not import
+    # relsafe.api.run, which imports it)
+    top = runner_cls(cfg, Path(out), progress=False)
     _RUNNERS[:] = [top, *top.nested]
 
 
@@ -134,7 +135,7 @@ def run_in_workers(runner: Any, jobs: int, *, progress: bool = True) -> None:
         max_workers=jobs,
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(runner.cfg, str(runner.out), jobs),
+        initargs=(type(runner), runner.cfg, str(runner.out), jobs),
     ) as pool:
         if edits:
             _pool_run(runners, edits, pool, f"edits ({jobs} workers)", progress)
