@@ -137,6 +137,13 @@ class Runner:
         key = _hash({"base": self.base_key, "method": spec.name, "config": conf})
         return _seed_label(spec.key, repeat), mcfg, key
 
+    def _edit_done(self, name: str, key: str) -> bool:
+        """Whether edit stage ``name`` finished with ``key`` (its marker and merged model)."""
+        models = self.out / "models"
+        return (
+            _stage_done(models / f".{name}.stage.json", key) and (models / name / "merged").is_dir()
+        )
+
     def edit_stage(self, spec: MethodSpec, repeat: int = 0) -> Path | None:
         """Edit with training seed ``seed + repeat`` into ``models/<label>`` (repeat 0) or
         ``models/<label>@seed<repeat>``; None for a repeat of a method without a seed."""
@@ -146,7 +153,7 @@ class Runner:
         name, mcfg, key = plan
         folder = self.out / "models" / name
         marker = self.out / "models" / f".{name}.stage.json"
-        if _stage_done(marker, key) and (folder / "merged").is_dir():
+        if self._edit_done(name, key):
             log.info("edit %s: done, reusing %s", name, folder)
             return folder
         log.info("edit %s: running %s", name, spec.name)
@@ -292,8 +299,7 @@ class Runner:
                 if plan is None:
                     break
                 name, _, key = plan
-                done = _stage_done(self.out / "models" / f".{name}.stage.json", key)
-                if not (done and (self.out / "models" / name / "merged").is_dir()):
+                if not self._edit_done(name, key):
                     todo.append((i, repeat))
         return todo
 

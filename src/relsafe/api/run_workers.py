@@ -29,6 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from relsafe.api.run_files import _seed_label
 from relsafe.errors import RelsafeError
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,7 @@ def _describe(runners: list[Any], task: tuple[str, int, tuple[Any, ...]]) -> str
     where = "" if index == 0 else f" (policy {runners[index].policy.name})"
     if kind == "edit":
         spec = runners[index].cfg.methods[args[0]]
-        seed = f"@seed{args[1]}" if args[1] else ""
-        return f"edit {spec.key}{seed}{where}"
+        return f"edit {_seed_label(spec.key, args[1])}{where}"
     return f"evaluation of {args[1]}{where}"
 
 
