@@ -4,13 +4,14 @@
         [--methods relational-lora hysac uwm]
 
 Runs a reduced copy of ``configs/benchmark.yaml`` (the same model, policy and tuned configs of
-``--methods``, with every trained method's ``steps`` scaled by ``--steps-scale``; 2 training seeds; the zeroshot and
-relational suites; no extra policies, examples or report) twice from nothing: once with
-``jobs: 1`` (one process on every core) and once with ``jobs: N`` (N processes on their share),
-each as its own ``relsafe run`` subprocess. Prints the wall time of each, their ratio, the sum of
-the stage times of each (``timings.json``), and how far the two runs' ``results.jsonl`` values are
-apart (the thread counts differ, so the float32 sums may differ in their last bits). Absolute
-times on a shared CPU are noisy; read the ratio.
+``--methods``, with every trained method's ``steps`` scaled by ``--steps-scale``; 2 training
+seeds; the zeroshot and relational suites; no extra policies, examples or report) twice from
+nothing: once with ``jobs: 1`` (one process on every core) and once with ``jobs: N`` (N
+processes on their share), each as its own ``relsafe run`` subprocess. Prints the wall time of
+each, their ratio, the sum of the stage times of each (``timings.json``), and how far the two
+runs' rows are apart (every row of ``results.jsonl`` and of every stage, read as
+``compare_results.py`` reads them; the thread counts differ, so the float32 sums may differ in
+their last bits). Absolute times on a shared CPU are noisy; read the ratio.
 """
 
 from __future__ import annotations
@@ -27,20 +28,18 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINED = ("relational-lora", "concept-erasure", "safeclip", "hysac")
 
 
 def reduced_config(steps_scale: float, methods: list[str]) -> dict:
+    from relsafe.config import from_dict
+    from relsafe.methods.base import get_method
+
     cfg = yaml.safe_load((ROOT / "configs" / "benchmark.yaml").read_text())
     cfg["methods"] = [m for m in cfg["methods"] if m["name"] in methods]
     for m in cfg["methods"]:
-        if m["name"] in TRAINED:
-            from relsafe.config import from_dict
-            from relsafe.methods.base import get_method
-
-            method = get_method(m["name"])
-            steps = from_dict(method.config_cls, dict(m.get("config", {})), m["name"]).steps
-            m["config"] = {**m.get("config", {}), "steps": max(10, round(steps * steps_scale))}
+        mcfg = from_dict(get_method(m["name"]).config_cls, dict(m.get("config", {})), m["name"])
+        if hasattr(mcfg, "steps"):  # a trained method
+            m["config"] = {**m.get("config", {}), "steps": max(10, round(mcfg.steps * steps_scale))}
     cfg.update(
         seeds=2,
         suites={"zeroshot": {"n_per_tuple": 8}, "relational": {}},
@@ -51,10 +50,20 @@ def reduced_config(steps_scale: float, methods: list[str]) -> dict:
     return cfg
 
 
-def _values(path: Path) -> dict[tuple, float]:
-    from relsafe.eval.rows import read_rows
+def row_diffs(a_run: Path, b_run: Path) -> str:
+    """How far two run folders' rows are apart (``compare_results.py``'s rows; NaN equals NaN)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from compare_results import _rows
 
-    return {(r.method, r.suite, r.slice, r.attack, r.metric, r.n): r.value for r in read_rows(path)}
+    a, b = _rows(a_run), _rows(b_run)
+    diffs = [
+        abs(a[k] - b[k]) for k in set(a) & set(b) if not (math.isnan(a[k]) and math.isnan(b[k]))
+    ]
+    return (
+        f"rows {len(a)} vs {len(b)} ({len(set(a) ^ set(b))} in one run only): "
+        f"{sum(not d <= 1e-6 for d in diffs)} differ by > 1e-6, "
+        f"max |diff| {max(diffs, default=0.0):.3g}"
+    )
 
 
 def main() -> int:
@@ -86,15 +95,8 @@ def main() -> int:
         timings = json.loads((out / "timings.json").read_text())["this_run"]
         sums[jobs] = sum(v for k, v in timings.items() if k.startswith(("edit:", "eval:")))
         print(f"jobs={jobs}: {walls[jobs]:.0f} s wall, stage times sum to {sums[jobs]:.0f} s")
-    a = _values(args.out / "jobs1" / "results.jsonl")
-    b = _values(args.out / f"jobs{args.jobs}" / "results.jsonl")
-    common = [k for k in a if k in b and not (math.isnan(a[k]) or math.isnan(b[k]))]
-    diffs = [abs(a[k] - b[k]) for k in common]
-    print(
-        f"speed-up jobs={args.jobs} vs jobs=1: {walls[1] / walls[args.jobs]:.2f}x wall; "
-        f"rows {len(a)} vs {len(b)}, {len(common)} compared: {sum(d > 1e-6 for d in diffs)} "
-        f"differ by > 1e-6, max |diff| {max(diffs, default=0.0):.3g}"
-    )
+    print(f"speed-up jobs={args.jobs} vs jobs=1: {walls[1] / walls[args.jobs]:.2f}x wall")
+    print(row_diffs(args.out / "jobs1", args.out / f"jobs{args.jobs}"))
     return 0
 
 
