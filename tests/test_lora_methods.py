@@ -31,6 +31,15 @@ SMALL = SetSizes(
     n_unrelated=4,
     size=32,
 )
+# relsafe-mini's edit sets: its renders are 64 px
+SMALL_MINI = SetSizes(
+    texts_per_forget_tuple=8,
+    images_per_forget_tuple=8,
+    texts_per_retain_tuple=2,
+    images_per_retain_tuple=2,
+    n_unrelated=8,
+    size=64,
+)
 WINE, JUICE, ADULT_WINE = (
     ORO("child", "drinking", "wine"),
     ORO("child", "drinking", "juice"),
@@ -361,3 +370,61 @@ def test_safeclip_info_nce_counts_rows_of_one_tuple_as_positives() -> None:
     p_third = math.e / (math.e + 2)  # row 2: its own logit 1 against two 0s
     want = -(2 * math.log(p_twin) + math.log(p_third)) / 3
     assert abs(loss - want) < 1e-5
+
+
+def test_vision_redirect_reads_unsafe_images_as_counterpart_and_ranks_them_below_it() -> None:
+    """``vision_objective: redirect`` (vision tower only, relsafe-mini: the tiny random CLIP cannot
+    tell a wine render from a juice render): on unseen wine renders the juice caption wins
+    (image->text redirect), while for the juice caption the same-seed juice render still beats
+    the wine render (text->image), which the ``counterpart`` objective gives up."""
+    policy = load_policy("default")
+    texts = [canonical_caption(t) for t in (WINE, JUICE)]
+    seeds = list(range(900, 916))
+
+    def scores(m) -> tuple[torch.Tensor, torch.Tensor]:
+        t = m.encode_text(texts)
+        imgs = {
+            k: m.encode_image(
+                [Image.fromarray(a) for a in render_batch([k] * len(seeds), seeds, "plain", 64)]
+            )
+            for k in (WINE, JUICE)
+        }
+        return m.similarity(imgs[WINE], t), m.similarity(imgs[JUICE], t)
+
+    def edit(objective: str):
+        model = load_model("relsafe-mini")
+        cfg = LoraEditConfig(
+            steps=40,
+            lr=3e-3,
+            rank=4,
+            data=SMALL_MINI,
+            seed=0,
+            towers=["vision"],
+            vision_objective=objective,
+        )
+        return model, relational_lora(model, policy, cfg, progress=False)
+
+    w0, j0 = scores(load_model("relsafe-mini"))
+    assert (w0[:, 0] > w0[:, 1]).all() and (j0[:, 1] > w0[:, 1]).all()  # the original's reading
+    model, res = edit("redirect")
+    assert {"vision_forget", "vision_gallery", "vision_retain"} <= set(res.record.curve[-1])
+    w1, j1 = scores(model)
+    # image->text: unseen wine renders now read as juice
+    assert (w1[:, 1] > w1[:, 0]).float().mean() >= 0.75, w1
+    # text->image: the juice caption still prefers the juice render to the wine render
+    assert (j1[:, 1] > w1[:, 1]).float().mean() >= 0.75, (j1[:, 1], w1[:, 1])
+    # the counterpart objective moves the wine render onto the juice render: the juice caption's
+    # preference for its own render shrinks more than under redirect
+    mc, _ = edit("counterpart")
+    wc, jc = scores(mc)
+    assert (jc[:, 1] - wc[:, 1]).mean() < (j1[:, 1] - w1[:, 1]).mean()
+    # a vision-only edit leaves the text tower as it was
+    fresh = load_model("relsafe-mini")
+    assert torch.allclose(model.encode_text(texts), fresh.encode_text(texts), atol=1e-6)
+
+
+def test_vision_objective_is_validated() -> None:
+    from relsafe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="vision_objective"):
+        LoraEditConfig(vision_objective="nowhere").validate()  # type: ignore[arg-type]

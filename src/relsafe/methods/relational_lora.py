@@ -27,8 +27,20 @@ From a policy alone (:mod:`relsafe.data.edit_sets`), a LoRA on the chosen tower(
     the same for the subject and the object of each retain image, against the prototype marginals
     (:func:`~relsafe.world.captions.prototype_marginal`, ``"a picture of wine"``).
 ``vision_forget`` / ``vision_retain`` (when ``vision`` is among ``towers``)
-    ``1 - cos(V(g), V0(v))`` (unsafe image to its same-seed counterpart render) and
-    ``1 - cos(V(r), V0(r))`` on retain images.
+    ``vision_forget`` by ``vision_objective``:
+
+    * ``counterpart``: ``1 - cos(V(g), V0(v))``, the unsafe image onto its same-seed counterpart
+      render. The image then reads as the counterpart (image->text redirect), but for text->image
+      it ties with the counterpart's own renders, so the unsafe caption, moved onto the
+      counterpart's, ties between them too (a pessimistic hit) and the counterpart's caption
+      retrieves unsafe images;
+    * ``redirect``: the unsafe image classified as its counterpart among the prototype captions
+      (cross-entropy, image->text redirect), plus ``vision_gallery`` (``w_vision_gallery``):
+      ``relu(s(V(g), P(k)) - s(V(v), P(k)) + margin)`` for both prototype captions ``k`` of the
+      pair, so the counterpart's own render stays the better image for either caption
+      (text->image).
+
+    ``vision_retain``: ``1 - cos(V(r), V0(r))`` on retain images.
 
 All ``*0`` references are computed from the unedited model *before* the adapter is attached and
 held as plain tensors, so they cannot drift (see ``tests/test_lora_methods.py``).
@@ -63,6 +75,7 @@ from relsafe.world.vocab import default_vocabulary
 log = logging.getLogger(__name__)
 
 Objective = Literal["redirect", "margin", "neutral"]
+VisionObjective = Literal["counterpart", "redirect"]
 
 
 @dataclass
@@ -94,6 +107,11 @@ class LoraEditConfig:
     w_marginal_align: float = 0.5
     w_vision_forget: float = 1.0
     w_vision_retain: float = 1.0
+    # what ``vision_forget`` moves an unsafe image to (module docstring): "counterpart" = onto
+    # its counterpart's render; "redirect" = read as the counterpart's caption, ranked below the
+    # counterpart's render for both captions of the pair (``w_vision_gallery``)
+    vision_objective: VisionObjective = "counterpart"
+    w_vision_gallery: float = 1.0
     # the neutral objective's anchor; not "a photo", the prefix of the evaluation-only probes
     anchor_text: str = "a picture"
     concept_role: Literal["subject", "relation", "object"] = "object"  # concept-erasure only
@@ -107,6 +125,11 @@ class LoraEditConfig:
         if bad or not self.towers:
             raise ConfigError(
                 f"towers must be a non-empty subset of ['text', 'vision'], got {self.towers}"
+            )
+        if self.vision_objective not in ("counterpart", "redirect"):
+            raise ConfigError(
+                "vision_objective must be 'counterpart' or 'redirect', "
+                f"got {self.vision_objective!r}"
             )
         _check_numbers(self)
 
@@ -246,6 +269,23 @@ class _LoraEdit:
         )
         self.train_text = "text" in cfg.towers
         self.train_vision = "vision" in cfg.towers
+        # vision_objective "redirect": each forget image's own and counterpart class, and the
+        # frozen prototype captions (the text tower's, when it is not trained)
+        self.vis_redirect = self.train_vision and cfg.vision_objective == "redirect"
+        if self.vis_redirect:
+            pairs = [(t, sets.counterparts.get(t)) for t in sets.forget_image_tuples]
+            absent = sorted(
+                {(c.id if c else f"(none for {t.id})") for t, c in pairs}
+                - {c.id for c in self.all_tuples}
+            )
+            if absent:
+                raise InputError(
+                    "vision_objective 'redirect' needs every forget image's counterpart among "
+                    f"the class tuples; missing: {absent}"
+                )
+            self.f_own = torch.tensor([self.tuple_index[t] for t, _ in pairs], dtype=torch.long)
+            self.f_cp = torch.tensor([self.tuple_index[c] for _, c in pairs], dtype=torch.long)
+            self.protos0 = None if self.train_text else _frozen_text(model, self.proto_caps)
         self.prefix: TextPrefixCache | None = None
         if self.train_text and cfg.text_layers > 0 and model.split_tower("text", 0) is not None:
             text_names = set(target_module_names(model, ["text"], {"text": ("*",)}))
@@ -287,6 +327,7 @@ class _LoraEdit:
         # and is gathered (relsafe.distributed); in one process ``sh(f, x)`` is exactly ``f(x)``
         sh = current_dist().shard_rows
         out: dict[str, torch.Tensor] = {}
+        protos: torch.Tensor | None = None  # the edited prototype captions, once per step
         fi = (
             rng.sample(range(len(s.forget_texts)), min(cfg.batch_forget, len(s.forget_texts)))
             if s.forget_texts
@@ -339,7 +380,26 @@ class _LoraEdit:
                     out["marginal_align"] = sum(terms) / len(terms)
         if self.train_vision and len(self.f_pix):
             gi = rng.sample(range(len(self.f_pix)), min(cfg.batch_images, len(self.f_pix)))
-            out["vision_forget"] = _cos_loss(sh(self.V, self.f_pix[gi]), self.V0_ftarget[gi])
+            if self.vis_redirect:
+                if self.protos0 is not None:
+                    protos = self.protos0
+                elif protos is None:
+                    protos = sh(self.T, self.proto_caps)
+                g, v = sh(self.V, self.f_pix[gi]), sh(self.V, self.ft_pix[gi])
+                own, cp = self.f_own[gi], self.f_cp[gi]
+                logits = self.scale * self.model.similarity(g, protos)
+                out["vision_forget"] = nn.functional.cross_entropy(logits, cp)
+                gallery = torch.zeros((), device=g.device)
+                for k in (own, cp):
+                    gallery = (
+                        gallery
+                        + torch.relu(
+                            self.sim_rows(g, protos[k]) - self.sim_rows(v, protos[k]) + cfg.margin
+                        ).mean()
+                    )
+                out["vision_gallery"] = gallery
+            else:
+                out["vision_forget"] = _cos_loss(sh(self.V, self.f_pix[gi]), self.V0_ftarget[gi])
             if len(self.r_pix):
                 ri = rng.sample(range(len(self.r_pix)), min(cfg.batch_images, len(self.r_pix)))
                 out["vision_retain"] = _cos_loss(sh(self.V, self.r_pix[ri]), self.V0_retain[ri])
@@ -384,6 +444,7 @@ def _run_lora_edit(
             "marginal_align": cfg.w_marginal_align,
             "vision_forget": cfg.w_vision_forget,
             "vision_retain": cfg.w_vision_retain,
+            "vision_gallery": cfg.w_vision_gallery,
         }
         fp = hashlib.sha256(
             json.dumps(
