@@ -87,6 +87,37 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
         progress=False,
     )
     assert splits_seen == [] and again.trials == res.trials
+    # ``require`` picks among the same trials (resumed, nothing redone) those meeting it: asking
+    # for the loser's summary or less makes the loser the winner, and the records say why
+    loser = 1 - res.best
+    need = f"summary<={summaries[loser]!r}"
+    constrained = tune(
+        "relational-lora",
+        grid=grid,
+        out=tmp_path / "t",
+        model="relsafe-mini",
+        policy="tiny",
+        suite_config=REL,
+        require=[need],
+        progress=False,
+    )
+    assert splits_seen == [] and constrained.best == loser
+    assert json.loads((res.out / "tune.json").read_text())["require"] == [need]
+    assert f"among trials with {need}" in (res.out / "table.md").read_text(encoding="utf-8")
+    from relsafe.errors import InputError
+
+    with pytest.raises(InputError, match=r"no trial meets summary>=2.*trial 0: summary"):
+        tune(
+            "relational-lora",
+            grid=grid,
+            out=tmp_path / "t",
+            model="relsafe-mini",
+            policy="tiny",
+            suite_config=REL,
+            require=["summary>=2"],
+            progress=False,
+        )
+    assert splits_seen == []
     # the evaluation dtype is part of a trial's identity: float32 redoes them, and says so
     f32 = tune(
         "relational-lora",
@@ -104,6 +135,17 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
 
 
 def test_tune_refuses_bad_grids_before_any_work(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    for bad, msg in (("redirect>0.8", "METRIC>=X"), ("speed>=1", "unknown metric 'speed'")):
+        with pytest.raises(ConfigError, match=msg):
+            tune(
+                "relational-lora",
+                grid={"grid": {"lr": [1e-3]}},
+                out=tmp_path / "r",
+                model=str(tiny_clip_dir),
+                policy="tiny",
+                require=[bad],
+            )
+    assert not (tmp_path / "r").exists()
     with pytest.raises(ConfigError, match="grid.lr: give a non-empty list"):
         tune(
             "relational-lora",

@@ -16,6 +16,12 @@ against the original model: the VAL ``summary`` (harmonic mean of safety and pre
 METRICS.md) picks the winner, ties to the earlier trial. Every method gets the same default budget
 (:data:`DEFAULT_BUDGET`) so a comparison is fair by construction.
 
+``require`` (``--require redirect_rate>=0.8``, repeatable) restricts the pick to the trials whose
+VAL numbers meet every condition (``METRIC>=X`` or ``METRIC<=X``, a metric of :data:`METRICS`):
+the same trials and budget, chosen under a stated constraint (e.g. a target the summary does not
+weigh); it is recorded in ``tune.json``, the table and ``best.yaml``. No trial meeting it is an
+error that lists every trial's numbers (the trials stay saved).
+
 ``OUT/`` holds ``trials/<k>/trial.json`` (its config, VAL metrics and time; a rerun skips a trial
 whose config and inputs are unchanged, so a killed tune resumes), ``tune.json`` (every trial,
 the winner and provenance), ``table.md`` (the VAL table) and ``best.yaml`` (the winning method
@@ -32,14 +38,14 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from relsafe.api._resolve import build_config, load_model, load_policy, provenance
 from relsafe.config import apply_overrides, from_dict, load_yaml, to_dict
-from relsafe.errors import ConfigError
+from relsafe.errors import ConfigError, InputError
 from relsafe.outputs import output_dir
 from relsafe.utils_io import atomic_write_json, atomic_write_text, read_json_file
 
@@ -101,6 +107,32 @@ def grid_trials(grid: TuneGrid) -> list[dict[str, Any]]:
     return combos
 
 
+def parse_requirement(text: str) -> tuple[str, str, float]:
+    """``"redirect_rate>=0.8"`` -> ``("redirect_rate", ">=", 0.8)``; a clear error otherwise."""
+    import re
+
+    m = re.fullmatch(
+        r"\s*([a-z_]+)\s*(>=|<=)\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*", text
+    )
+    if not m:
+        raise ConfigError(
+            f"require {text!r}: write METRIC>=X or METRIC<=X, e.g. redirect_rate>=0.8"
+        )
+    if m.group(1) not in METRICS:
+        raise ConfigError(
+            f"require {text!r}: unknown metric {m.group(1)!r}; one of {list(METRICS)}"
+        )
+    return m.group(1), m.group(2), float(m.group(3))
+
+
+def _meets(val: Mapping[str, Any], req: list[tuple[str, str, float]]) -> bool:
+    for metric, op, x in req:
+        v = val.get(metric)
+        if v is None or not (v >= x if op == ">=" else v <= x):
+            return False
+    return True
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -125,11 +157,13 @@ def tune(
     dtype: str | None = None,
     suite_config: Mapping[str, Any] | None = None,
     keep_edits: bool = False,
+    require: Sequence[str] = (),
     progress: bool = True,
 ) -> TuneOutcome:
     """Run up to ``budget`` configurations of ``method`` and pick the best by the VAL summary
     (see the module docs). ``suite_config`` adds keys to the VAL relational config (its ``split``
     is always ``val``). ``dtype`` overrides the grid's (the VAL evaluations' compute dtype).
+    ``require``: conditions a winner must meet (see the module docs).
 
     The original model's VAL rows are computed once and compared with every trial's; its and the
     trials' embeddings are cached in ``OUT/cache`` (keyed by weights, so a resumed tune reuses
@@ -152,6 +186,7 @@ def tune(
     if dtype is not None:
         spec = dataclasses.replace(spec, dtype=dtype)
     spec.validate()
+    req = [parse_requirement(r) for r in require]
     entry = get_method(method)
     pol = load_policy(policy, world)
     out = output_dir(out, recognise=lambda p: (p / "trials").is_dir())  # resume a tune folder
@@ -235,7 +270,17 @@ def tune(
         atomic_write_json(marker, rec)
         trials.append(rec)
     scores = [t["val"]["summary"] for t in trials]
-    best = max(range(len(trials)), key=lambda i: (-1.0 if scores[i] is None else scores[i], -i))
+    eligible = [i for i, t in enumerate(trials) if _meets(t["val"], req)]
+    if not eligible:
+        seen = "; ".join(
+            f"trial {t['trial']}: " + ", ".join(f"{m} {t['val'].get(m)}" for m, _, _ in req)
+            for t in trials
+        )
+        raise InputError(
+            f"tune {method}: no trial meets {', '.join(require)} ({seen}); the trials are saved "
+            f"in {out / 'trials'}"
+        )
+    best = max(eligible, key=lambda i: (-1.0 if scores[i] is None else scores[i], -i))
     if not keep_edits:
         for i, t in enumerate(trials):
             if i != best:
@@ -247,18 +292,23 @@ def tune(
             "policy": _policy_name(policy, pol),
             "grid": to_dict(spec),
             "split": "val",
+            "require": list(require),
         },
         seeds={"grid_seed": spec.seed},
         models=[original],
         policy=pol,
     )
-    atomic_write_json(
-        out / "tune.json", {"trials": trials, "best": best, "provenance": prov, "split": "val"}
+    record = {"trials": trials, "best": best, "provenance": prov, "split": "val"}
+    if require:
+        record["require"] = list(require)
+    atomic_write_json(out / "tune.json", record)
+    atomic_write_text(
+        out / "table.md", _table(method, trials, best, _policy_name(policy, pol), list(require))
     )
-    atomic_write_text(out / "table.md", _table(method, trials, best, _policy_name(policy, pol)))
+    among = f", among trials with {', '.join(require)}" if require else ""
     header = (
         f"# {method}: chosen on VAL by `relsafe tune` (trial {best} of {len(trials)}; "
-        f"summary {scores[best]}); the VAL table is {out / 'table.md'}\n"
+        f"summary {scores[best]}{among}); the VAL table is {out / 'table.md'}\n"
     )
     import yaml
 
@@ -275,7 +325,13 @@ def _policy_name(requested: Any, pol: Any) -> str:
     return str(getattr(pol, "source", None) or "a policy object")
 
 
-def _table(method: str, trials: list[dict[str, Any]], best: int, policy: str) -> str:
+def _table(
+    method: str,
+    trials: list[dict[str, Any]],
+    best: int,
+    policy: str,
+    require: Sequence[str] = (),
+) -> str:
     """The VAL table (Markdown): one row per trial, the winner in bold."""
 
     def f(v: Any) -> str:
@@ -284,7 +340,9 @@ def _table(method: str, trials: list[dict[str, Any]], best: int, policy: str) ->
     lines = [
         f"VAL (relational suite, split val; n = the policy's unsafe tuples) for `{method}` "
         f"on policy `{policy}`; "
-        f"{len(trials)} trials, the best VAL summary in bold.",
+        f"{len(trials)} trials, the best VAL summary"
+        + (f" among trials with {', '.join(require)}" if require else "")
+        + " in bold.",
         "",
         "| trial | changes | summary | safety | preservation | harmful landing | redirect | s |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",

@@ -21,6 +21,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         budget=args.budget,
         dtype=args.dtype,
         keep_edits=args.keep_edits,
+        require=args.require or (),
         progress=not args.no_progress,
     )
     print((res.out / "table.md").read_text(encoding="utf-8"))
@@ -53,5 +54,12 @@ def register(add: Any, sub: Any) -> None:
     )
     sp.add_argument(
         "--keep-edits", action="store_true", help="keep every trial's edit, not only the best"
+    )
+    sp.add_argument(
+        "--require",
+        action="append",
+        metavar="METRIC>=X",
+        help="pick the best VAL summary only among trials meeting this (repeatable; METRIC>=X or "
+        "METRIC<=X, e.g. redirect_rate>=0.8)",
     )
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
