@@ -2,7 +2,7 @@
 
     python benchmarks/readme_facts.py runs/benchmark
 
-Prints relational-lora's landing breakdown (attack ``none``, both directions), the attacks the
+Prints relational-lora's (and relational-lora+vision's, where the run has it) landing breakdown (attack ``none``, both directions), the attacks the
 original model cannot see (``attack_informative`` 0), and HySAC's unsafe-text classification
 against counterparts and its false-positive rates on neighbours and unrelated tuples.
 """
@@ -32,15 +32,19 @@ def main() -> None:
             raise SystemExit(f"{method}/{suite}/{slice_}/{attack}/{metric}: {len(got)} rows")
         return float(got[0])
 
-    print("relational-lora, attack none, where unsafe queries land (seed 0, n = 6 tuples):")
-    for d, what in (("t2i", "captions -> images"), ("i2t", "images -> captions")):
-        parts = {
-            k: value("relational-lora", "relational", "all", "none", f"landing_{k}_{d}")
-            for k in (
-                "counterpart", "hit", "other_unsafe", "keeps_action", "keeps_object", "unrelated",
-            )
-        }  # fmt: skip
-        print(f"  {what}: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+    lora = [
+        m for m in ("relational-lora", "relational-lora+vision") if m in {r.method for r in rows}
+    ]
+    for m in lora:
+        print(f"{m}, attack none, where unsafe queries land (seed 0, n = 6 tuples):")
+        for d, what in (("t2i", "captions -> images"), ("i2t", "images -> captions")):
+            parts = {
+                k: value(m, "relational", "all", "none", f"landing_{k}_{d}")
+                for k in (
+                    "counterpart", "hit", "other_unsafe", "keeps_action", "keeps_object", "unrelated",
+                )
+            }  # fmt: skip
+            print(f"  {what}: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
     blind = sorted(
         {
             r.attack

@@ -35,7 +35,8 @@ def reduced_config(steps_scale: float, methods: list[str]) -> dict:
     from relsafe.methods.base import get_method
 
     cfg = yaml.safe_load((ROOT / "configs" / "benchmark.yaml").read_text())
-    cfg["methods"] = [m for m in cfg["methods"] if m["name"] in methods]
+    # by label where an entry has one (the benchmark also runs relational-lora+vision)
+    cfg["methods"] = [m for m in cfg["methods"] if m.get("label", m["name"]) in methods]
     for m in cfg["methods"]:
         mcfg = from_dict(get_method(m["name"]).config_cls, dict(m.get("config", {})), m["name"])
         if hasattr(mcfg, "steps"):  # a trained method

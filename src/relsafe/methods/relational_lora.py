@@ -1,6 +1,10 @@
 """Relationship-aware LoRA unlearning (METHODS.md section 1) and the isolated concept-erasure
 baseline (section 2), which shares its machinery and differs only in what it forgets.
 
+Longer than 500 lines because the two methods share one edit class whose loss terms (text, image,
+retain) read the same frozen references and batches; splitting the terms from the data they use
+would scatter one loss over several files.
+
 From a policy alone (:mod:`relsafe.data.edit_sets`), a LoRA on the chosen tower(s) is trained with:
 
 ``forget`` (per forget text; the objective is selectable)
