@@ -309,6 +309,23 @@ def test_no_method_sees_evaluation_material(
             assert not [i for i in ids if is_unseen_tuple(i)], retained
 
 
+def test_the_image_side_objective_sees_no_evaluation_material(
+    recorder: Recording, tiny_clip_dir: Path, policy: Any
+) -> None:
+    """relational-lora training both towers with ``vision_objective: redirect`` (the benchmark's
+    relational-lora+vision): its extra terms read prototype captions and counterpart renders only."""
+    method = get_method("relational-lora")
+    cfg = method.config_cls(
+        **CONFIGS["relational-lora"], towers=["text", "vision"], vision_objective="redirect"
+    )
+    torch.manual_seed(0)
+    res = method.fn(load_model(str(tiny_clip_dir)), policy, cfg, progress=False)
+    assert "vision_gallery" in res.record.curve[-1]  # the path under test really ran
+    assert len(recorder.texts) > 0 and len(recorder.renders) > 0
+    found = violations(recorder, policy.unrelated("unseen"), _forgotten("relational-lora", policy))
+    assert not found, f"{len(found)} leaks, e.g.\n" + "\n".join(found[:12])
+
+
 def test_default_policy_edit_sets_use_no_evaluation_material(recorder: Recording) -> None:
     """The same proof for the default policy's edit sets (no model: the texts as built, the renders
     and seeds as recorded)."""
