@@ -279,8 +279,11 @@ class _LoraEdit:
         if self.vis_redirect:
             pairs = [(t, sets.counterparts.get(t)) for t in sets.forget_image_tuples]
             absent = sorted(
-                {(c.id if c else f"(none for {t.id})") for t, c in pairs}
-                - {c.id for c in self.all_tuples}
+                {
+                    f"(none for {t.id})" if c is None else c.id
+                    for t, c in pairs
+                    if c not in self.tuple_index
+                }
             )
             if absent:
                 raise InputError(
@@ -393,15 +396,12 @@ class _LoraEdit:
                 own, cp = self.f_own[gi], self.f_cp[gi]
                 logits = self.scale * self.model.similarity(g, protos)
                 out["vision_forget"] = nn.functional.cross_entropy(logits, cp)
-                gallery = torch.zeros((), device=g.device)
-                for k in (own, cp):
-                    gallery = (
-                        gallery
-                        + torch.relu(
-                            self.sim_rows(g, protos[k]) - self.sim_rows(v, protos[k]) + cfg.margin
-                        ).mean()
-                    )
-                out["vision_gallery"] = gallery
+                out["vision_gallery"] = sum(
+                    torch.relu(
+                        self.sim_rows(g, protos[k]) - self.sim_rows(v, protos[k]) + cfg.margin
+                    ).mean()
+                    for k in (own, cp)
+                )
             else:
                 out["vision_forget"] = _cos_loss(sh(self.V, self.f_pix[gi]), self.V0_ftarget[gi])
             if len(self.r_pix):
