@@ -50,15 +50,20 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
 
     monkeypatch.setattr(suites, "run_suite", count)
     grid = {"base": TINY_LORA, "grid": {"lr": [1e-5, 3e-2]}, "budget": 8}
-    res = tune(
-        "relational-lora",
-        grid=grid,
-        out=tmp_path / "t",
-        model="relsafe-mini",
-        policy="tiny",
-        suite_config=REL,
-        progress=False,
-    )
+
+    def run(**changes: Any) -> Any:  # the same tune folder, model, policy and VAL suite each time
+        kw = {"grid": grid, **changes}
+        return tune(
+            "relational-lora",
+            out=tmp_path / "t",
+            model="relsafe-mini",
+            policy="tiny",
+            suite_config=REL,
+            progress=False,
+            **kw,
+        )
+
+    res = run()
     assert splits_seen and set(splits_seen) == {"val"}  # TEST is never read
     # the original is scored once per tune, each trial once
     assert sorted(evaluated) == ["original", "relational-lora", "relational-lora"]
@@ -77,57 +82,23 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
     assert json.loads((res.out / "tune.json").read_text())["split"] == "val"
     # a rerun with the same grid does no work: every trial is resumed from its marker
     splits_seen.clear()
-    again = tune(
-        "relational-lora",
-        grid=grid,
-        out=tmp_path / "t",
-        model="relsafe-mini",
-        policy="tiny",
-        suite_config=REL,
-        progress=False,
-    )
+    again = run()
     assert splits_seen == [] and again.trials == res.trials
     # ``require`` picks among the same trials (resumed, nothing redone) those meeting it: asking
     # for the loser's summary or less makes the loser the winner, and the records say why
     loser = 1 - res.best
     need = f"summary<={summaries[loser]!r}"
-    constrained = tune(
-        "relational-lora",
-        grid=grid,
-        out=tmp_path / "t",
-        model="relsafe-mini",
-        policy="tiny",
-        suite_config=REL,
-        require=[need],
-        progress=False,
-    )
+    constrained = run(require=[need])
     assert splits_seen == [] and constrained.best == loser
     assert json.loads((res.out / "tune.json").read_text())["require"] == [need]
     assert f"among trials with {need}" in (res.out / "table.md").read_text(encoding="utf-8")
     from relsafe.errors import InputError
 
     with pytest.raises(InputError, match=r"no trial meets summary>=2.*trial 0: summary"):
-        tune(
-            "relational-lora",
-            grid=grid,
-            out=tmp_path / "t",
-            model="relsafe-mini",
-            policy="tiny",
-            suite_config=REL,
-            require=["summary>=2"],
-            progress=False,
-        )
+        run(require=["summary>=2"])
     assert splits_seen == []
     # the evaluation dtype is part of a trial's identity: float32 redoes them, and says so
-    f32 = tune(
-        "relational-lora",
-        grid={**grid, "dtype": "float32"},
-        out=tmp_path / "t",
-        model="relsafe-mini",
-        policy="tiny",
-        suite_config=REL,
-        progress=False,
-    )
+    f32 = run(grid={**grid, "dtype": "float32"})
     assert evaluated.count("relational-lora") == 4  # two trials redone
     assert [t["key"] for t in f32.trials] != [t["key"] for t in res.trials]
     prov = json.loads((res.out / "tune.json").read_text())["provenance"]

@@ -187,6 +187,7 @@ def tune(
         spec = dataclasses.replace(spec, dtype=dtype)
     spec.validate()
     req = [parse_requirement(r) for r in require]
+    condition = ", ".join(require)  # as the records write it
     entry = get_method(method)
     pol = load_policy(policy, world)
     out = output_dir(out, recognise=lambda p: (p / "trials").is_dir())  # resume a tune folder
@@ -277,7 +278,7 @@ def tune(
             for t in trials
         )
         raise InputError(
-            f"tune {method}: no trial meets {', '.join(require)} ({seen}); the trials are saved "
+            f"tune {method}: no trial meets {condition} ({seen}); the trials are saved "
             f"in {out / 'trials'}"
         )
     best = max(eligible, key=lambda i: (-1.0 if scores[i] is None else scores[i], -i))
@@ -303,9 +304,9 @@ def tune(
         record["require"] = list(require)
     atomic_write_json(out / "tune.json", record)
     atomic_write_text(
-        out / "table.md", _table(method, trials, best, _policy_name(policy, pol), list(require))
+        out / "table.md", _table(method, trials, best, _policy_name(policy, pol), condition)
     )
-    among = f", among trials with {', '.join(require)}" if require else ""
+    among = f", among trials with {condition}" if condition else ""
     header = (
         f"# {method}: chosen on VAL by `relsafe tune` (trial {best} of {len(trials)}; "
         f"summary {scores[best]}{among}); the VAL table is {out / 'table.md'}\n"
@@ -330,9 +331,10 @@ def _table(
     trials: list[dict[str, Any]],
     best: int,
     policy: str,
-    require: Sequence[str] = (),
+    condition: str = "",
 ) -> str:
-    """The VAL table (Markdown): one row per trial, the winner in bold."""
+    """The VAL table (Markdown): one row per trial, the winner in bold (the best VAL summary
+    among the trials meeting ``condition``, where there is one)."""
 
     def f(v: Any) -> str:
         return "–" if v is None else f"{v:.3f}"
@@ -341,7 +343,7 @@ def _table(
         f"VAL (relational suite, split val; n = the policy's unsafe tuples) for `{method}` "
         f"on policy `{policy}`; "
         f"{len(trials)} trials, the best VAL summary"
-        + (f" among trials with {', '.join(require)}" if require else "")
+        + (f" among trials with {condition}" if condition else "")
         + " in bold.",
         "",
         "| trial | changes | summary | safety | preservation | harmful landing | redirect | s |",
