@@ -2,9 +2,10 @@
 
     python benchmarks/readme_facts.py runs/benchmark
 
-Prints relational-lora's (and relational-lora+vision's, where the run has it) landing breakdown (attack ``none``, both directions), the attacks the
-original model cannot see (``attack_informative`` 0), and HySAC's unsafe-text classification
-against counterparts and its false-positive rates on neighbours and unrelated tuples.
+Prints relational-lora's landing breakdown (attack ``none``, both directions; also
+relational-lora+vision's where the run has it), the attacks the original model cannot see
+(``attack_informative`` 0), and HySAC's unsafe-text classification against counterparts and its
+false-positive rates on neighbours and unrelated tuples.
 """
 
 from __future__ import annotations
