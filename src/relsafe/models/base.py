@@ -113,6 +113,13 @@ class TowerSplit(ABC):
         """Batch pieces from :meth:`unbatch` back into a ``hidden`` for :meth:`suffix`."""
         return torch.stack(list(items))
 
+    def item_length(self, item: Any) -> int | None:
+        """How many padded positions a piece from :meth:`unbatch` fills in a :meth:`batch`
+        (a text's tokens), or None when every piece is the same size (images). Where pieces
+        differ, a batch pads them all to the longest, so callers can group pieces of similar
+        length (:func:`relsafe.methods.text_prefix.length_buckets`)."""
+        return None
+
 
 class DualEncoder(nn.Module, ABC):
     """A text tower and an image tower mapping into one space with a similarity.

@@ -932,6 +932,9 @@ class _MiniTextSplit(TowerSplit):
         lens = mask.sum(1).tolist()
         return [states[j, : int(lens[j])].detach().clone() for j in range(len(states))]
 
+    def item_length(self, item: torch.Tensor) -> int:
+        return int(item.shape[0])
+
     def batch(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         if not items:
             raise InputError("cannot batch zero cached texts")
