@@ -160,20 +160,30 @@ def _pixels(model: Any, arr: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _frozen_text(model: Any, texts: list[str], bs: int = 256) -> torch.Tensor:
+def _frozen_text(
+    model: Any, texts: list[str], bs: int = 256, prefix: TextPrefixCache | None = None
+) -> torch.Tensor:
+    """The unedited model's features of ``texts``, in batches of ``bs`` texts of similar length
+    (characters stand in for tokens): through ``prefix`` when given (it must hold them; the same
+    function, without rerunning its frozen layers), else the full forward."""
     if not texts:
         return torch.zeros(0, model.embed_dim)
-    return torch.cat(
+
+    def raw(chunk: list[str]) -> torch.Tensor:
+        if prefix is not None:
+            return prefix.forward(chunk)
+        return model.forward_text({k: v.to(model.device) for k, v in model.tokenize(chunk).items()})
+
+    order = sorted(range(len(texts)), key=lambda k: len(texts[k]))
+    out = torch.cat(
         [
-            model.postprocess(
-                model.forward_text(
-                    {k: v.to(model.device) for k, v in model.tokenize(texts[i : i + bs]).items()}
-                ),
-                "text",
-            ).float()
+            model.postprocess(raw([texts[k] for k in order[i : i + bs]]), "text").float()
             for i in range(0, len(texts), bs)
         ]
     ).detach()
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return out[inverse.to(out.device)]
 
 
 @torch.no_grad()
@@ -242,12 +252,35 @@ class _LoraEdit:
             for role in words
         }
         model.eval()
+        self.train_text = "text" in cfg.towers
+        self.train_vision = "vision" in cfg.towers
+        # the frozen-prefix cache of every text a loss runs (before any adapter exists, too)
+        self.prefix: TextPrefixCache | None = None
+        if self.train_text and cfg.text_layers > 0 and model.split_tower("text", 0) is not None:
+            text_names = set(target_module_names(model, ["text"], {"text": ("*",)}))
+            starts = [
+                i for t in self.targets if t in text_names and (i := layer_index(t)) is not None
+            ]
+            split = model.split_tower("text", min(starts)) if starts else None
+            if split is not None and split.keeps_frozen(root_modules(model, self.targets)):
+                self.prefix = TextPrefixCache(
+                    model,
+                    [
+                        *sets.forget_texts,
+                        *sets.forget_text_targets,
+                        *sets.retain_texts,
+                        *self.proto_caps,
+                        *self.marg_caps["subject"],
+                        *self.marg_caps["object"],
+                    ],
+                    min(starts),
+                )
         # ---- frozen references, computed before any adapter exists ----------------------
         self.f_pix = _pixels(model, sets.forget_images)
         self.ft_pix = _pixels(model, sets.forget_image_targets)
         self.r_pix = _pixels(model, sets.retain_images)
-        self.T0_target = _frozen_text(model, sets.forget_text_targets)
-        self.T0_retain = _frozen_text(model, sets.retain_texts)
+        self.T0_target = _frozen_text(model, sets.forget_text_targets, prefix=self.prefix)
+        self.T0_retain = _frozen_text(model, sets.retain_texts, prefix=self.prefix)
         self.T0_anchor = (
             _frozen_text(model, [cfg.anchor_text]) if cfg.objective == "neutral" else None
         )
@@ -271,8 +304,6 @@ class _LoraEdit:
         self.r_labels = torch.tensor(
             [self.tuple_index[t] for t in sets.retain_image_tuples], dtype=torch.long
         )
-        self.train_text = "text" in cfg.towers
-        self.train_vision = "vision" in cfg.towers
         # vision_objective "redirect": each forget image's own and counterpart class, and the
         # frozen prototype captions (the text tower's, when it is not trained)
         self.vis_redirect = self.train_vision and cfg.vision_objective == "redirect"
@@ -293,26 +324,6 @@ class _LoraEdit:
             self.f_own = torch.tensor([self.tuple_index[t] for t, _ in pairs], dtype=torch.long)
             self.f_cp = torch.tensor([self.tuple_index[c] for _, c in pairs], dtype=torch.long)
             self.protos0 = None if self.train_text else _frozen_text(model, self.proto_caps)
-        self.prefix: TextPrefixCache | None = None
-        if self.train_text and cfg.text_layers > 0 and model.split_tower("text", 0) is not None:
-            text_names = set(target_module_names(model, ["text"], {"text": ("*",)}))
-            starts = [
-                i for t in self.targets if t in text_names and (i := layer_index(t)) is not None
-            ]
-            split = model.split_tower("text", min(starts)) if starts else None
-            if split is not None and split.keeps_frozen(root_modules(model, self.targets)):
-                self.prefix = TextPrefixCache(
-                    model,
-                    [
-                        *sets.forget_texts,
-                        *sets.forget_text_targets,
-                        *sets.retain_texts,
-                        *self.proto_caps,
-                        *self.marg_caps["subject"],
-                        *self.marg_caps["object"],
-                    ],
-                    min(starts),
-                )
 
     # ---- forward helpers -----------------------------------------------------------------
     def T(self, texts: list[str]) -> torch.Tensor:
