@@ -209,15 +209,18 @@ class DualEncoder(nn.Module, ABC):
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """Embed texts in batches; returns postprocessed float32 features on CPU ``(N, D)``."""
+        """Embed texts in batches of similar length (characters stand in for tokens, so a batch
+        pads little); returns postprocessed float32 features on CPU ``(N, D)``, in input order."""
         texts = _check_texts(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = []
         for i in range(0, len(texts), batch_size):
-            tokens = {
-                k: v.to(self.device) for k, v in self.tokenize(texts[i : i + batch_size]).items()
-            }
+            chunk = [texts[j] for j in order[i : i + batch_size]]
+            tokens = {k: v.to(self.device) for k, v in self.tokenize(chunk).items()}
             out.append(self.postprocess(self.forward_text(tokens), "text").float().cpu())
-        return torch.cat(out)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(out)[inverse]
 
     @torch.inference_mode()
     def encode_image(
