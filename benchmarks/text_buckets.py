@@ -1,7 +1,9 @@
-"""A LoRA edit's text steps with and without length buckets, side by side in one run.
+"""Padding on the text side: a LoRA edit's text steps with and without length buckets, and
+text embedding in the order given vs shortest first, side by side in one run.
 
     python benchmarks/text_buckets.py [--steps 6] [--overheads inf 0 16 32 64] [--threads 1]
         [--config configs/tuned/default/relational-lora.yaml] [--policy default]
+        [--embed-texts 1752] [--repeats 2]
 
 Builds relational-lora's edit on relsafe-mini (the given tuned config and policy), attaches its
 LoRA, and times training steps (the loss terms' forwards and one backward) through the
@@ -9,8 +11,14 @@ frozen-prefix cache at each ``bucket_overhead`` (``inf`` = one padded batch per 
 the buckets; 0 = one batch per distinct length), the modes interleaved step by step so drift in
 the machine's speed hits each alike. Every mode runs the same steps (the same random batches),
 so it also prints how far each mode's losses and LoRA gradients are from the ``inf`` mode's (they
-agree up to float rounding), and the padding each mode computes. Absolute times on a shared CPU
-are noisy; read the ratios.
+agree up to float rounding), and the padding each mode computes.
+
+Then (``--embed-texts N``, 0 to skip) it embeds N captions of mixed length (edit-split captions
+of every tuple, a third of them inside a train context wrapper, shuffled) with relsafe-mini twice
+per repeat: batches of 256 in the order given (as ``encode_text`` and the engine did before) and
+:class:`relsafe.engine.EmbeddingEngine` (float32, shortest first, rows put back in order), and
+prints both times, their ratio and the largest difference. Absolute times on a shared CPU are
+noisy; read the ratios.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", default=str(ROOT / "configs/tuned/default/relational-lora.yaml"))
     ap.add_argument("--policy", default="default")
+    ap.add_argument("--embed-texts", type=int, default=1752)
+    ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -114,6 +124,57 @@ def main() -> None:
     print(
         f"\n(median of steps 2..{args.steps}, {args.threads} thread(s); d = against overhead {ref})"
     )
+    if args.embed_texts > 0:
+        embed_orders(model, args.embed_texts, args.repeats)
+
+
+def mixed_captions(n: int) -> list[str]:
+    from relsafe.world.captions import all_captions, contexts
+    from relsafe.world.vocab import default_vocabulary
+
+    rng = random.Random(0)
+    pool = [c for t in default_vocabulary().valid_tuples() for c in all_captions(t, "edit")]
+    wrappers = contexts()["edit"]
+    texts = [rng.choice(pool) for _ in range(n)]
+    texts = [
+        rng.choice(wrappers).format(caption=t) if i % 3 == 0 else t for i, t in enumerate(texts)
+    ]
+    rng.shuffle(texts)
+    return texts
+
+
+def embed_orders(model: torch.nn.Module, n: int, repeats: int) -> None:
+    from relsafe.engine import EmbeddingEngine
+
+    texts = mixed_captions(n)
+    engine = EmbeddingEngine(model, dtype="float32", progress=False, num_workers=0)
+
+    @torch.inference_mode()
+    def as_given() -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), 256):
+            tok = model.tokenize(texts[i : i + 256])
+            out.append(model.postprocess(model.forward_text(tok), "text").float())
+        return torch.cat(out)
+
+    rows = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a = as_given()
+        t_given = time.perf_counter() - t
+        t = time.perf_counter()
+        b = engine.embed_texts(texts)
+        rows.append((t_given, time.perf_counter() - t, float((a - b).abs().max())))
+    lens = [len(model.tokenize([x])["input_ids"][0]) for x in texts]
+    print(
+        f"\nembedding {n} mixed captions ({min(lens)}-{max(lens)} tokens, mean "
+        f"{statistics.mean(lens):.1f}); float32"
+    )
+    print(
+        f"{'repeat':>6} {'as given s':>11} {'shortest first s':>17} {'speed-up':>9} {'max |diff|':>11}"
+    )
+    for i, (g, e, d) in enumerate(rows, 1):
+        print(f"{i:>6} {g:>11.2f} {e:>17.2f} {g / e:>8.2f}x {d:>11.1e}")
 
 
 if __name__ == "__main__":
