@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
         "distributed",
         "validate",
         "outputs",
+        "batching",
         "__init__",
     },
 ]

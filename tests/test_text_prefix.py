@@ -5,6 +5,7 @@ gradients, as one padded batch and as the full forward."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 import torch
@@ -113,3 +114,36 @@ def test_bucketed_forward_is_the_full_forward_with_the_same_gradients() -> None:
     assert any(g.abs().sum() > 0 for g in g_full)
     with pytest.raises(InputError, match="zero cached texts"):
         cache.forward([])
+
+
+def test_texts_run_shortest_first_and_come_back_in_input_order(tmp_path: Any) -> None:
+    """The engine, ``encode_text`` and the edit's frozen references batch texts by length; each
+    row is still its own text's embedding (against one text per forward), cached or not."""
+    from relsafe.batching import in_input_order, length_order
+    from relsafe.engine import EmbeddingEngine
+    from relsafe.methods.relational_lora import _frozen_text
+
+    model = RelsafeMini(TINY, seed=0)
+    texts = [*TEXTS, TEXTS[0], "a"]
+    order = length_order(texts)
+    assert [len(texts[i]) for i in order] == sorted(map(len, texts))
+    assert order != list(range(len(texts)))  # the test inputs are not already sorted
+    with torch.no_grad():
+        alone = torch.cat(
+            [model.postprocess(model.forward_text(model.tokenize([t])), "text") for t in texts]
+        )
+    engine = EmbeddingEngine(
+        model, dtype="float32", progress=False, cache_dir=tmp_path, batch_size=3
+    )
+    for got in (
+        engine.embed_texts(texts),
+        engine.embed_texts(texts),  # from the cache
+        model.encode_text(texts, batch_size=3),
+        _frozen_text(model, texts, bs=3),
+    ):
+        torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
+    assert engine.stats["cache_hits"] == 1
+    rows = torch.arange(8.0)[:, None]
+    assert in_input_order(rows[order], order).flatten().tolist() == list(range(8))
+    with pytest.raises(ValueError, match="7 rows for an order of 8"):
+        in_input_order(rows[:7], order)

@@ -2,28 +2,25 @@
 
 :class:`EmbeddingEngine` is the one place relsafe turns raw inputs into embedding matrices:
 
-* inputs are cut into batches of ``batch_size``; each batch is tokenised / decoded / preprocessed,
-  run through ``model.forward_text`` / ``forward_image`` under ``torch.inference_mode`` and mapped
-  into the model's geometry with ``model.postprocess``. Only the ``(N, D)`` float32 outputs
-  accumulate, so peak memory is bounded by the batch size (times the prefetch depth), never by the
-  dataset size: image files are opened lazily, one batch at a time, and what their decoded pixels
-  hold across all worker threads is bounded by :func:`relsafe.data.images.max_decoded_bytes` (a
-  batch of huge files is preprocessed in smaller chunks, with the same values);
+* inputs run in batches of ``batch_size`` (texts shortest first, :mod:`relsafe.batching`)
+  through ``forward_text`` / ``forward_image`` (inference mode) and ``model.postprocess``; only
+  the ``(N, D)`` float32 outputs accumulate, so memory is bounded by the batch size, never by the
+  dataset: image files open lazily and their decoded pixels are bounded across worker threads by
+  :func:`relsafe.data.images.max_decoded_bytes` (huge files in smaller chunks, same values);
 * a thread pool prepares the next batches (JPEG decoding, resizing, tokenisation) while the current
   one runs, like a ``DataLoader`` with worker threads (PIL and the tokenizers release the GIL);
 * ``dtype="auto"`` computes in bfloat16 with ``torch.autocast`` on CUDA; on CPU in bfloat16 only
   where the CPU has bf16 units and a probe batch agrees with float32 (min cosine >= 0.999), else
   float32; ``int8-text`` runs the text tower with dynamic int8 linears (see
-  :mod:`relsafe.engine.precision`); outputs are always float32 on CPU. On CPU the torch threads are
-  fitted to the cores (:func:`~relsafe.engine.precision.fit_threads`). The attention implementation (SDPA on CUDA) and the weight
-  dtype are chosen by whoever loads the model; :func:`recommended_load_kwargs` gives the defaults;
+  :mod:`relsafe.engine.precision`); outputs are always float32 on CPU, with the torch threads
+  fitted to the cores (:func:`~relsafe.engine.precision.fit_threads`). Whoever loads the model
+  picks attention (SDPA on CUDA) and weight dtype (:func:`recommended_load_kwargs`);
 * with ``cache_dir`` set, every call's result is stored on disk (see :mod:`relsafe.engine.cache`)
   keyed by the model fingerprint (recomputed on every call, so edited weights never hit stale
   entries) and a hash of the inputs; a repeated call loads the matrix without running the model;
 * with ``distributed=True`` under a launcher (``accelerate launch`` / ``torchrun``), each process
-  embeds its share of whole batches and the rows are gathered on every process
-  (:mod:`relsafe.distributed`); with a cache each share is its own entry, so a killed
-  launch resumes per shard. Without a launcher it is the one-process path.
+  embeds its share of whole batches, gathered on every process (:mod:`relsafe.distributed`); with
+  a cache each share is its own entry, so a killed launch resumes per shard.
 """
 
 from __future__ import annotations
@@ -41,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from relsafe.batching import in_input_order, length_order
 from relsafe.data.images import image_source, load_image_file, source_pixels
 from relsafe.engine.cache import EmbeddingCache, cache_key, hash_images, hash_texts
 from relsafe.engine.precision import (
@@ -200,26 +198,16 @@ class EmbeddingEngine:
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Embed texts ``-> (N, D)`` float32 on CPU, postprocessed into the model's geometry.
-
-        The texts run shortest first (characters stand in for tokens), so each batch pads to a
-        length close to its texts' own: on captions of mixed length that about halves the work
-        (docs/performance.md). The rows come back in the order given.
-        """
+        They run shortest first (:mod:`relsafe.batching`); the rows come back in input order."""
         texts = _check_texts(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        by_length = [texts[i] for i in order]
+        order = length_order(texts)
+        by_length = [texts[i] for i in order]  # what is embedded, cached and hashed
 
         def produce(sl: slice) -> dict[str, torch.Tensor]:
             return self._pin(self.model.tokenize(by_length[sl]))
 
-        # the batching is part of the key: a sharded run's cached shares hold rows by length
-        return self._run(
-            "text",
-            len(texts),
-            lambda: f"{hash_texts(texts)}|by-length",
-            produce,
-            order=order,
-        )
+        out = self._run("text", len(texts), lambda: hash_texts(by_length), produce)
+        return in_input_order(out, order)
 
     def embed_images(self, images: Any) -> torch.Tensor:
         """Embed images ``-> (N, D)`` float32 on CPU, postprocessed into the model's geometry.
@@ -274,11 +262,8 @@ class EmbeddingEngine:
     def _image_source(
         self, images: Any
     ) -> tuple[int, Callable[[slice], torch.Tensor], list[Any] | np.ndarray | torch.Tensor]:
-        """Validate ``images``; return ``(N, batch producer, the materialised input)``.
-
-        Validation and decoding are :mod:`relsafe.data.images`' (the one image-input path); files
-        are opened lazily by the producer, one batch at a time.
-        """
+        """Validate ``images``; return ``(N, batch producer, the materialised input)``; decoding
+        is :mod:`relsafe.data.images`' (files opened lazily by the producer, a batch at a time)."""
         model = self.model
         src = image_source(
             images, what="embed_images", image_size=int(model.image_size), array_items=False
@@ -303,11 +288,7 @@ class EmbeddingEngine:
         n: int,
         input_hash: Callable[[], str],
         produce: Callable[[slice], Any],
-        order: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Embed ``n`` inputs batch by batch from ``produce`` (cache first). ``order``: row ``r``
-        that ``produce`` makes is input ``order[r]``; the result is put back in input order
-        before it is cached or returned."""
         t0 = time.perf_counter()
         key = None
         if self.cache is not None:
@@ -330,10 +311,6 @@ class EmbeddingEngine:
             if self.distributed
             else self._compute(modality, n, produce)
         )
-        if order is not None and list(order) != list(range(n)):
-            inverse = torch.empty(n, dtype=torch.long)
-            inverse[torch.as_tensor(list(order), dtype=torch.long)] = torch.arange(n)
-            out = out[inverse]
         if self.cache is not None and key is not None and _is_main(self.distributed):
             self.cache.save(
                 key,

@@ -65,6 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from relsafe.batching import in_input_order, length_order
 from relsafe.config import to_dict
 from relsafe.data.edit_sets import EditSets, SetSizes, concept_sets, relational_sets
 from relsafe.distributed import current as current_dist
@@ -174,16 +175,14 @@ def _frozen_text(
             return prefix.forward(chunk)
         return model.forward_text({k: v.to(model.device) for k, v in model.tokenize(chunk).items()})
 
-    order = sorted(range(len(texts)), key=lambda k: len(texts[k]))
+    order = length_order(texts)
     out = torch.cat(
         [
             model.postprocess(raw([texts[k] for k in order[i : i + bs]]), "text").float()
             for i in range(0, len(texts), bs)
         ]
     ).detach()
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    return out[inverse.to(out.device)]
+    return in_input_order(out, order)
 
 
 @torch.no_grad()

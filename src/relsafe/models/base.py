@@ -211,16 +211,16 @@ class DualEncoder(nn.Module, ABC):
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Embed texts in batches of similar length (characters stand in for tokens, so a batch
         pads little); returns postprocessed float32 features on CPU ``(N, D)``, in input order."""
+        from relsafe.batching import in_input_order, length_order
+
         texts = _check_texts(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = length_order(texts)
         out = []
         for i in range(0, len(texts), batch_size):
             chunk = [texts[j] for j in order[i : i + batch_size]]
             tokens = {k: v.to(self.device) for k, v in self.tokenize(chunk).items()}
             out.append(self.postprocess(self.forward_text(tokens), "text").float().cpu())
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        return torch.cat(out)[inverse]
+        return in_input_order(torch.cat(out), order)
 
     @torch.inference_mode()
     def encode_image(
