@@ -191,6 +191,8 @@ def build_index(
         distributed = _launched()
     rank, ws = world() if distributed else (0, 1)
     with writing(out):
+        if ws > 1:
+            barrier()  # every rank has checked ``out`` (check_out) before the main one writes
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             if (out / INDEX_JSON).exists():  # replacing a finished index (overwrite was checked)
@@ -268,6 +270,12 @@ def _run_shards(
         lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
         done.append(_read_shard(_shard_path(out, s), lo, hi - lo, _ids_hash(ids[lo:hi])))
     rank, ws = rank_world
+    if ws > 1:
+        from relsafe.distributed import barrier
+
+        # every rank has read the same folder before any rank writes to it: a fast rank's new
+        # shard must not make a slower one see a different ``missing`` and skip its own share
+        barrier()
     missing = [s for s, d in enumerate(done) if d is None]
     todo = missing[rank::ws]
     bar = None
@@ -295,8 +303,6 @@ def _run_shards(
         if bar is not None:
             bar.close()
     if ws > 1:
-        from relsafe.distributed import barrier
-
         barrier()  # every rank's shard files are written
         if rank != 0:
             return []
