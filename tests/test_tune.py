@@ -106,43 +106,24 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
 
 
 def test_tune_refuses_bad_grids_before_any_work(tiny_clip_dir: Path, tmp_path: Path) -> None:
-    for bad, msg in (("redirect>0.8", "METRIC>=X"), ("speed>=1", "unknown metric 'speed'")):
-        with pytest.raises(ConfigError, match=msg):
+    def refused(match: str, grid: dict, out: str, **kw: Any) -> None:
+        with pytest.raises(ConfigError, match=match):
             tune(
                 "relational-lora",
-                grid={"grid": {"lr": [1e-3]}},
-                out=tmp_path / "r",
+                grid=grid,
+                out=tmp_path / out,
                 model=str(tiny_clip_dir),
                 policy="tiny",
-                require=[bad],
+                **kw,
             )
+
+    for bad, msg in (("redirect>0.8", "METRIC>=X"), ("speed>=1", "unknown metric 'speed'")):
+        refused(msg, {"grid": {"lr": [1e-3]}}, "r", require=[bad])
     assert not (tmp_path / "r").exists()
-    with pytest.raises(ConfigError, match="grid.lr: give a non-empty list"):
-        tune(
-            "relational-lora",
-            grid={"grid": {"lr": []}},
-            out=tmp_path / "a",
-            model=str(tiny_clip_dir),
-            policy="tiny",
-        )
-    with pytest.raises(ConfigError, match="dtype: unknown 'f16'"):
-        tune(
-            "relational-lora",
-            grid={"grid": {"lr": [1e-3]}},
-            out=tmp_path / "d",
-            model=str(tiny_clip_dir),
-            policy="tiny",
-            dtype="f16",
-        )
+    refused("grid.lr: give a non-empty list", {"grid": {"lr": []}}, "a")
+    refused("dtype: unknown 'f16'", {"grid": {"lr": [1e-3]}}, "d", dtype="f16")
     assert not (tmp_path / "d").exists()
-    with pytest.raises(ConfigError, match="trial 0"):
-        tune(
-            "relational-lora",
-            grid={"grid": {"lrr": [1.0]}},
-            out=tmp_path / "b",
-            model=str(tiny_clip_dir),
-            policy="tiny",
-        )
+    refused("trial 0", {"grid": {"lrr": [1.0]}}, "b")
     assert not (tmp_path / "b" / "trials").exists()
     # a folder that is not a tune folder is not written into
     (tmp_path / "c").mkdir()
