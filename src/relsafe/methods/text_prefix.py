@@ -18,7 +18,7 @@ layers still shortens backward). Nothing here knows a backbone's module names:
 * :func:`length_buckets` groups texts of similar length, so a batch pads little.
 
 Texts differ in length and a batch pads every text to its longest one: a step's batches of
-captions (7 to 38 tokens, 12 on average) were about half padding. :meth:`TextPrefixCache.forward`
+captions (6 to 38 tokens, 12 on average) were about half padding. :meth:`TextPrefixCache.forward`
 runs each distinct text once, in groups of similar length, and returns the rows in the order
 asked; the function and its gradients are the same (``tests/test_text_prefix.py``), the work about
 halves (``benchmarks/text_buckets.py``).
