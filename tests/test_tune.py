@@ -71,6 +71,10 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
     assert [t["changes"] for t in res.trials] == [{"lr": 1e-5}, {"lr": 3e-2}]
     summaries = [t["val"]["summary"] for t in res.trials]
     assert all(s is not None for s in summaries)
+    # every trial also records the VAL unsafe-classification AUROC (prompt score: a Euclidean
+    # model), which require can name
+    aurocs = [t["val"][f"auroc_{m}"] for t in res.trials for m in ("text", "image")]
+    assert all(0.0 <= a <= 1.0 for a in aurocs), aurocs
     assert res.best == max(range(2), key=lambda i: (summaries[i], -i))
     assert res.best_config["lr"] == [1e-5, 3e-2][res.best]
     # only the winner's edit is kept; the table and best.yaml say which
@@ -94,6 +98,10 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
     assert f"among trials with {need}" in (res.out / "table.md").read_text(encoding="utf-8")
     from relsafe.errors import InputError
 
+    table = (res.out / "table.md").read_text(encoding="utf-8")
+    assert "| AUROC text | AUROC image |" in table
+    by_auroc = run(require=[f"auroc_text>={res.trials[loser]['val']['auroc_text']!r}"])
+    assert splits_seen == [] and by_auroc.trials == res.trials
     with pytest.raises(InputError, match=r"no trial meets summary>=2.*trial 0: summary"):
         run(require=["summary>=2"])
     assert splits_seen == []

@@ -264,6 +264,39 @@ def test_suite_counts_neighbours_and_unrelated_as_negatives(tiny_policy: Any) ->
     assert engine.unknown == 0  # every text and image was one of the world's
 
 
+def test_val_auroc_scores_val_material_against_all_safe_content(
+    tiny_policy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``val_auroc`` (what ``relsafe tune`` records) with the object-word classifier: on texts
+    (``eval`` captions at the VAL seed) every safe tuple showing wine or beer ties with the
+    unsafe ones, so AUROC = 1 - flagged / (2 * safe tuples), over the counterparts, the other
+    neighbours and the *retain* unrelated tuples only. Its images are VAL renders: the fake
+    engine knows only TEST images, so it meets every image as unknown."""
+    from relsafe.data.world import RenderedImages
+    from relsafe.eval.unsafe_cls import SAFE_GROUPS, val_auroc
+
+    seen: list[str] = []
+    probe = RenderedImages.probe_images
+
+    def spy(self: Any, tuples: Any, n: int, size: int, seed: int, split: str, *a: Any, **k: Any):
+        seen.append(split)
+        return probe(self, tuples, n, size, seed, split, *a, **k)
+
+    monkeypatch.setattr(RenderedImages, "probe_images", spy)
+    engine = _ObjectWordEngine(1, 32, [])  # (renders the TEST images it knows)
+    seen.clear()
+    got = val_auroc(_RadiusModel(), engine, tiny_policy, n_texts=2, n_images=1, size=32)
+    groups = content_groups(tiny_policy, "retain")
+    assert len(groups["unrelated"]) < len(content_groups(tiny_policy, "all")["unrelated"])
+    safe = [t for g in SAFE_GROUPS for t in groups[g]]
+    flagged = sum(t.object in ("wine", "beer") for t in safe)
+    assert flagged > 8  # neighbours and retain unrelated tuples both carry the unsafe objects
+    assert got["text"] == pytest.approx(1 - flagged / (2 * len(safe)))
+    assert set(seen) == {"val"}
+    assert engine.unknown == len(safe) + len(groups["unsafe"])  # one VAL image per tuple
+    assert got["image"] == 0.5  # unknown images all embed alike: every pair ties
+
+
 # ---- baselines -----------------------------------------------------------------------------------
 
 

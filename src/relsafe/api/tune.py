@@ -13,7 +13,10 @@ Each trial edits the model with one config (EDIT seed, the method's own data) an
 the relational suite on **VAL** images and the evaluation-reserved captions (``split: val``: the
 attack ``none`` only; held-out phrasings, contexts and styles, and the TEST seed, are never read)
 against the original model: the VAL ``summary`` (harmonic mean of safety and preservation,
-METRICS.md) picks the winner, ties to the earlier trial. Every method gets the same default budget
+METRICS.md) picks the winner, ties to the earlier trial. Each trial also records the
+unsafe-classification AUROC per modality against all safe content on VAL material
+(``auroc_text``, ``auroc_image``: :func:`relsafe.eval.unsafe_cls.val_auroc`), which the summary
+does not weigh and ``require`` can. Every method gets the same default budget
 (:data:`DEFAULT_BUDGET`) so a comparison is fair by construction.
 
 ``require`` (``--require redirect_rate>=0.8``, repeatable) restricts the pick to the trials whose
@@ -54,9 +57,14 @@ __all__ = ["DEFAULT_BUDGET", "TuneGrid", "TuneOutcome", "grid_trials", "tune"]
 DEFAULT_BUDGET = 8
 """Trials per method unless a grid says otherwise: the same for every method."""
 
-METRICS = ("summary", "safety", "preservation", "harmful_landing_rate", "redirect_rate")
-"""The VAL numbers each trial records (slice ``all``; ``summary``/``safety``/``preservation`` at
-attack ``all``, the rates at attack ``none``)."""
+RELATIONAL_METRICS = ("summary", "safety", "preservation", "harmful_landing_rate", "redirect_rate")
+"""The relational suite's VAL numbers each trial records (slice ``all``;
+``summary``/``safety``/``preservation`` at attack ``all``, the rates at attack ``none``)."""
+METRICS = (*RELATIONAL_METRICS, "auroc_text", "auroc_image")
+"""Every VAL number a trial records: the relational ones, then the unsafe-classification AUROC
+per modality against all safe content (:func:`relsafe.eval.unsafe_cls.val_auroc`; the radius for
+hyperbolic models, the prompt score otherwise). A trial recorded before the AUROC existed has
+none, so it meets no condition on it."""
 
 
 @dataclass
@@ -173,6 +181,7 @@ def tune(
     from relsafe.engine import EmbeddingEngine
     from relsafe.eval.relational_suite import RelationalConfig
     from relsafe.eval.suites import run_suite
+    from relsafe.eval.unsafe_cls import val_auroc
     from relsafe.methods.base import get_method
 
     if isinstance(grid, str | Path):
@@ -264,7 +273,10 @@ def tune(
             "trial": k,
             "changes": changes,
             "config": to_dict(cfg),
-            "val": {m: _pick(rows, m) for m in METRICS},
+            "val": {
+                **{m: _pick(rows, m) for m in RELATIONAL_METRICS},
+                **{f"auroc_{k}": v for k, v in val_auroc(edited, engine(edited), pol).items()},
+            },
             "seconds": round(time.perf_counter() - t0, 1),
             "edit": str(edit_out),
         }
@@ -340,14 +352,16 @@ def _table(
         return "–" if v is None else f"{v:.3f}"
 
     lines = [
-        f"VAL (relational suite, split val; n = the policy's unsafe tuples) for `{method}` "
+        f"VAL (relational suite, split val; n = the policy's unsafe tuples; AUROC: unsafe against "
+        f"all safe content, VAL material) for `{method}` "
         f"on policy `{policy}`; "
         f"{len(trials)} trials, the best VAL summary"
         + (f" among trials with {condition}" if condition else "")
         + " in bold.",
         "",
-        "| trial | changes | summary | safety | preservation | harmful landing | redirect | s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| trial | changes | summary | safety | preservation | harmful landing | redirect "
+        "| AUROC text | AUROC image | s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, t in enumerate(trials):
         v = t["val"]

@@ -1,5 +1,9 @@
 """Unsafe classification, the library: scores, metrics, material and fitted classifiers.
 
+Longer than 500 lines because the scorers, the material they are fitted and scored on and the
+VAL AUROC that ``relsafe tune`` records share their helpers; split, each half would import the
+other's privates.
+
 What the ``unsafe_cls`` suite (:mod:`relsafe.eval.unsafe_cls_suite`, whose docstring states the
 protocol) and :func:`classify_unsafe` are built from: rank-based :func:`auroc`, the per-group
 :func:`classification_metrics`, the classes of content (:func:`content_groups`: unsafe tuples,
@@ -44,7 +48,9 @@ __all__ = [
     "prompt_scores",
     "tuple_captions",
     "unsafe_prompts",
+    "val_auroc",
     "val_material",
+    "val_scores",
 ]
 
 SCORERS = ("radius", "prompt", "probe")
@@ -464,6 +470,41 @@ def fit_unsafe_classifier(
     if attach:
         object.__setattr__(model, "unsafe_classifier", clf)
     return clf
+
+
+def val_scores(
+    model: Any, engine: Any, policy: Any, *, n_texts: int = 4, n_images: int = 4, size: int = 64
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Unsafe scores ``{modality: {class: (N,)}}`` on VAL material no method trains on, for
+    choosing settings: ``n_texts`` ``eval``-split captions (the evaluation-reserved canonical
+    template) at the ``VAL`` seed and ``n_images`` training-style ``VAL`` probe images per tuple of
+    every class of :func:`content_groups` ``"retain"`` (the evaluation-only unrelated tuples are
+    TEST's). The score needs no fit: the distance from the origin for hyperbolic models, the
+    ``prompt`` score otherwise."""
+    w = world_of(policy)
+    classes = content_groups(policy, "retain")
+    kind = "radius" if _is_hyperbolic(model) else "prompt"
+    params: dict[str, Any] = {}
+    if kind == "prompt":
+        up, sp = unsafe_prompts(policy)
+        params = {"unsafe": engine.embed_texts(up), "safe": engine.embed_texts(sp)}
+    clf = UnsafeClassifier(kind, {}, params)
+    emb = {
+        "text": embed_class_texts(engine, classes, "eval", n_texts, splits.VAL, w.vocabulary),
+        "image": embed_class_images(engine, classes, NONE, n_images, size, 0, "val", w),
+    }
+    return {
+        modality: {c: clf.score(model, e, modality) for c, e in groups.items()}
+        for modality, groups in emb.items()
+    }
+
+
+def val_auroc(model: Any, engine: Any, policy: Any, **material: int) -> dict[str, float]:
+    """``{"text": AUROC, "image": AUROC}`` of unsafe against **all** safe content pooled, on the
+    VAL material of :func:`val_scores` (``material``: its ``n_texts``, ``n_images``, ``size``);
+    ``relsafe tune`` records it for every trial."""
+    scores = val_scores(model, engine, policy, **material)
+    return {m: auroc(_pooled_safe(s), s["unsafe"]) for m, s in scores.items()}
 
 
 def classify_unsafe(
