@@ -142,6 +142,11 @@ def test_the_pool_fields_enter_the_stage_key_only_when_the_pool_is_on() -> None:
             cls(retain_pool=True, pool_batch=4).resume_key(),
         )
         assert on["retain_pool"] is True and _hash(on) != _hash(off) != _hash(on4) != _hash(on)
+    # hysac's pool_entailment acts only with the pool, and is a new stage with it
+    off = HySACConfig().resume_key()
+    assert "pool_entailment" not in off and HySACConfig(pool_entailment=True).resume_key() == off
+    on = HySACConfig(retain_pool=True).resume_key()
+    assert _hash(HySACConfig(retain_pool=True, pool_entailment=True).resume_key()) != _hash(on)
 
 
 def test_pool_labels_share_the_quadruplets_label_space() -> None:

@@ -22,7 +22,7 @@ from relsafe.world.vocab import ORO
 
 __all__ = ["POOL_FIELDS", "RetainPool", "pool_of_sets", "pool_resume_key", "retain_pool"]
 
-POOL_FIELDS = ("retain_pool", "pool_batch")
+POOL_FIELDS = ("retain_pool", "pool_batch", "pool_entailment")
 """The config fields of a method that can take the pool (safeclip, hysac)."""
 
 

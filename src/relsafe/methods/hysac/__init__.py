@@ -27,6 +27,13 @@ chose off, and only when a policy is given): the policy's retain pool
 S-V anchor pairs; each step adds ``pool_batch`` of them to the ``batch_size`` quadruplets' S and
 V rows in ``nce_SV`` (multi-positive by tuple) and ``ent_SV``,
 HySAC's "safe anchors across the whole dataset". Validation stays on quadruplets.
+With ``pool_entailment: true`` (and the pool on; alone it does nothing) each pool image also
+entails an unsafe text, the step's quadruplet unsafe text of batch row ``i mod B`` for pool row
+``i``, in ``ent_VU``: every safe image of the world, not only the counterparts, then lies nearer the
+origin than unsafe content, which is what the unsafe classifier (distance from the origin) reads.
+The reference has no such term: in ViSU every safe pair has an unsafe twin, so its ``V=>U``
+covers all its safe content; RelWorld's neighbours and unrelated tuples have none. Measured in
+docs/benchmarks.md ("HySAC with the retain pool").
 
 The seven weights (default 1 each) are normalised once to sum to 1. Optimiser: AdamW, lr 1e-3
 (600 steps: a short CPU schedule; METHODS.md's 1e-4 suits the paper's long one), weight decay 0.2

@@ -42,6 +42,11 @@ class HySACConfig:
     # from 0.428 to 0.037 (docs/benchmarks.md, "Equal data budget")
     retain_pool: bool = False
     pool_batch: int = 16
+    # with the pool: each pool image also entails an unsafe text of the step's quadruplets
+    # (ent_VU over quadruplets + pool), so safe content across the world, not only the
+    # counterparts, sits nearer the origin than unsafe content: the radial order the unsafe
+    # classifier reads. Not in the reference, whose every safe pair has an unsafe twin
+    pool_entailment: bool = False
     size: int = 64
     curvature_init: float = 1.0
     alpha_init: Literal["sqrt_dim", "unit_norm"] = "unit_norm"

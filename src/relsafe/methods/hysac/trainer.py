@@ -384,6 +384,11 @@ class HySACRun:
             lab = torch.cat([labels["safe"], p.safe_label[j].to(m.device)])
             terms["nce_SV"] = hyperbolic_contrastive(ps, pv, m.curvature, m.scale(), lab)
             terms["ent_SV"] = entailment_loss(ps, pv, m.curvature, m.aperture_k)
+            if cfg.pool_entailment:  # pool row i's image => the unsafe text of batch row i mod B
+                u = emb["U"][torch.arange(len(j), device=m.device) % emb["U"].shape[0]]
+                terms["ent_VU"] = entailment_loss(
+                    pv, torch.cat([emb["U"], u]), m.curvature, m.aperture_k
+                )
         logged = bool(self.curve) and self.curve[-1]["step"] == step  # accumulation re-calls
         if (step % cfg.log_every == 0 or step == cfg.steps - 1) and not logged:
             entry = {"step": float(step)}
