@@ -1,0 +1,120 @@
+"""HySAC settings on VAL (issue 14): the relational summary *and* the radius classifier per group.
+
+The benchmark's hysac row misses two targets: unsafe-classification AUROC >= 0.9 against all safe
+content (TEST: text 0.559, image 0.807) and zero-shot within 0.05. Per group the TEST AUROC is
+high against the counterparts HySAC trains on (text 0.95) and near chance against the other
+neighbours and unrelated tuples, which its quadruplets never show. This script scores HySAC
+variants on VAL only, so that a setting can be chosen without reading TEST:
+
+* the relational suite on VAL images and canonical captions, against the original (the numbers
+  ``relsafe tune`` picks by: summary, harmful landing, preservation on unseen strings);
+* the model's own radius classifier (distance from the origin, the threshold the method fitted)
+  on VAL material: ``eval``-split captions (the canonical template, never trained on) and VAL
+  probe images, per tuple of every class, with the unrelated tuples a method may retain on
+  (:func:`relsafe.eval.unsafe_cls.val_scores`, what ``relsafe tune`` records as ``auroc_*``;
+  the evaluation-only third of the unrelated tuples is TEST's).
+
+Every variant starts from the benchmark's hysac config (``configs/benchmark.yaml``) and applies
+its ``KEY=VALUE`` overrides (comma-separated; ``base`` for none). Evaluations in float32, as
+``relsafe tune`` and the benchmark::
+
+    python benchmarks/hysac_val.py --variants base retain_pool=true 'retain_pool=true,pool_batch=8'
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from relsafe import api
+from relsafe.engine import EmbeddingEngine
+from relsafe.eval.relational_suite import RelationalConfig
+from relsafe.eval.unsafe_cls import classification_metrics, val_scores
+
+# the benchmark's hysac entry (configs/benchmark.yaml), the start of every variant
+BASE = ["lr=1e-4", "lora_alpha=16.0", "steps=600"]
+GROUPS = ("counterparts", "neighbours", "unrelated")
+
+
+def _pick(rows: list, metric: str, slice_: str = "all", attack: str = "none") -> float | None:
+    for r in rows:
+        if r.metric == metric and r.slice == slice_ and r.attack == attack:
+            return float(r.value)
+    return None
+
+
+def radius_metrics(model, policy) -> dict[str, dict]:
+    """``{modality: classification_metrics}`` of the model's radius classifier (its own
+    threshold) on the VAL material of :func:`relsafe.eval.unsafe_cls.val_scores`."""
+    scores = val_scores(model, EmbeddingEngine(model, dtype="float32"), policy)
+    out = {}
+    for modality, groups in scores.items():
+        out[modality] = classification_metrics(groups, model.unsafe_threshold[modality])
+        out[modality]["median"] = {c: float(torch.median(s)) for c, s in groups.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="relsafe-mini")
+    ap.add_argument("--policy", default="default")
+    ap.add_argument("--variants", nargs="+", default=["base"])
+    args = ap.parse_args(argv)
+    policy = api.load_policy(args.policy)
+    original = api.load_model(args.model)
+    rel_cfg = api.build_config(
+        RelationalConfig, {"split": "val", "ood_styles": [], "corruptions": []}
+    )
+    lines = []
+    for spec in args.variants:
+        extra = [] if spec == "base" else [s for s in spec.split(",") if s]
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            out = api.edit(
+                "hysac",
+                out=f"{tmp}/e",
+                model=args.model,
+                policy=policy,
+                overrides=[*BASE, *extra],
+                progress=False,
+            )
+            secs = time.perf_counter() - t0
+            model = api.load_model(str(out.model_spec))
+            rel = api.evaluate_model(
+                "relational",
+                rel_cfg,
+                model,
+                model_label="hysac",
+                method="hysac",
+                policy=policy,
+                reference=original,
+                engine=EmbeddingEngine(model, dtype="float32"),
+                reference_engine=EmbeddingEngine(original, dtype="float32"),
+            )
+            rad = radius_metrics(model, policy)
+        cells = [
+            _pick(rel, "summary", attack="all"),
+            _pick(rel, "harmful_landing_rate"),
+            _pick(rel, "preservation", attack="all"),
+            _pick(rel, "accuracy_delta", "unrelated:unseen"),
+        ]
+        for modality in ("text", "image"):
+            m = rad[modality]
+            cells += [m["auroc"][0], *(m[f"auroc_{g}"][0] for g in GROUPS), m["fpr_safe"][0]]
+        txt = " | ".join("–" if c is None else f"{c:.3f}" for c in cells)
+        line = f"| {spec} | {secs:.0f} | {txt} |"
+        lines.append(line)
+        print(line, "medians:", {k: rad[k]["median"] for k in rad}, flush=True)
+    print(
+        "\n| variant | edit s | summary | harmful landing | preservation | unrelated (unseen) "
+        "| AUROC text | cp | nb | un | FPR text | AUROC image | cp | nb | un | FPR image |"
+    )
+    print("|---|" + "---:|" * 15)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
