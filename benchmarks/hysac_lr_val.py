@@ -11,18 +11,13 @@ accuracy deltas). TEST is not read (the zeroshot suite has no VAL split, so it i
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
+import sys
+from pathlib import Path
 
 from relsafe import api
-from relsafe.eval.relational_suite import RelationalConfig
 
-
-def _pick(rows: list, metric: str, slice_: str = "all", attack: str = "none") -> float | None:
-    for r in rows:
-        if r.metric == metric and r.slice == slice_ and r.attack == attack:
-            return float(r.value)
-    return None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hysac_val import edit_and_score, pick_row  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,41 +29,22 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     policy = api.load_policy(args.policy)
     original = api.load_model(args.model)
-    rel_cfg = api.build_config(
-        RelationalConfig, {"split": "val", "ood_styles": [], "corruptions": []}
-    )
     head = (
         "| lr | edit s | summary | harmful landing (none) | preservation | neighbours | unrelated |"
     )
     print(head + "\n|---:|---:|---:|---:|---:|---:|---:|")
     for lr in args.lrs:
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            out = api.edit(
-                "hysac",
-                out=f"{tmp}/e",
-                model=args.model,
-                policy=policy,
-                overrides=[f"lr={lr}", *args.overrides],
-                progress=False,
-            )
-            secs = time.perf_counter() - t0
-            model = api.load_model(str(out.model_spec))
-            rel = api.evaluate_model(
-                "relational",
-                rel_cfg,
-                model,
-                model_label="hysac",
-                method="hysac",
-                policy=policy,
-                reference=original,
-            )
+        # the method's defaults (not the benchmark's config), evaluated in the engine's auto dtype,
+        # as when the table in docs/benchmarks.md was made
+        secs, rel, _ = edit_and_score(
+            args.model, policy, original, [f"lr={lr}", *args.overrides], dtype="auto"
+        )
         cells = [
-            _pick(rel, "summary", attack="all"),
-            _pick(rel, "harmful_landing_rate"),
-            _pick(rel, "preservation", attack="all"),
-            _pick(rel, "accuracy_delta", "neighbours"),
-            _pick(rel, "accuracy_delta", "unrelated:unseen"),
+            pick_row(rel, "summary", attack="all"),
+            pick_row(rel, "harmful_landing_rate"),
+            pick_row(rel, "preservation", attack="all"),
+            pick_row(rel, "accuracy_delta", "neighbours"),
+            pick_row(rel, "accuracy_delta", "unrelated:unseen"),
         ]
         txt = " | ".join("–" if c is None else f"{c:.3f}" for c in cells)
         print(f"| {lr:g} | {secs:.0f} | {txt} |", flush=True)

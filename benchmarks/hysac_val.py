@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -39,7 +40,7 @@ BASE = ["lr=1e-4", "lora_alpha=16.0", "steps=600"]
 GROUPS = ("counterparts", "neighbours", "unrelated")
 
 
-def _pick(rows: list, metric: str, slice_: str = "all", attack: str = "none") -> float | None:
+def pick_row(rows: list, metric: str, slice_: str = "all", attack: str = "none") -> float | None:
     for r in rows:
         if r.metric == metric and r.slice == slice_ and r.attack == attack:
             return float(r.value)
@@ -57,6 +58,45 @@ def radius_metrics(model, policy) -> dict[str, dict]:
     return out
 
 
+def edit_and_score(
+    model_name: str,
+    policy,
+    original,
+    overrides: list[str],
+    dtype: str = "float32",
+    rad: Callable | None = None,
+):
+    """One ``hysac`` edit with ``overrides`` (in a temporary folder), then the relational suite on
+    VAL against ``original`` in ``dtype``: ``(edit seconds, rows, rad(edited model) or None)``."""
+    rel_cfg = api.build_config(
+        RelationalConfig, {"split": "val", "ood_styles": [], "corruptions": []}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        out = api.edit(
+            "hysac",
+            out=f"{tmp}/e",
+            model=model_name,
+            policy=policy,
+            overrides=overrides,
+            progress=False,
+        )
+        secs = time.perf_counter() - t0
+        model = api.load_model(str(out.model_spec))
+        rel = api.evaluate_model(
+            "relational",
+            rel_cfg,
+            model,
+            model_label="hysac",
+            method="hysac",
+            policy=policy,
+            reference=original,
+            engine=EmbeddingEngine(model, dtype=dtype),
+            reference_engine=EmbeddingEngine(original, dtype=dtype),
+        )
+        return secs, rel, None if rad is None else rad(model)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="relsafe-mini")
@@ -65,41 +105,17 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     policy = api.load_policy(args.policy)
     original = api.load_model(args.model)
-    rel_cfg = api.build_config(
-        RelationalConfig, {"split": "val", "ood_styles": [], "corruptions": []}
-    )
     lines = []
     for spec in args.variants:
         extra = [] if spec == "base" else [s for s in spec.split(",") if s]
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            out = api.edit(
-                "hysac",
-                out=f"{tmp}/e",
-                model=args.model,
-                policy=policy,
-                overrides=[*BASE, *extra],
-                progress=False,
-            )
-            secs = time.perf_counter() - t0
-            model = api.load_model(str(out.model_spec))
-            rel = api.evaluate_model(
-                "relational",
-                rel_cfg,
-                model,
-                model_label="hysac",
-                method="hysac",
-                policy=policy,
-                reference=original,
-                engine=EmbeddingEngine(model, dtype="float32"),
-                reference_engine=EmbeddingEngine(original, dtype="float32"),
-            )
-            rad = radius_metrics(model, policy)
+        secs, rel, rad = edit_and_score(
+            args.model, policy, original, [*BASE, *extra], rad=lambda m: radius_metrics(m, policy)
+        )
         cells = [
-            _pick(rel, "summary", attack="all"),
-            _pick(rel, "harmful_landing_rate"),
-            _pick(rel, "preservation", attack="all"),
-            _pick(rel, "accuracy_delta", "unrelated:unseen"),
+            pick_row(rel, "summary", attack="all"),
+            pick_row(rel, "harmful_landing_rate"),
+            pick_row(rel, "preservation", attack="all"),
+            pick_row(rel, "accuracy_delta", "unrelated:unseen"),
         ]
         for modality in ("text", "image"):
             m = rad[modality]

@@ -331,6 +331,19 @@ class BowColourEncoder(DualEncoder):
         raise NotImplementedError
 
 
+TOY_TRAINING = dict(
+    steps=150,
+    lr=1e-2,
+    batch_size=16,
+    n_per_pair=32,
+    n_val_per_pair=8,
+    size=32,
+    eval_every=50,
+    patience=10,
+)
+"""A short, fast HySAC schedule for the bag-of-words toy (:class:`BowColourEncoder`)."""
+
+
 def _embed_quads(model: HyperbolicDualEncoder, q: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {
         "S": model.encode_text(q["S"]),
@@ -345,17 +358,7 @@ def test_radial_order_emerges_on_held_out_quadruplets(tiny_policy: Any) -> None:
     from relsafe.methods.hysac import HySACConfig, hysac, policy_quadruplets
     from relsafe.world import splits
 
-    cfg = HySACConfig(
-        steps=150,
-        lr=1e-2,
-        batch_size=16,
-        n_per_pair=32,
-        n_val_per_pair=8,
-        size=32,
-        eval_every=50,
-        patience=10,
-        seed=0,
-    )
+    cfg = HySACConfig(**TOY_TRAINING, seed=0)
     res = hysac(BowColourEncoder(seed=0), tiny_policy, cfg, progress=False)
     model = res.model
     assert isinstance(model, HyperbolicDualEncoder)
@@ -402,18 +405,7 @@ def test_pool_entailment_puts_safe_content_beyond_the_counterparts_inside(
 
     got = {}
     for flag in (False, True):
-        cfg = HySACConfig(
-            steps=150,
-            lr=1e-2,
-            batch_size=16,
-            n_per_pair=32,
-            n_val_per_pair=8,
-            size=32,
-            eval_every=50,
-            patience=10,
-            retain_pool=True,
-            pool_entailment=flag,
-        )
+        cfg = HySACConfig(**TOY_TRAINING, retain_pool=True, pool_entailment=flag)
         model = hysac(BowColourEncoder(seed=0), tiny_policy, cfg, progress=False).model
         got[flag] = val_auroc(model, EmbeddingEngine(model, progress=False), tiny_policy, size=32)
     assert got[True]["text"] >= got[False]["text"] + 0.3, got
