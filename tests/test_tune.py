@@ -140,3 +140,15 @@ def test_tune_refuses_bad_grids_before_any_work(tiny_clip_dir: Path, tmp_path: P
         tune(
             "relational-lora", grid={}, out=tmp_path / "c", model=str(tiny_clip_dir), policy="tiny"
         )
+
+
+def test_the_require_help_names_every_metric(capsys: pytest.CaptureFixture[str]) -> None:
+    """``relsafe tune --help`` lists exactly the metrics ``--require`` accepts (the CLI imports the
+    library lazily, so the list is written out there)."""
+    from relsafe.api.tune import METRICS
+    from relsafe.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(m in help_text for m in METRICS), help_text

@@ -60,6 +60,7 @@ def register(add: Any, sub: Any) -> None:
         action="append",
         metavar="METRIC>=X",
         help="pick the best VAL summary only among trials meeting this (repeatable; METRIC>=X or "
-        "METRIC<=X, e.g. redirect_rate>=0.8)",
+        "METRIC<=X, e.g. redirect_rate>=0.8 or auroc_text>=0.9; metrics: summary, safety, "
+        "preservation, harmful_landing_rate, redirect_rate, auroc_text, auroc_image)",
     )
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
