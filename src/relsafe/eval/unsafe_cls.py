@@ -396,6 +396,13 @@ def _own_thresholds(model: Any) -> dict[str, float]:
     return {m: float(t) for m, t in (getattr(model, "unsafe_threshold", None) or {}).items()}
 
 
+def _prompt_params(engine: Any, policy: Any) -> dict[str, torch.Tensor]:
+    """The ``prompt`` scorer's parameters: the embedded unsafe and safe prompts
+    (:func:`unsafe_prompts`)."""
+    up, sp = unsafe_prompts(policy)
+    return {"unsafe": engine.embed_texts(up), "safe": engine.embed_texts(sp)}
+
+
 def fit_scorer(
     model: Any, engine: Any, policy: Any, kind: str, val: ValMaterial, l2: float
 ) -> UnsafeClassifier:
@@ -407,8 +414,7 @@ def fit_scorer(
     the unsafe VAL items against all safe VAL items pooled. ``l2``: the probe's penalty."""
     params: dict[str, Any] = {}
     if kind == "prompt":
-        up, sp = unsafe_prompts(policy)
-        params = {"unsafe": engine.embed_texts(up), "safe": engine.embed_texts(sp)}
+        params = _prompt_params(engine, policy)
     elif kind == "probe":
         v = val()
         params = {m: fit_probe(_pooled_safe(v[m]), v[m]["unsafe"], l2=l2) for m in MODALITIES}
@@ -484,11 +490,7 @@ def val_scores(
     w = world_of(policy)
     classes = content_groups(policy, "retain")
     kind = "radius" if _is_hyperbolic(model) else "prompt"
-    params: dict[str, Any] = {}
-    if kind == "prompt":
-        up, sp = unsafe_prompts(policy)
-        params = {"unsafe": engine.embed_texts(up), "safe": engine.embed_texts(sp)}
-    clf = UnsafeClassifier(kind, {}, params)
+    clf = UnsafeClassifier(kind, {}, _prompt_params(engine, policy) if kind == "prompt" else {})
     emb = {
         "text": embed_class_texts(engine, classes, "eval", n_texts, splits.VAL, w.vocabulary),
         "image": embed_class_images(engine, classes, NONE, n_images, size, 0, "val", w),

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from relsafe.batching import in_input_order, length_order
 from relsafe.errors import InputError
 from relsafe.models.presets import (  # re-exported: the preset is part of this interface
     ROLES,
@@ -211,8 +212,6 @@ class DualEncoder(nn.Module, ABC):
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Embed texts in batches of similar length (characters stand in for tokens, so a batch
         pads little); returns postprocessed float32 features on CPU ``(N, D)``, in input order."""
-        from relsafe.batching import in_input_order, length_order
-
         texts = _check_texts(texts)
         order = length_order(texts)
         out = []
