@@ -335,3 +335,36 @@ def test_cache_dir_names_the_cache_folder(tiny_clip, tmp_path: Path) -> None:  #
     sibling = EmbeddingEngine(tiny_clip, device="cpu", cache_dir=eng.cache_dir, progress=False)
     sibling.embed_texts(TEXTS)
     assert sibling.stats["cache_hits"] == 1 and sibling.stats["forward_batches"] == 0
+
+
+def test_frozen_fingerprint_is_hashed_once_and_still_sees_edits(
+    tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = load_model(str(tiny_clip_dir))
+    plain = {m: model.fingerprint(m) for m in (None, "text", "image")}
+    hashed: list[str | None] = []
+    real = type(model)._hash_tensors
+
+    def counting(self, modality):  # noqa: ANN001, ANN202
+        hashed.append(modality)
+        return real(self, modality)
+
+    monkeypatch.setattr(type(model), "_hash_tensors", counting)
+    model.freeze_fingerprint()
+    for _ in range(3):  # the same digests as unfrozen, each modality hashed once
+        assert {m: model.fingerprint(m) for m in plain} == plain
+    assert sorted(hashed, key=str) == sorted([None, "text", "image"], key=str)
+    # an in-place edit moves a version counter: rehashed, and the digest changes
+    with torch.no_grad():
+        next(model.text_tower.parameters()).add_(0.5)
+    assert model.fingerprint("text") != plain["text"] and len(hashed) == 4
+    # a replaced tensor (new storage) too
+    p = next(model.vision_tower.parameters())
+    p.data = p.data.clone() + 1.0
+    assert model.fingerprint("image") != plain["image"]
+    # an engine's cache key follows: a frozen model's edit never reads a stale entry
+    eng = EmbeddingEngine(model, device="cpu", dtype="float32", progress=False)
+    before = eng.model_fingerprint("text")
+    with torch.no_grad():
+        next(model.text_tower.parameters()).mul_(2.0)
+    assert eng.model_fingerprint("text") != before

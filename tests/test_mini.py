@@ -405,3 +405,47 @@ def test_capabilities_and_checkpoint_files(tiny: RelsafeMini, tmp_path: Path) ->
         tmp_path / "m" / "model.safetensors",
     ]
     assert not list((tmp_path / "m").glob(".*.tmp"))  # atomic writes left no temporary file
+
+
+def _nchw_reference_forward(model: RelsafeMini, pix: torch.Tensor) -> torch.Tensor:
+    """The image tower as written before channels-last: NCHW convolutions and the token MLP on
+    ``flatten(2).transpose(1, 2)`` (no module's own forward of the encoder is used)."""
+    enc = model.vision.encoder
+
+    def unit(u: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(u.norm(u.conv(x)))
+
+    x = unit(enc.stem, pix)
+    for stage in enc.stages:
+        for u in stage.convs:
+            x = unit(u, x)
+        n, c, h, w = x.shape
+        y = stage.mlp.fc2(torch.relu(stage.mlp.fc1(x.flatten(2).transpose(1, 2))))
+        x = x + y.transpose(1, 2).reshape(n, c, h, w)
+    return model.vision.proj(enc.norm(x.mean(dim=(2, 3))))
+
+
+def test_channels_last_image_tower_computes_the_nchw_function() -> None:
+    model = RelsafeMini(TINY, seed=2).eval()
+    with torch.no_grad():  # non-zero token MLPs, so the residual branch counts
+        for stage in model.vision.encoder.stages:
+            stage.mlp.fc2.weight.normal_(0, 0.2)
+    pix = torch.randn(
+        5, 3, TINY.image_size, TINY.image_size, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        want = _nchw_reference_forward(model, pix)
+        got = model.forward_image(pix)
+        # the input's own layout does not matter, and the caller's tensor is left as it was
+        got_cl = model.forward_image(pix.contiguous(memory_format=torch.channels_last))
+    assert pix.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_cl, got, rtol=0, atol=0)
+    # gradients reach every token-MLP weight as in the NCHW function
+    grads = []
+    for f in (model.forward_image, lambda p: _nchw_reference_forward(model, p)):
+        model.zero_grad()
+        f(pix).square().sum().backward()
+        grads.append([s.mlp.fc1.weight.grad.clone() for s in model.vision.encoder.stages])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

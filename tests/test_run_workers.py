@@ -106,28 +106,85 @@ def test_a_failing_worker_stage_is_named(
     def runner(policy: str) -> SimpleNamespace:
         methods = [SimpleNamespace(key="relational-lora"), SimpleNamespace(key="uwm")]
         return SimpleNamespace(
-            cfg=SimpleNamespace(methods=methods), policy=SimpleNamespace(name=policy), timings={}
+            cfg=SimpleNamespace(methods=methods),
+            policy=SimpleNamespace(name=policy),
+            timings={},
+            stage_keys={},
         )
 
     runners = [runner("default"), runner("objects")]
 
-    def work(task: tuple) -> dict[str, float]:
+    def work(task: tuple) -> tuple[dict[str, float], dict[str, str]]:
         if task == ("edit", 1, (1, 2)):
             raise InputError("images/x.png: cannot decode")
-        if task == ("edit", 0, (0, 1)):
+        if task in (("edit", 0, (0, 1)), ("eval", 0, (-1, 0))):
             raise BrokenProcessPool("gone")
-        return {f"edit:{task}": 1.0}
+        return {f"{task}": 1.0}, {}
 
     monkeypatch.setattr(run_workers, "_work", work)
     with ThreadPoolExecutor(max_workers=1) as pool:
         with pytest.raises(InputError, match=r"^edit uwm@seed2 \(policy objects\): images/x.png"):
             run_workers._pool_run(
-                runners, [("edit", 0, (0, 0)), ("edit", 1, (1, 2))], pool, "edits", False
+                runners, [("edit", 0, (0, 0)), ("edit", 1, (1, 2))], [], pool, 1, False
             )
-    assert runners[0].timings == {"edit:('edit', 0, (0, 0))": 1.0}  # the finished one is kept
+    assert runners[0].timings == {"('edit', 0, (0, 0))": 1.0}  # the finished one is kept
     with ThreadPoolExecutor(max_workers=1) as pool:
         with pytest.raises(RuntimeError, match="died during edit relational-lora@seed1.*re-run"):
-            run_workers._pool_run(runners, [("edit", 0, (0, 1))], pool, "edits", False)
+            run_workers._pool_run(runners, [("edit", 0, (0, 1))], [], pool, 1, False)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with pytest.raises(RuntimeError, match="died during evaluation of original"):
+            run_workers._pool_run(
+                runners, [], [("eval", 0, (0, 1)), ("eval", 0, (-1, 0))], pool, 1, False
+            )
+
+
+def test_an_evaluation_starts_when_its_edit_is_done_not_after_every_edit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One worker: the edits in order, and each model's evaluation becomes ready the moment its
+    edit finishes; with two workers, a finished edit's evaluation runs while a long edit trains."""
+    import threading
+    import time as _time
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from relsafe.api import run_workers
+
+    methods = [SimpleNamespace(key="a"), SimpleNamespace(key="b")]
+    runners = [
+        SimpleNamespace(
+            cfg=SimpleNamespace(methods=methods),
+            policy=SimpleNamespace(name="p"),
+            timings={},
+            stage_keys={},
+        )
+    ]
+    order: list[tuple] = []
+    lock = threading.Lock()
+
+    def work(task: tuple) -> tuple[dict[str, float], dict[str, str]]:
+        with lock:
+            order.append(("start", task))
+        _time.sleep(0.3 if task == ("edit", 0, (1, 0)) else 0.02)  # edit b is long
+        with lock:
+            order.append(("end", task))
+        return {}, {f"rows/{task}": "k"}
+
+    monkeypatch.setattr(run_workers, "_work", work)
+    edits = [("edit", 0, (0, 0)), ("edit", 0, (1, 0))]
+    evals = [("eval", 0, (-1, 0)), ("eval", 0, (0, 0)), ("eval", 0, (1, 0))]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        run_workers._pool_run(runners, edits, evals, pool, 2, False)
+    started = [t for kind, t in order if kind == "start"]
+    ended = [t for kind, t in order if kind == "end"]
+    assert started[:2] == edits  # the edits first
+    # a's evaluation and the original's ran before the long edit of b ended
+    assert ended.index(("eval", 0, (0, 0))) < ended.index(("edit", 0, (1, 0)))
+    assert ended.index(("eval", 0, (-1, 0))) < ended.index(("edit", 0, (1, 0)))
+    # no evaluation starts before its own edit ends
+    for m in (0, 1):
+        assert order.index(("start", ("eval", 0, (m, 0)))) > order.index(("end", edits[m]))
+    assert len(runners[0].stage_keys) == 5  # every task's stage keys reach the main runner
 
 
 def test_the_jobs_benchmark_runs_a_reduced_benchmark_config(tmp_path: Path) -> None:

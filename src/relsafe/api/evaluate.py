@@ -117,6 +117,9 @@ def evaluate(
     t0 = time.perf_counter()
     loaded = load_model(model)
     ref = load_model(reference) if reference else None
+    for m in (loaded, ref):  # evaluated only: fingerprints hashed once
+        if m is not None:
+            m.freeze_fingerprint()
     rows = evaluate_model(
         suite,
         cfg,

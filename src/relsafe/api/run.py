@@ -86,12 +86,22 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _read_only(model: Any) -> Any:
+    """``model``, which the run only evaluates, with its fingerprint frozen
+    (:meth:`~relsafe.models.base.DualEncoder.freeze_fingerprint`)."""
+    model.freeze_fingerprint()
+    return model
+
+
 class Runner:
     """Runs the stages of one config into one output folder."""
 
     def __init__(self, cfg: RunConfig, out: Path, progress: bool = True) -> None:
         self.cfg, self.out, self.progress = cfg, out, progress
         self.timings: dict[str, float] = {}
+        # evaluation stage file -> its key, as computed in this run (by this process or a worker):
+        # a stage found done under it is reused without loading its model again
+        self.stage_keys: dict[str, str] = {}
         self.leaderboard = ""  # Markdown, set by run()
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
         spec = cfg.world
@@ -179,11 +189,23 @@ class Runner:
         from relsafe.eval.rows import RowWriter, items_path, write_items
         from relsafe.eval.suites import get_suite
 
+        path = self.out / "rows" / (folder or label) / f"{suite}.jsonl"
+        marker = path.with_suffix(".stage.json")
+
+        def done(key: str | None) -> bool:  # (a stage from before intervals has no items: redone)
+            return (
+                key is not None
+                and _stage_done(marker, key)
+                and path.is_file()
+                and items_path(path).is_file()
+            )
+
+        if done(self.stage_keys.get(str(path))):  # a worker of this run did it: no model load
+            return path
         s = get_suite(suite)
         scfg = from_dict(s.config_cls, dict(self.cfg.suites.get(suite) or {}), f"suites.{suite}")
         if s.for_model is not None:
             scfg = s.for_model(scfg, self._load(model_spec))
-        path = self.out / "rows" / (folder or label) / f"{suite}.jsonl"
         key = _hash(
             {
                 "model": model_key,
@@ -193,16 +215,16 @@ class Runner:
                 **self._dtype_key(),
             }
         )
-        marker = path.with_suffix(".stage.json")
-        if _stage_done(marker, key) and path.is_file() and items_path(path).is_file():
-            return path  # (a stage from before intervals existed has no items: it is redone)
+        self.stage_keys[str(path)] = key
+        if done(key):
+            return path
         t0 = time.perf_counter()
         model = self._load(model_spec)
         engine = self._engine(model, progress=self.progress)
         reference = None
         if s.uses_reference and label != "original":
             if self._reference is None:
-                self._reference = load_model(self.cfg.model)
+                self._reference = _read_only(load_model(self.cfg.model))
             reference = self._reference
         rows = evaluate_model(
             suite,
@@ -260,23 +282,33 @@ class Runner:
         _mark(marker, key, time.perf_counter() - t0)
         return path
 
+    def original_entry(self) -> tuple[str, str, str, str]:
+        """The :meth:`entries` entry of the original model."""
+        return ("original", "original", self.cfg.model, self.base_key)
+
+    def edited_entry(self, spec: MethodSpec, folder: Path) -> tuple[str, str, str, str]:
+        """The :meth:`entries` entry of a finished edit in ``folder``."""
+        return (
+            spec.key,
+            folder.name,
+            str(folder / "merged"),
+            _hash({"edit": (folder / "record.json").read_text()}),
+        )
+
+    def repeats(self, spec: MethodSpec) -> int:
+        """How many edits ``spec`` gets: ``seeds``, or 1 for a method without a ``seed``."""
+        return self.cfg.seeds if self.edit_plan(spec, 1) is not None else 1
+
     def entries(self) -> list[tuple[str, str, str, str]]:
         """``(label, folder name, model spec, model key)`` of every model the run evaluates: the
         original once, each method once per training seed (editing those not edited yet)."""
-        entries = [("original", "original", self.cfg.model, self.base_key)]
+        entries = [self.original_entry()]
         for spec in self.cfg.methods:
             for repeat in range(self.cfg.seeds):
                 folder = self.edit_stage(spec, repeat)
                 if folder is None:
                     break
-                entries.append(
-                    (
-                        spec.key,
-                        folder.name,
-                        str(folder / "merged"),
-                        _hash({"edit": (folder / "record.json").read_text()}),
-                    )
-                )
+                entries.append(self.edited_entry(spec, folder))
         return entries
 
     def eval_entry(self, label: str, name: str, model_spec: str, model_key: str) -> list[Any]:
@@ -316,9 +348,10 @@ class Runner:
         )
 
     def _load(self, spec: str) -> Any:
+        """A model to evaluate (read only: its fingerprint is hashed once)."""
         if spec not in self._models:
             self._models.clear()  # keep at most one model (plus the reference) in memory
-            self._models[spec] = load_model(spec)
+            self._models[spec] = _read_only(load_model(spec))
         return self._models[spec]
 
     # ---- the whole run -------------------------------------------------------------------

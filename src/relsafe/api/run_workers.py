@@ -1,17 +1,21 @@
 """``relsafe run`` with ``jobs > 1``: a run's independent stages in worker processes.
 
-A run's stages form two layers: every edit (each method, training seed and policy) depends only on
-the config, and every model's evaluations depend only on that model's edit. :func:`run_in_workers`
-runs the first layer, then the second, in ``jobs`` spawned processes, each capped at its share of
-the cores (:func:`relsafe.engine.precision.fit_threads`; on a 2-core machine, one thread each:
-two one-thread processes get through CPU training sooner than one two-thread process).
+A run's stages form a graph: every edit (each method, training seed and policy) depends only on the
+config, and every model's evaluations depend only on that model's edit. :func:`run_in_workers`
+keeps ``jobs`` stages running in spawned processes, each capped at its share of the cores
+(:func:`relsafe.engine.precision.fit_threads`; on a 2-core machine, one thread each: two one-thread
+processes get through CPU training sooner than one two-thread process). The edits go first, in the
+config's order; a model's evaluations become ready the moment its edit is done and run as soon as a
+worker has no edit left to start, so no worker waits for the last edit while evaluations are
+ready (a finished edit is evaluated while the last edits train).
 
 Each worker rebuilds the run's :class:`~relsafe.api.run.Runner` from the (validated) config and
 calls the same ``edit_stage`` / ``eval_entry`` as a one-process run, so every stage writes the same
 files and markers; the main process then runs the whole run as usual, which finds every stage done
-and only combines seeds, writes ``results.jsonl``, the leaderboard and the report. A stage's key
-never includes ``jobs``: a run folder resumes with any ``jobs``, and a killed worker loses only
-the stages it had not finished.
+(the evaluations under the keys the workers computed, without loading their models again) and only
+combines seeds, writes ``results.jsonl``, the leaderboard and the report. A stage's key never
+includes ``jobs``: a run folder resumes with any ``jobs``, and a killed worker loses only the stages
+it had not finished.
 
 Numbers: torch does not promise the same float32 summation order at every thread count, so a
 stage on one thread could differ from the same stage on two in its last bits; measured on
@@ -24,7 +28,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,10 @@ __all__ = ["run_in_workers"]
 # (in each worker) the run's runners: 0 the run's own policy, i + 1 its extra_policies[i]
 _RUNNERS: list[Any] = []
 
+Task = tuple[str, int, tuple[Any, ...]]
+"""``("edit", runner, (method index, repeat))`` or ``("eval", runner, (method index, repeat))``,
+method index -1 for the original model; ``runner`` indexes ``[run, *run.nested]``."""
+
 
 def _init_worker(runner_cls: type, cfg: Any, out: str, jobs: int) -> None:
     from relsafe.engine.precision import fit_threads
@@ -50,54 +58,90 @@ def _init_worker(runner_cls: type, cfg: Any, out: str, jobs: int) -> None:
     _RUNNERS[:] = [top, *top.nested]
 
 
-def _work(task: tuple[str, int, tuple[Any, ...]]) -> dict[str, float]:
-    """Run one task in a worker; returns the stage timings it recorded."""
-    kind, index, args = task
+def _work(task: Task) -> tuple[dict[str, float], dict[str, str]]:
+    """Run one task in a worker; returns the stage timings it recorded and the keys of the
+    evaluation stages it did or found done."""
+    kind, index, (method, repeat) = task
     runner = _RUNNERS[index]
-    runner.timings = {}
+    runner.timings, runner.stage_keys = {}, {}
     if kind == "edit":
-        method, repeat = args
         runner.edit_stage(runner.cfg.methods[method], repeat)
+    elif method < 0:
+        runner.eval_entry(*runner.original_entry())
     else:
-        runner.eval_entry(*args)
-    return runner.timings
+        spec = runner.cfg.methods[method]
+        folder = runner.edit_stage(spec, repeat)  # done: only checks
+        runner.eval_entry(*runner.edited_entry(spec, folder))
+    return runner.timings, runner.stage_keys
 
 
-def _describe(runners: list[Any], task: tuple[str, int, tuple[Any, ...]]) -> str:
-    kind, index, args = task
+def _describe(runners: list[Any], task: Task) -> str:
+    kind, index, (method, repeat) = task
     where = "" if index == 0 else f" (policy {runners[index].policy.name})"
-    if kind == "edit":
-        spec = runners[index].cfg.methods[args[0]]
-        return f"edit {_seed_label(spec.key, args[1])}{where}"
-    return f"evaluation of {args[1]}{where}"
+    label = (
+        "original" if method < 0 else _seed_label(runners[index].cfg.methods[method].key, repeat)
+    )
+    return f"{'edit' if kind == 'edit' else 'evaluation of'} {label}{where}"
+
+
+def plan_tasks(runners: list[Any]) -> tuple[list[Task], list[Task]]:
+    """``(edits, evaluations)``: every edit stage not done yet, and every model's evaluations
+    (each after its edit, when the edit is among ``edits``)."""
+    edits: list[Task] = []
+    evals: list[Task] = []
+    for i, r in enumerate(runners):
+        evals.append(("eval", i, (-1, 0)))
+        pending = set(r.pending_edits())
+        for m, spec in enumerate(r.cfg.methods):
+            for repeat in range(r.repeats(spec)):
+                if (m, repeat) in pending:
+                    edits.append(("edit", i, (m, repeat)))
+                evals.append(("eval", i, (m, repeat)))
+    return edits, evals
 
 
 def _pool_run(
     runners: list[Any],
-    tasks: list[tuple[str, int, tuple[Any, ...]]],
-    pool: ProcessPoolExecutor,
-    desc: str,
+    edits: list[Task],
+    evals: list[Task],
+    pool: Any,
+    jobs: int,
     progress: bool,
 ) -> None:
-    """Submit ``tasks`` to ``pool`` and wait; the first failure stops the rest (finished stages
-    are kept) and is raised with the task it came from."""
+    """Run ``edits``, then each of ``evals`` once its edit (if among ``edits``) is done, at most
+    ``jobs`` at a time in ``pool``. The first failure stops the rest (finished stages are kept)
+    and is raised with the task it came from."""
     from tqdm.auto import tqdm
 
     from relsafe.engine.embed import progress_enabled
 
-    futures: dict[Future[dict[str, float]], tuple[str, int, tuple[Any, ...]]] = {
-        pool.submit(_work, t): t for t in tasks
-    }
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress_enabled(progress))
-    pending = set(futures)
+    waiting = {("edit", i, args) for _, i, args in evals} & set(edits)  # edits not finished
+    queue = list(edits)
+    ready = [t for t in evals if ("edit", t[1], t[2]) not in waiting]
+    blocked = [t for t in evals if ("edit", t[1], t[2]) in waiting]
+    running: dict[Future[Any], Task] = {}
+    bar = tqdm(
+        total=len(edits) + len(evals),
+        desc=f"stages ({jobs} workers)",
+        disable=not progress_enabled(progress),
+    )
+
+    def fill() -> None:
+        while len(running) < jobs and (queue or ready):
+            task = queue.pop(0) if queue else ready.pop(0)
+            running[pool.submit(_work, task)] = task
+        names = sorted(_describe(runners, t) for t in running.values())
+        bar.set_postfix_str("; ".join(names)[:120], refresh=True)
+
     try:
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+        fill()
+        while running:
+            done, _ = wait(set(running), return_when=FIRST_COMPLETED)
             # the finished stages first (their timings are kept), then the first failure
             for fut in sorted(done, key=lambda f: f.exception() is not None):
-                task = futures[fut]
+                task = running.pop(fut)
                 try:
-                    timings = fut.result()
+                    timings, keys = fut.result()
                 except BrokenProcessPool as e:
                     raise RuntimeError(
                         f"a worker process died during {_describe(runners, task)} (killed, or "
@@ -109,26 +153,29 @@ def _pool_run(
                     except TypeError:  # (an error class with other arguments: as it came)
                         raise e from None
                     raise named from e
-                runners[task[1]].timings.update(timings)
+                runner = runners[task[1]]
+                runner.timings.update(timings)
+                runner.stage_keys.update(keys)
                 log.info("%s: done in a worker", _describe(runners, task))
+                if task[0] == "edit":  # its model's evaluations are ready now
+                    ready.extend(t for t in blocked if t[1:] == task[1:])
+                    blocked[:] = [t for t in blocked if t[1:] != task[1:]]
                 bar.update(1)
+            fill()
     finally:
-        for fut in pending:
+        for fut in running:
             fut.cancel()
         bar.close()
 
 
 def run_in_workers(runner: Any, jobs: int, *, progress: bool = True) -> None:
-    """Run every pending edit of ``runner`` and its extra policies, then every model's
-    evaluations, ``jobs`` at a time in worker processes (see the module docs)."""
+    """Run every pending edit of ``runner`` and its extra policies, and every model's
+    evaluations as soon as its edit is done, ``jobs`` at a time in worker processes (see the
+    module docs)."""
     runners = [runner, *runner.nested]
     for sub in runner.nested:  # (the workers write into the policies' folders before they run)
         sub.claim()
-    edits = [
-        ("edit", i, (method, repeat))
-        for i, r in enumerate(runners)
-        for method, repeat in r.pending_edits()
-    ]
+    edits, evals = plan_tasks(runners)
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")  # (no forked torch state, the same on every OS)
     with ProcessPoolExecutor(
@@ -137,9 +184,5 @@ def run_in_workers(runner: Any, jobs: int, *, progress: bool = True) -> None:
         initializer=_init_worker,
         initargs=(type(runner), runner.cfg, str(runner.out), jobs),
     ) as pool:
-        if edits:
-            _pool_run(runners, edits, pool, f"edits ({jobs} workers)", progress)
-        # every edit is done now: entries() only reads the folders
-        evals = [("eval", i, entry) for i, r in enumerate(runners) for entry in r.entries()]
-        _pool_run(runners, evals, pool, f"evaluations ({jobs} workers)", progress)
+        _pool_run(runners, edits, evals, pool, jobs, progress)
     runner.timings["workers"] = time.perf_counter() - t0

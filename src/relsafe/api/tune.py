@@ -214,6 +214,7 @@ def tune(
         )
         configs.append(build_config(entry.config_cls, data, (), f"{method} config (trial {k})"))
     original = load_model(model)
+    original.freeze_fingerprint()  # evaluated only (each trial edits its own copy)
     base_key = {"method": method, "model": model, "policy": pol.sha256, "suite": to_dict(rel_cfg)}
     if spec.dtype != "auto":  # (so tune folders from before the option keep their trials)
         base_key["dtype"] = spec.dtype
@@ -247,6 +248,7 @@ def tune(
             progress=progress,
         )
         edited = load_model(str(edit_out / "merged"))
+        edited.freeze_fingerprint()
         if original_rows is None:  # once per tune, not once per trial
             original_rows = run_suite(
                 "relational",

@@ -307,6 +307,24 @@ class DualEncoder(nn.Module, ABC):
         )
 
     # ---- identity ----------------------------------------------------------------------
+    def freeze_fingerprint(self) -> None:
+        """Promise that this model's weights will not change from now on (a model loaded to be
+        evaluated): :meth:`fingerprint` is then hashed once per modality and remembered, instead
+        of on every call (about 0.2 s each for relsafe-mini's text tower).
+
+        A remembered fingerprint is still checked against a cheap identity of every tensor (its
+        name, object, storage and version counter), so an in-place operation, a replaced tensor or
+        an added or removed adapter rehashes. Only writes through ``tensor.data`` (which bypass
+        the version counter, as PEFT's merge does) escape that check: do not freeze a model that
+        will be edited."""
+        self.__dict__["_fingerprint_memo"] = {}
+
+    def _tensor_identity(self) -> tuple[Any, ...]:
+        return tuple(
+            (n, id(t), t.data_ptr(), t._version)
+            for n, t in (*self.named_parameters(), *self.named_buffers())
+        )
+
     def fingerprint(self, modality: str | None = None) -> str:
         """SHA-256 over class, geometry, image size and every parameter and buffer (persistent or
         not, so preprocessing constants count): changes whenever the outputs could.
@@ -315,7 +333,21 @@ class DualEncoder(nn.Module, ABC):
         tower are left out, so an edit of one tower keeps the other modality's cached embeddings
         valid (a text-only safety edit re-embeds no images). Tensors outside both towers (logit
         scale, shared projections, wrapper scalars) count for both.
+
+        Hashed on every call unless :meth:`freeze_fingerprint` was called.
         """
+        memo: dict[str | None, tuple[tuple[Any, ...], str]] | None = self.__dict__.get(
+            "_fingerprint_memo"
+        )
+        if memo is None:
+            return self._hash_tensors(modality)
+        identity = self._tensor_identity()
+        hit = memo.get(modality)
+        if hit is None or hit[0] != identity:
+            hit = memo[modality] = (identity, self._hash_tensors(modality))
+        return hit[1]
+
+    def _hash_tensors(self, modality: str | None) -> str:
         h = hashlib.sha256()
         h.update(
             f"{type(self).__module__}.{type(self).__qualname__}|{self.geometry}|{self.image_size}".encode()
