@@ -125,30 +125,6 @@ def test_pool_keeps_retained_zero_shot(policy) -> None:  # noqa: ANN001
     assert got[True] >= got[False] + 0.05, got
 
 
-def test_the_pool_fields_enter_the_stage_key_only_when_the_pool_is_on() -> None:
-    """Runs made before the pool existed resume: with the pool off, safeclip's and hysac's stage
-    keys see the configs as they were; turning it on (or changing pool_batch with it on) is a new
-    stage."""
-    from relsafe.api.run_files import _hash  # the run's stage-key hash
-    from relsafe.methods.hysac.config import HySACConfig
-    from relsafe.methods.safeclip import SafeClipConfig
-
-    for cls in (SafeClipConfig, HySACConfig):
-        off = cls().resume_key()
-        assert "retain_pool" not in off and "pool_batch" not in off
-        assert cls(pool_batch=4).resume_key() == off  # pool_batch means nothing with the pool off
-        on, on4 = (
-            cls(retain_pool=True).resume_key(),
-            cls(retain_pool=True, pool_batch=4).resume_key(),
-        )
-        assert on["retain_pool"] is True and _hash(on) != _hash(off) != _hash(on4) != _hash(on)
-    # hysac's pool_entailment acts only with the pool, and is a new stage with it
-    off = HySACConfig().resume_key()
-    assert "pool_entailment" not in off and HySACConfig(pool_entailment=True).resume_key() == off
-    on = HySACConfig(retain_pool=True).resume_key()
-    assert _hash(HySACConfig(retain_pool=True, pool_entailment=True).resume_key()) != _hash(on)
-
-
 def test_pool_labels_share_the_quadruplets_label_space() -> None:
     """Hand-worked: quadruplets show tuples a (label 0) and b (label 1); pool rows of b, c, a, c,
     d get b's and a's labels where the quadruplets show them and new labels 2, 3 from ``start``

@@ -297,3 +297,78 @@ def test_the_data_budget_table_shows_what_each_method_trained_on() -> None:
     table = budget_table(records)
     assert "calibration pairs (text)" in table and "quadruplets" not in table
     assert "<td>624</td>" in table and "<td>384</td>" in table and table.count("<tr>") == 3
+
+
+def _bump(monkeypatch: pytest.MonkeyPatch, registry: object, name: str) -> None:
+    """Register ``name`` again at its version + 1 (for this test only)."""
+    import dataclasses
+
+    entry = registry.get(name)
+    monkeypatch.setitem(
+        registry._entries, name, dataclasses.replace(entry, version=entry.version + 1)
+    )
+
+
+def test_bumping_a_version_redoes_exactly_its_stages(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A suite's version is in its stages' keys: bumping it redoes that suite's evaluation of
+    every model and nothing else, and its rows record the version. A method's version redoes
+    that method's edits and their evaluations."""
+    from relsafe.eval.rows import read_provenance
+    from relsafe.registry import METHODS, SUITES
+
+    out = tmp_path / "out"
+    shutil.copytree(run_dir / "out", out)
+    cfg = tmp_path / "cfg.yaml"
+    shutil.copy(out / "config.yaml", cfg)
+    models = ["original", "relational-lora", "relational-lora@seed1", "safeclip", "safeclip@seed1"]
+
+    def redone() -> set[str]:
+        assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+        return set(json.loads((out / "timings.json").read_text())["this_run"]) - {"total"}
+
+    with monkeypatch.context() as m:
+        _bump(m, SUITES, "relational")
+        assert redone() == {f"eval:{x}:relational" for x in models}
+        prov = read_provenance(out / "rows" / "safeclip" / "relational.jsonl")
+        assert prov["config"]["suite_version"] == 2
+        assert redone() == set()  # and a second run under the new version redoes nothing
+        _bump(m, METHODS, "safeclip")
+        got = redone()
+    seeds = ["safeclip", "safeclip@seed1"]
+    want = {f"edit:{x}" for x in seeds}
+    want |= {f"eval:{x}:{s}" for x in seeds for s in ("zeroshot", "relational")}
+    assert {k for k in got if not k.startswith("examples")} == want, got
+
+
+def test_dry_run_lists_every_stage_with_its_status_and_writes_nothing(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(run_dir / "out", out)
+    cfg = tmp_path / "cfg.yaml"
+    shutil.copy(out / "config.yaml", cfg)
+    # a changed config for one method (its edits and their evaluations become stages to run)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["methods"][0]["config"]["steps"] = 5  # (no other test runs 5 steps)
+    cfg.write_text(yaml.safe_dump(raw))
+    before = sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*"))
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    lines = {ln.split()[1]: ln.split()[2:] for ln in text.splitlines()[1:] if ln.strip()}
+    # 2 methods x 2 seeds + the original; 2 suites each, examples for seed 0 only
+    assert lines["models/edit:relational-lora"][:2] == ["to", "run"]
+    assert lines["models/edit:safeclip@seed1"][0] == "done"
+    assert lines["rows/relational-lora@seed1/relational"][:2] == ["after", "edit"]
+    assert lines["rows/safeclip/zeroshot"][0] == "done"
+    assert lines["rows/original/examples"][0] == "done"
+    # every estimate comes from the earlier run: a number of seconds, not "?"
+    assert all(v[-1] == "s" for k, v in lines.items() if "/" in k), text
+    summary = text.strip().splitlines()[-1]
+    assert summary.startswith("17 stages: 10 done, 7 to run; estimated"), summary
+    bad = ["run", str(cfg), "--out", str(out), "--dry-run", "--timings", str(tmp_path / "x")]
+    assert main(bad) != 0
+    assert "--timings" in capsys.readouterr().err

@@ -109,17 +109,16 @@ def test_a_failing_worker_stage_is_named(
             cfg=SimpleNamespace(methods=methods),
             policy=SimpleNamespace(name=policy),
             timings={},
-            stage_keys={},
         )
 
     runners = [runner("default"), runner("objects")]
 
-    def work(task: tuple) -> tuple[dict[str, float], dict[str, str]]:
+    def work(task: tuple) -> dict[str, float]:
         if task == ("edit", 1, (1, 2)):
             raise InputError("images/x.png: cannot decode")
         if task in (("edit", 0, (0, 1)), ("eval", 0, (-1, 0))):
             raise BrokenProcessPool("gone")
-        return {f"{task}": 1.0}, {}
+        return {f"{task}": 1.0}
 
     monkeypatch.setattr(run_workers, "_work", work)
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -156,19 +155,18 @@ def test_an_evaluation_starts_when_its_edit_is_done_not_after_every_edit(
             cfg=SimpleNamespace(methods=methods),
             policy=SimpleNamespace(name="p"),
             timings={},
-            stage_keys={},
         )
     ]
     order: list[tuple] = []
     lock = threading.Lock()
 
-    def work(task: tuple) -> tuple[dict[str, float], dict[str, str]]:
+    def work(task: tuple) -> dict[str, float]:
         with lock:
             order.append(("start", task))
         _time.sleep(0.3 if task == ("edit", 0, (1, 0)) else 0.02)  # edit b is long
         with lock:
             order.append(("end", task))
-        return {}, {f"rows/{task}": "k"}
+        return {f"{task}": 1.0}
 
     monkeypatch.setattr(run_workers, "_work", work)
     edits = [("edit", 0, (0, 0)), ("edit", 0, (1, 0))]
@@ -184,7 +182,7 @@ def test_an_evaluation_starts_when_its_edit_is_done_not_after_every_edit(
     # no evaluation starts before its own edit ends
     for m in (0, 1):
         assert order.index(("start", ("eval", 0, (m, 0)))) > order.index(("end", edits[m]))
-    assert len(runners[0].stage_keys) == 5  # every task's stage keys reach the main runner
+    assert len(runners[0].timings) == 5  # every task's timings reach the main runner
 
 
 def test_the_jobs_benchmark_runs_a_reduced_benchmark_config(tmp_path: Path) -> None:

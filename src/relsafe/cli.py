@@ -206,6 +206,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.jobs is not None:
         overrides.append(f"jobs={args.jobs}")
+    if args.dry_run:
+        from relsafe.api.run import plan
+
+        print(plan(args.config, out=args.out, overrides=overrides, timings=args.timings))
+        return 0
     res = api.run(
         args.config,
         out=args.out,
@@ -310,6 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key (repeatable), e.g. --set suites.relational.n_per_tuple=4",
     )
     sp.add_argument("--fresh", action="store_true", help="delete the output folder first")
+    sp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print every stage of the run, done or not, with an estimate of its time from the "
+        "last run's timings; run nothing",
+    )
+    sp.add_argument(
+        "--timings",
+        default=None,
+        metavar="PATH",
+        help="with --dry-run: estimate from this timings.json (another run's) instead of OUT's",
+    )
     sp.add_argument(
         "--jobs",
         type=int,

@@ -45,6 +45,14 @@ class RegistryError(RelsafeError):
     """A registry entry could not be found, imported or registered."""
 
 
+def check_version(name: str, version: object) -> int:
+    """A method's or suite's declared ``version``: a positive integer, else a
+    :class:`RegistryError` naming the entry."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise RegistryError(f"{name}: version must be a positive integer, got {version!r}")
+    return version
+
+
 def _import_module(name: str, why: str) -> Any:
     try:
         return importlib.import_module(name)

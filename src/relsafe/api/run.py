@@ -99,22 +99,20 @@ class Runner:
     def __init__(self, cfg: RunConfig, out: Path, progress: bool = True) -> None:
         self.cfg, self.out, self.progress = cfg, out, progress
         self.timings: dict[str, float] = {}
-        # evaluation stage file -> its key, as computed in this run (by this process or a worker):
-        # a stage found done under it is reused without loading its model again
-        self.stage_keys: dict[str, str] = {}
         self.leaderboard = ""  # Markdown, set by run()
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
         spec = cfg.world
         if cfg.visu is not None:
             spec = {**(spec if isinstance(spec, dict) else {}), "visu": cfg.visu}
         self.policy = load_policy(cfg.policy, spec)
-        key: dict[str, Any] = {"model": cfg.model, "policy": self.policy.sha256}
-        if spec not in (None, "relworld"):
-            key["world"] = self.policy.world.describe()
-        else:  # RelWorld's scenes changed once (scene sequences): runs before that redo
-            from relsafe.data.world import world_of
+        from relsafe.data.world import world_of
 
-            key["relworld"] = world_of(self.policy).images.describe()
+        # which model, policy and world (vocabulary, image source, manifest) every stage rests on
+        key = {
+            "model": cfg.model,
+            "policy": self.policy.sha256,
+            "world": world_of(self.policy).describe(),
+        }
         self.base_key = _hash(key)
         self._models: dict[str, Any] = {}
         self._reference: Any = None
@@ -142,9 +140,14 @@ class Runner:
             if not isinstance(getattr(mcfg, "seed", None), int):
                 return None
             mcfg = dataclasses.replace(mcfg, seed=mcfg.seed + repeat)
-        # a config may say how it enters the key (fields added later, at their old behaviour)
-        conf = mcfg.resume_key() if hasattr(mcfg, "resume_key") else to_dict(mcfg)
-        key = _hash({"base": self.base_key, "method": spec.name, "config": conf})
+        key = _hash(
+            {
+                "base": self.base_key,
+                "method": spec.name,
+                "version": method.version,
+                "config": to_dict(mcfg),
+            }
+        )
         return _seed_label(spec.key, repeat), mcfg, key
 
     def _edit_done(self, name: str, key: str) -> bool:
@@ -191,35 +194,15 @@ class Runner:
 
         path = self.out / "rows" / (folder or label) / f"{suite}.jsonl"
         marker = path.with_suffix(".stage.json")
-
-        def done(key: str | None) -> bool:  # (a stage from before intervals has no items: redone)
-            return (
-                key is not None
-                and _stage_done(marker, key)
-                and path.is_file()
-                and items_path(path).is_file()
-            )
-
-        if done(self.stage_keys.get(str(path))):  # a worker of this run did it: no model load
-            return path
         s = get_suite(suite)
         scfg = from_dict(s.config_cls, dict(self.cfg.suites.get(suite) or {}), f"suites.{suite}")
-        if s.for_model is not None:
-            scfg = s.for_model(scfg, self._load(model_spec))
-        key = _hash(
-            {
-                "model": model_key,
-                "suite": suite,
-                "config": to_dict(scfg),
-                "policy": self.policy.sha256,
-                **self._dtype_key(),
-            }
-        )
-        self.stage_keys[str(path)] = key
-        if done(key):
-            return path
+        key = self.eval_key(model_key, suite)
+        if _stage_done(marker, key) and path.is_file() and items_path(path).is_file():
+            return path  # (a stage from before intervals existed has no items: it is redone)
         t0 = time.perf_counter()
         model = self._load(model_spec)
+        if s.for_model is not None:  # (a function of the model's content: not in the key)
+            scfg = s.for_model(scfg, model)
         engine = self._engine(model, progress=self.progress)
         reference = None
         if s.uses_reference and label != "original":
@@ -243,6 +226,7 @@ class Runner:
                 "model": model_spec,
                 "method": label,
                 "suite_config": to_dict(scfg),
+                "suite_version": s.version,
                 "precision": engine.dtype_name,
             },
             seeds={"suite_seed": getattr(scfg, "seed", None)},
@@ -263,14 +247,7 @@ class Runner:
         from relsafe.api.run_examples import example_items
 
         path = self.out / "rows" / label / "examples.json"
-        key = _hash(
-            {
-                "model": model_key,
-                "n": self.cfg.examples,
-                "policy": self.policy.sha256,
-                **self._dtype_key(),
-            }
-        )
+        key = self.examples_key(model_key)
         marker = path.with_suffix(".stage.json")
         if _stage_done(marker, key) and path.is_file():
             return path
@@ -335,10 +312,39 @@ class Runner:
                     todo.append((i, repeat))
         return todo
 
-    def _dtype_key(self) -> dict[str, str]:
-        """How ``dtype`` enters an evaluation stage's key: not at all for ``auto`` (the keys of runs
-        from before ``dtype`` existed stay valid)."""
-        return {} if self.cfg.dtype == "auto" else {"dtype": self.cfg.dtype}
+    def eval_key(self, model_key: str, suite: str) -> str:
+        """The key of suite ``suite``'s evaluation of the model whose key is ``model_key``: the
+        model, the suite's version and configured config, the policy and the precision. It needs
+        no model loaded (a suite's ``for_model`` adaptation is a function of the model's content,
+        which ``model_key`` names)."""
+        from relsafe.eval.suites import get_suite
+
+        s = get_suite(suite)
+        scfg = from_dict(s.config_cls, dict(self.cfg.suites.get(suite) or {}), f"suites.{suite}")
+        return _hash(
+            {
+                "model": model_key,
+                "suite": suite,
+                "version": s.version,
+                "config": to_dict(scfg),
+                "policy": self.policy.sha256,
+                "dtype": self.cfg.dtype,
+            }
+        )
+
+    def examples_key(self, model_key: str) -> str:
+        """The key of the report-examples stage of the model whose key is ``model_key``."""
+        from relsafe.api.run_examples import VERSION
+
+        return _hash(
+            {
+                "model": model_key,
+                "examples": VERSION,
+                "n": self.cfg.examples,
+                "policy": self.policy.sha256,
+                "dtype": self.cfg.dtype,
+            }
+        )
 
     def _engine(self, model: Any, *, progress: bool) -> Any:
         from relsafe.engine import EmbeddingEngine
@@ -491,3 +497,32 @@ def run(
     runner.run()
     report = out / "report.html" if cfg.report else None
     return RunOutcome(out, runner.leaderboard, time.perf_counter() - t0, report)
+
+
+def plan(
+    config: RunConfig | str | Path,
+    *,
+    out: str | Path,
+    overrides: Sequence[str] = (),
+    timings: str | Path | None = None,
+) -> str:
+    """``relsafe run --dry-run``: every stage of the run into ``out`` (each done or not) with an
+    estimate of its time, as text (:mod:`relsafe.api.run_plan`). Runs nothing, loads no model and
+    writes nothing. ``timings``: a ``timings.json`` to estimate from (default ``OUT/timings.json``,
+    the last run's)."""
+    from relsafe.api.run_plan import format_plan, plan_run
+
+    cfg = build_config(
+        RunConfig,
+        config,
+        overrides,
+        str(config) if not isinstance(config, RunConfig) else "run config",
+    )
+    out = output_dir(Path(out), recognise=is_run_folder)  # (only checked)
+    source = Path(timings) if timings is not None else out / "timings.json"
+    if timings is not None and not source.is_file():
+        raise InputError(f"--timings {source}: no such file")
+    runner = Runner(cfg, out, progress=False)
+    stages = plan_run(runner, source)
+    where = str(source) if source.is_file() else "the stage markers (no timings.json yet)"
+    return format_plan(stages, cfg.jobs, where)

@@ -22,6 +22,10 @@ from relsafe.world.styles import TRAIN_STYLES
 __all__ = ["example_items"]
 
 
+VERSION = 1
+"""The version of what :func:`example_items` computes (part of the examples stage's key)."""
+
+
 def example_items(policy: Any, model: Any, engine: Any, n: int) -> list[dict[str, Any]]:
     """Up to ``n`` example items (unsafe tuple, counterpart, next pair, ...) with the model's
     top-1 tuple among the world's candidate tuples."""

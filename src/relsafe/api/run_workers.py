@@ -12,8 +12,8 @@ ready (a finished edit is evaluated while the last edits train).
 Each worker rebuilds the run's :class:`~relsafe.api.run.Runner` from the (validated) config and
 calls the same ``edit_stage`` / ``eval_entry`` as a one-process run, so every stage writes the same
 files and markers; the main process then runs the whole run as usual, which finds every stage done
-(the evaluations under the keys the workers computed, without loading their models again) and only
-combines seeds, writes ``results.jsonl``, the leaderboard and the report. A stage's key never
+(from the markers alone: no stage key needs a model loaded) and only combines seeds, writes
+``results.jsonl``, the leaderboard and the report. A stage's key never
 includes ``jobs``: a run folder resumes with any ``jobs``, and a killed worker loses only the stages
 it had not finished.
 
@@ -58,12 +58,11 @@ def _init_worker(runner_cls: type, cfg: Any, out: str, jobs: int) -> None:
     _RUNNERS[:] = [top, *top.nested]
 
 
-def _work(task: Task) -> tuple[dict[str, float], dict[str, str]]:
-    """Run one task in a worker; returns the stage timings it recorded and the keys of the
-    evaluation stages it did or found done."""
+def _work(task: Task) -> dict[str, float]:
+    """Run one task in a worker; returns the stage timings it recorded."""
     kind, index, (method, repeat) = task
     runner = _RUNNERS[index]
-    runner.timings, runner.stage_keys = {}, {}
+    runner.timings = {}
     if kind == "edit":
         runner.edit_stage(runner.cfg.methods[method], repeat)
     elif method < 0:
@@ -72,7 +71,7 @@ def _work(task: Task) -> tuple[dict[str, float], dict[str, str]]:
         spec = runner.cfg.methods[method]
         folder = runner.edit_stage(spec, repeat)  # done: only checks
         runner.eval_entry(*runner.edited_entry(spec, folder))
-    return runner.timings, runner.stage_keys
+    return runner.timings
 
 
 def _describe(runners: list[Any], task: Task) -> str:
@@ -141,7 +140,7 @@ def _pool_run(
             for fut in sorted(done, key=lambda f: f.exception() is not None):
                 task = running.pop(fut)
                 try:
-                    timings, keys = fut.result()
+                    timings = fut.result()
                 except BrokenProcessPool as e:
                     raise RuntimeError(
                         f"a worker process died during {_describe(runners, task)} (killed, or "
@@ -153,9 +152,7 @@ def _pool_run(
                     except TypeError:  # (an error class with other arguments: as it came)
                         raise e from None
                     raise named from e
-                runner = runners[task[1]]
-                runner.timings.update(timings)
-                runner.stage_keys.update(keys)
+                runners[task[1]].timings.update(timings)
                 log.info("%s: done in a worker", _describe(runners, task))
                 if task[0] == "edit":  # its model's evaluations are ready now
                     ready.extend(t for t in blocked if t[1:] == task[1:])

@@ -180,7 +180,7 @@ def tune(
     from relsafe.api.evaluate import evaluate_model
     from relsafe.engine import EmbeddingEngine
     from relsafe.eval.relational_suite import RelationalConfig
-    from relsafe.eval.suites import run_suite
+    from relsafe.eval.suites import get_suite, run_suite
     from relsafe.eval.unsafe_cls import val_auroc
     from relsafe.methods.base import get_method
 
@@ -215,9 +215,15 @@ def tune(
         configs.append(build_config(entry.config_cls, data, (), f"{method} config (trial {k})"))
     original = load_model(model)
     original.freeze_fingerprint()  # evaluated only (each trial edits its own copy)
-    base_key = {"method": method, "model": model, "policy": pol.sha256, "suite": to_dict(rel_cfg)}
-    if spec.dtype != "auto":  # (so tune folders from before the option keep their trials)
-        base_key["dtype"] = spec.dtype
+    base_key = {
+        "method": method,
+        "method_version": entry.version,
+        "model": model,
+        "policy": pol.sha256,
+        "suite": to_dict(rel_cfg),
+        "suite_version": get_suite("relational").version,
+        "dtype": spec.dtype,
+    }
     cache_dir = out / "cache"
 
     def engine(m: Any) -> Any:

@@ -20,10 +20,7 @@ import numpy as np
 from relsafe.data.edit_sets import EditSets, SetSizes, relational_sets
 from relsafe.world.vocab import ORO
 
-__all__ = ["POOL_FIELDS", "RetainPool", "pool_of_sets", "pool_resume_key", "retain_pool"]
-
-POOL_FIELDS = ("retain_pool", "pool_batch", "pool_entailment")
-"""The config fields of a method that can take the pool (safeclip, hysac)."""
+__all__ = ["RetainPool", "pool_of_sets", "retain_pool"]
 
 
 @dataclass
@@ -101,20 +98,6 @@ def retain_pool(policy: object, sizes: SetSizes | None = None) -> RetainPool:
     """The policy's retain pool: :func:`relational_sets` ``(policy, sizes)``'s retain data (works
     on any world the edit sets work on)."""
     return pool_of_sets(relational_sets(policy, sizes))
-
-
-def pool_resume_key(cfg: object) -> dict:
-    """``cfg`` (a safeclip or hysac config) as it enters a ``relsafe run`` stage key. The pool
-    fields came after runs existed; with the pool off the method trains exactly as before them
-    (same weights, checked against the commit before), so they are left out and earlier runs
-    resume."""
-    from relsafe.config import to_dict
-
-    d = to_dict(cfg)
-    if not getattr(cfg, "retain_pool", False):
-        for name in POOL_FIELDS:
-            d.pop(name, None)
-    return d
 
 
 def pool_labels(index: dict[str, int], ids: list[str], start: int) -> list[int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relsafe.errors import InputError
-from relsafe.registry import SUITES
+from relsafe.registry import SUITES, check_version
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,12 @@ class Suite:
     * ``order``: where its columns and tables go (lower first);
     * ``for_model(cfg, model) -> cfg``: how a benchmark run adapts the configured suite to a model's
       capabilities (e.g. traversal only where the model has it); ``relsafe eval`` runs the config
-      as given.
+      as given. It must depend on the model's content alone (a run's stage key names the model
+      and the configured suite, not the adapted config);
+    * ``version``: the version of what the suite computes, part of every ``relsafe run``
+      evaluation stage's key and of its rows' provenance: bump it with any change to the code
+      that changes the suite's rows for the same config, and a resumed run redoes exactly this
+      suite's stages.
     """
 
     name: str
@@ -87,6 +92,7 @@ class Suite:
     report: tuple[ReportTable, ...] = ()
     order: int = 100
     for_model: Callable[[Any, Any], Any] | None = None
+    version: int = 1
 
 
 def register_suite(
@@ -101,9 +107,12 @@ def register_suite(
     report: tuple[ReportTable, ...] = (),
     order: int = 100,
     for_model: Callable[[Any, Any], Any] | None = None,
+    version: int = 1,
 ) -> Callable:
     """Decorator: register ``fn(ctx, cfg) -> rows`` as suite ``name`` in
-    :data:`relsafe.registry.SUITES` (call it in the suite's own module; see docs/extending.md)."""
+    :data:`relsafe.registry.SUITES` (call it in the suite's own module; see docs/extending.md).
+    ``version``: see :class:`Suite`."""
+    check_version(name, version)
 
     def deco(fn: Callable[[SuiteContext, Any], list]) -> Callable[[SuiteContext, Any], list]:
         SUITES.register(
@@ -120,6 +129,7 @@ def register_suite(
                 tuple(report),
                 order,
                 for_model,
+                version,
             ),
         )
         return fn

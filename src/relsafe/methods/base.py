@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from relsafe.registry import METHODS
+from relsafe.registry import METHODS, check_version
 
 
 @dataclass
@@ -51,6 +51,9 @@ class Method:
     # ``revert(model, edit_dir, model_spec) -> (EditResult, files read)``: undo a saved edit on
     # ``model``; None for methods whose edits cannot be undone from what they saved
     revert: Callable[..., tuple[EditResult, list[Any]]] | None = None
+    # the version of what the method computes: part of every ``relsafe run`` edit stage's key, so
+    # bumping it redoes exactly this method's edits (and their evaluations) on a resumed run
+    version: int = 1
 
 
 def register_method(
@@ -59,14 +62,20 @@ def register_method(
     config_cls: type,
     *,
     revert: Callable[..., tuple[EditResult, list[Any]]] | None = None,
+    version: int = 1,
 ) -> Callable:
     """Decorator: register ``fn(model, policy, cfg, *, progress, workdir) -> EditResult`` as method
     ``name`` in :data:`relsafe.registry.METHODS`. Call it in the method's own module; built-in
     methods are found by importing ``relsafe.methods``' modules, outside ones through the
-    ``relsafe.plugins`` entry-point group (docs/extending.md)."""
+    ``relsafe.plugins`` entry-point group (docs/extending.md).
+
+    ``version``: bump it with any change to the code that changes what an edit computes for the
+    same config (a new default is a config change and needs no bump); a resumed ``relsafe run``
+    then redoes this method's edits and evaluations, and nothing else."""
+    check_version(name, version)
 
     def deco(fn: Callable[..., EditResult]) -> Callable[..., EditResult]:
-        METHODS.register(name, Method(name, description, config_cls, fn, revert))
+        METHODS.register(name, Method(name, description, config_cls, fn, revert, version))
         return fn
 
     return deco

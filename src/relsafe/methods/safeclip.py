@@ -80,12 +80,6 @@ class SafeClipConfig:
     log_every: int = 10
     checkpoint_every: int = 50
 
-    def resume_key(self) -> dict:
-        """How this config enters a run's stage key (:func:`relsafe.data.retain_pool.pool_resume_key`)."""
-        from relsafe.data.retain_pool import pool_resume_key
-
-        return pool_resume_key(self)
-
     def validate(self) -> None:
         unknown = set(self.weights) - set(COSINE_WEIGHTS) - set(CONTRASTIVE_WEIGHTS)
         if unknown:

@@ -972,9 +972,7 @@ class _MiniImageSplit(TowerSplit):
     def prefix(self, inputs: torch.Tensor) -> torch.Tensor:
         enc = self.model.vision.encoder
         x = enc.stem(
-            to_channels_last(
-                inputs.to(device=enc.norm.weight.device, dtype=enc.norm.weight.dtype)
-            )
+            to_channels_last(inputs.to(device=enc.norm.weight.device, dtype=enc.norm.weight.dtype))
         )
         for s in enc.stages[: self.at]:
             x = s(x)
