@@ -428,3 +428,48 @@ def test_vision_objective_is_validated() -> None:
 
     with pytest.raises(ConfigError, match="vision_objective"):
         LoraEditConfig(vision_objective="nowhere").validate()  # type: ignore[arg-type]
+
+
+def test_vision_training_from_the_frozen_image_prefix_is_the_full_forward(
+    policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """relational-lora training relsafe-mini's vision tower runs each image's frozen lower layers
+    once (the stem and the first stage's convolutions) and the losses only the rest: the same loss
+    values and LoRA gradients as the full forward of every image at every step."""
+    import relsafe.methods.relational_lora as rl
+    from relsafe.methods.lora import lora_root
+
+    cfg = LoraEditConfig(
+        towers=["text", "vision"], vision_objective="redirect", rank=4, data=SMALL_MINI
+    )
+    model = load_model("relsafe-mini")
+    sets = relational_sets(policy, SMALL_MINI)
+    cached = rl._LoraEdit(model, sets, cfg)
+    assert cached.image_split is not None and cached.image_split.at == 0  # every stage adapted
+    assert cached.f_pix.shape[1:] != (3, 64, 64)  # activations, not pixels
+    with monkeypatch.context() as m:
+        m.setattr(rl, "frozen_split", lambda *a: None)
+        plain = rl._LoraEdit(model, sets, cfg)
+    assert plain.image_split is None and plain.f_pix.shape[1:] == (3, 64, 64)
+    handle = attach_lora(model, r=4, alpha=4.0, targets=cached.targets, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a non-zero adapter, so the trained layers matter
+        for n, p in lora_root(model).named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    results = []
+    for edit in (cached, plain):
+        out = edit.losses(0, random.Random(7))
+        total = sum(out.values())
+        grads = torch.autograd.grad(total, handle.parameters(), allow_unused=True)
+        results.append(({k: float(v.detach()) for k, v in out.items()}, grads))
+    (loss_c, grad_c), (loss_p, grad_p) = results
+    assert loss_c.keys() == loss_p.keys() and "vision_forget" in loss_c
+    assert loss_c == pytest.approx(loss_p, rel=1e-5, abs=1e-6)
+    n_vision = 0
+    for a, b in zip(grad_c, grad_p, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+            n_vision += 1
+    assert n_vision > 0

@@ -47,7 +47,10 @@ From a policy alone (:mod:`relsafe.data.edit_sets`), a LoRA on the chosen tower(
     ``vision_retain``: ``1 - cos(V(r), V0(r))`` on retain images.
 
 All ``*0`` references are computed from the unedited model *before* the adapter is attached and
-held as plain tensors, so they cannot drift (see ``tests/test_lora_methods.py``).
+held as plain tensors, so they cannot drift (see ``tests/test_lora_methods.py``). The frozen lower
+layers of each trained tower run once per distinct input for the whole edit: texts through
+:class:`~relsafe.methods.text_prefix.TextPrefixCache`, images through the backbone's image cut
+below the first adapted layer (:func:`~relsafe.methods.text_prefix.frozen_split`, as HySAC does).
 
 No string a loss sees is an evaluation string: the edit sets come from the ``edit`` caption split,
 and the alignment terms use the prototype forms, never the canonical captions or the marginal
@@ -72,8 +75,16 @@ from relsafe.distributed import current as current_dist
 from relsafe.errors import ConfigError, InputError
 from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
 from relsafe.methods.lora import attach_lora, target_module_names
-from relsafe.methods.text_prefix import TextPrefixCache, layer_index, root_modules, top_layers
+from relsafe.methods.text_prefix import (
+    TextPrefixCache,
+    frozen_split,
+    layer_index,
+    prefix_activations,
+    root_modules,
+    top_layers,
+)
 from relsafe.methods.training import run_loop
+from relsafe.models.base import TowerSplit
 from relsafe.world.captions import prototype_caption, prototype_marginal
 from relsafe.world.vocab import default_vocabulary
 
@@ -286,6 +297,17 @@ class _LoraEdit:
         self.V0_forget = _frozen_image(model, self.f_pix)
         self.V0_ftarget = _frozen_image(model, self.ft_pix)
         self.V0_retain = _frozen_image(model, self.r_pix)
+        # training the vision tower: its frozen lower layers (relsafe-mini: the stem and the first
+        # adapted stage's convolutions) run once per image, here; the losses run only the rest
+        # (:meth:`V`), so f_pix, ft_pix and r_pix hold those activations from now on
+        self.image_split: TowerSplit | None = None
+        if self.train_vision:
+            self.image_split = frozen_split(model, "image", root_modules(model, self.targets))
+        if self.image_split is not None:
+            self.f_pix, self.ft_pix, self.r_pix = (
+                prefix_activations(self.image_split, x) if len(x) else x
+                for x in (self.f_pix, self.ft_pix, self.r_pix)
+            )
         scale = model.contrastive_logit_scale()
         self.scale = float(scale.detach().exp().clamp(max=100.0)) if scale is not None else 100.0
         # image indices per forget tuple (to pair forget texts with images of their tuple)
@@ -332,6 +354,12 @@ class _LoraEdit:
         return self.model.postprocess(self.model.forward_text(tok), "text")
 
     def V(self, pix: torch.Tensor) -> torch.Tensor:
+        """The edited image features of ``pix``: pixels, or with :attr:`image_split` the frozen
+        prefix's activations of them (the same function)."""
+        if self.image_split is not None:
+            return self.model.postprocess(
+                self.image_split.suffix(pix.to(self.model.device)), "image"
+            )
         return self.model.postprocess(self.model.forward_image(pix.to(self.model.device)), "image")
 
     def sim_rows(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -502,6 +530,9 @@ def _run_lora_edit(
             "lora_targets": handle.targets,
             "steps_done": loop.steps_done,
             "frozen_text_prefix_layer": edit.prefix.layer if edit.prefix is not None else None,
+            "frozen_image_prefix_at": (
+                edit.image_split.at if edit.image_split is not None else None
+            ),
             "resumed_from": loop.resumed_from,
         },
     )
