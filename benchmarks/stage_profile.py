@@ -49,8 +49,8 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
     "  of which the text prefix cache": [("relsafe/methods/text_prefix.py", "__init__")],
     "trained forward (losses)": [("relsafe/methods/relational_lora.py", "losses")],
     "  of which the image tower": [("relsafe/methods/relational_lora.py", "V")],
-    "backward": [("torch/autograd/graph.py", "_engine_run_backward")],
-    "optimizer step": [("torch/optim/optimizer.py", "wrapper")],
+    "backward (training; probe fits)": [("torch/autograd/graph.py", "_engine_run_backward")],
+    "optimizer steps (training; probe fits)": [("torch/optim/optimizer.py", "wrapper")],
     "write the edit": [("relsafe/checkpoints.py", "write_edit")],
     "evaluation: embedding (forward)": [("relsafe/engine/embed.py", "_compute")],
     "evaluation: test images (renders, attacks)": [

@@ -307,3 +307,21 @@ def test_hyperbolic_config_a_list_or_not_utf8(hyp_dir: Path, tmp_path: Path) -> 
         (folder / "config.json").write_bytes(data)
         with pytest.raises(CheckpointError, match="config.json"):
             load_model(f"hyperbolic:{folder}")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensor(
+    clip_dir: Path, mini_dir: Path, tmp_path: Path, bad: float
+) -> None:
+    """A damaged checkpoint would embed everything to NaN with exit 0; it is refused at load."""
+    from safetensors.torch import load_file, save_file
+
+    for src, weights in ((clip_dir, "model.safetensors"), (mini_dir, "model.safetensors")):
+        folder = _copy(src, tmp_path / f"{src.name}-{bad}")
+        tensors = load_file(str(folder / weights))
+        name = sorted(k for k, t in tensors.items() if t.is_floating_point() and t.numel() > 1)[0]
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[1] = bad
+        save_file(tensors, str(folder / weights))
+        with pytest.raises(CheckpointError, match=r"holds 1 NaN or infinite value"):
+            load_model(str(folder))

@@ -534,3 +534,45 @@ def test_the_word_scan_finds_a_planted_word(tmp_path: Path) -> None:
         '"""a child|drinking|wine docstring"""\nX = "a glass of wine"\n', encoding="utf-8"
     )
     assert [t for _, t in _code_strings(planted)] == ["a glass of wine"]
+
+
+def test_a_relative_vocabulary_path_is_the_policy_folders_not_the_working_directorys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/policies.md: a relative ``vocabulary:`` is relative to the policy file; a file of the
+    same name in the working directory never stands in for it."""
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "cwd").mkdir()
+    _write(tmp_path / "pol" / "kitchen.yaml", KITCHEN)
+    _write(tmp_path / "cwd" / "kitchen.yaml", {"name": "impostor", "subjects": ["x"]})
+    pol_path = _write(
+        tmp_path / "pol" / "policy.yaml",
+        {"vocabulary": "kitchen.yaml", "unsafe": ["child|holding|knife"]},
+    )
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert load_policy(pol_path).vocabulary.name == "kitchen-safety"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "words"),
+    [
+        (("subjects", "child", "heldout"), ["A  Kid"], "both train and held-out"),
+        (("subjects", "dog", "heldout"), ["a DOG "], "both train and held-out"),
+        (("templates", "heldout"), ["A photo of {s}  {r} {o}"], "both train and held-out"),
+        (("contexts", "heldout"), ["{c} In a Kitchen"], "both train and held-out"),
+    ],
+)
+def test_held_out_phrasings_differ_from_train_ones_as_the_tokenizer_reads_them(
+    tmp_path: Path, path: tuple[str, ...], value: list[str], words: str
+) -> None:
+    """Case and spacing are invisible to the (uncased, whitespace-splitting) tokenizers, so a
+    held-out phrasing that differs from a train one only there would leak it."""
+    import copy
+
+    data = copy.deepcopy(KITCHEN)
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=words):
+        load_vocabulary(_write(tmp_path / "v.yaml", data))

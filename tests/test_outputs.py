@@ -82,6 +82,16 @@ def test_eval_replaces_its_own_rows_but_not_an_unrelated_file(
     api.evaluate("zeroshot", out=rows, **kw)
     api.evaluate("zeroshot", out=rows, **kw)  # its own earlier output: replaced
     assert rows.read_text().startswith('{"_provenance": ')
+    # a run's own files (its results, a stage's rows) are never replaced by eval, even though
+    # they are rows files: the run folder is named and nothing is written
+    run = tmp_path / "run"
+    (run / "rows" / "original").mkdir(parents=True)
+    (run / ".relsafe-run.json").write_text('{"kind": "relsafe run", "version": 1}')
+    for target in (run / "results.jsonl", run / "rows" / "original" / "zeroshot.jsonl"):
+        target.write_bytes(rows.read_bytes())
+        with pytest.raises(InputError, match="inside the run folder"):
+            api.evaluate("zeroshot", out=target, **kw)
+        assert target.read_bytes() == rows.read_bytes()
 
 
 def test_edit_refuses_a_symlinked_out_folder_even_with_overwrite(tmp_path: Path) -> None:

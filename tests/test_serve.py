@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
 import shutil
 import struct
@@ -288,12 +289,25 @@ def test_search_by_embedding_and_by_image_agree_with_text_and_the_gallery(
         ({"image": "not base64!"}, 400, ("image", "base64")),
         ({"text": "a" * 2001}, 400, ("2,001",)),
         ({"text": ["a"]}, 422, ("text",)),
+        ({"text": "a", "k": True}, 422, ("k",)),  # a boolean is not a count
     ],
 )
 def test_search_bad_input_is_a_clear_4xx(
     client: Any, body: dict, status: int, words: tuple[str, ...]
 ) -> None:
     _error(client.post("/v1/search", json=body), status, *words)
+
+
+def test_zero_embeddings_and_lone_surrogates_are_a_400(client: Any, serve_safety: Any) -> None:
+    zero = [0.0] * int(serve_safety.model.embed_dim)
+    _error(client.post("/v1/search", json={"embedding": zero}), 400, "all zeros")
+
+    def raw(url: str, body: dict) -> Any:  # legal JSON: the surrogate as a \u escape
+        data = json.dumps(body).encode("ascii")
+        return client.post(url, content=data, headers={"content-type": "application/json"})
+
+    _error(raw("/v1/search", {"text": "a child \ud800 drinking"}), 400, "surrogate", "character 8")
+    _error(raw("/v1/moderations", {"input": ["fine", "bad \udfff"]}), 400, "input[1]", "surrogate")
 
 
 def test_thumbnails_and_index_route(client: Any, serve_index: Any, serve_safety: Any) -> None:
@@ -497,6 +511,11 @@ def test_settings_are_validated_and_read_from_the_environment() -> None:
     )
     assert (s.max_batch, s.batching, s.api_key, s.max_wait_ms) == (8, False, "zq-key-9", 2.0)
     assert s.effective_batch == 1 and "zq-key-9" not in repr(s) and s.describe()["api_key"] is True
+    # a set but blank key is refused, never read as "no authentication" (fail closed)
+    for blank in ("", "   ", "\t\n"):
+        with pytest.raises(ConfigError, match="RELSAFE_API_KEY is set but empty"):
+            ServeSettings.from_env({"RELSAFE_API_KEY": blank})
+    assert ServeSettings.from_env({}).api_key is None  # unset: no key, as documented
 
 
 def test_serve_command_refuses_a_damaged_or_foreign_index(

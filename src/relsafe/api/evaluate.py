@@ -11,7 +11,8 @@ from typing import Any
 
 from relsafe.api._resolve import build_config, load_model, load_policy, provenance
 from relsafe.config import to_dict
-from relsafe.outputs import output_file
+from relsafe.errors import InputError
+from relsafe.outputs import is_run_folder, output_file
 
 
 def is_rows_file(path: Path) -> bool:
@@ -113,6 +114,12 @@ def evaluate(
     cfg = build_config(entry.config_cls, config, overrides, f"suite {suite} config")
     pol = load_policy(policy, world)
     if out is not None:  # before any work: never replace a file relsafe did not write
+        run_dir = next((d for d in Path(out).absolute().parents if is_run_folder(d)), None)
+        if run_dir is not None:  # (its rows and results are the run's; a run rewrites them)
+            raise InputError(
+                f"--out {out} is inside the run folder {run_dir}; relsafe eval never writes "
+                "into a run's files: choose a path outside it"
+            )
         output_file(out, recognise=is_rows_file)
     t0 = time.perf_counter()
     loaded = load_model(model)

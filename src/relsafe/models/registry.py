@@ -126,8 +126,25 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def load_model(spec: str, **kwargs: Any) -> Any:
-    """Resolve ``spec`` and load the model (in eval mode, on ``device`` if given)."""
+    """Resolve ``spec`` and load the model (in eval mode, on ``device`` if given). A checkpoint
+    holding a NaN or infinite weight is refused (:func:`check_finite_weights`)."""
     name, target = parse_spec(spec)
     model = backbones()[name].loader(target, **kwargs)
     model.spec = spec
+    check_finite_weights(model, spec)
     return model.eval()
+
+
+def check_finite_weights(model: Any, spec: str) -> None:
+    """A :class:`CheckpointError` naming the first parameter or buffer of ``model`` that holds a
+    NaN or an infinity (such a model embeds everything to NaN, which no later step may mistake
+    for a result)."""
+    import torch
+
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(
+                f"model {spec}: tensor {name} holds {bad} NaN or infinite value(s) of "
+                f"{t.numel()}; the checkpoint is damaged"
+            )

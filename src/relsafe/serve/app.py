@@ -314,4 +314,9 @@ def _embedding(values: Any, safety: Any) -> Any:
         raise InputError(f"embedding has {len(values)} numbers; {safety.spec} embeds in {dim}")
     if not all(math.isfinite(v) and abs(v) < 1e6 for v in values):
         raise InputError("embedding must hold finite numbers (|x| < 1e6)")
-    return torch.tensor(values, dtype=torch.float32)
+    query = torch.tensor(values, dtype=torch.float32)
+    # the zero vector is no content's embedding (a cosine model's have norm 1; a hyperbolic one
+    # is the origin, which ranks by radius alone): a ranking from it would mean nothing
+    if not bool(query.abs().sum() > 0):
+        raise InputError("embedding is all zeros: it has no direction to rank the gallery by")
+    return query

@@ -37,6 +37,12 @@ def check_text(text: Any, where: str, settings: ServeSettings) -> str:
         )
     if "\x00" in text:
         raise InputError(f"{where} contains a NUL character")
+    try:  # legal JSON ("\ud800") but not text: a lone UTF-16 surrogate has no UTF-8 form
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{where} contains a lone UTF-16 surrogate at character {e.start}; send valid Unicode"
+        ) from None
     return text
 
 

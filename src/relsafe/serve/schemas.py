@@ -55,5 +55,5 @@ class SearchRequest(BaseModel):
     image: str | None = None
     embedding: list[float] | None = None
     modality: Literal["text", "image"] | None = None
-    k: int = Field(10, ge=1, le=HARD_MAX_K)
+    k: int = Field(10, ge=1, le=HARD_MAX_K, strict=True)  # (strict: true is not 1)
     safety: Literal["off", "redirect", "filter"] = "off"

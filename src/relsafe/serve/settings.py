@@ -148,7 +148,12 @@ class ServeSettings:
             except ValueError as e:
                 raise ConfigError(f"environment variable {name}={raw!r}: not a {f.type}") from e
         key = env.get(API_KEY_ENV)
-        if key is not None and key.strip():
+        if key is not None:
+            if not key.strip():  # fail closed: a blank key must not mean "no authentication"
+                raise ConfigError(
+                    f"{API_KEY_ENV} is set but empty; give it a key, or unset it to serve "
+                    "without one"
+                )
             values["api_key"] = key.strip()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

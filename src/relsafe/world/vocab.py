@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -367,9 +368,13 @@ def _section(
                 or not all(isinstance(x, str) and x.strip() for x in lst)
             ):
                 raise ConfigError(f"{where}.{what} must be a non-empty list of phrasings")
-        overlap = set(train) & set(held)
+        seen = {tokenizer_form(x): x for x in train}
+        overlap = sorted(x for x in held if tokenizer_form(x) in seen)
         if overlap:
-            raise ConfigError(f"{where}: phrasings {sorted(overlap)} are both train and held-out")
+            raise ConfigError(
+                f"{where}: phrasings {overlap} are both train and held-out (as a tokenizer reads "
+                "them: case, Unicode forms and spacing do not count)"
+            )
         out[word] = Phrasings(tuple(train), tuple(held))
         if "kind" in entry:
             if not isinstance(entry["kind"], str) or not NAME_RE.match(entry["kind"]):
@@ -417,10 +422,21 @@ def _text_splits(
     return out
 
 
+def tokenizer_form(text: str) -> str:
+    """``text`` as the text towers' tokenizers read it: Unicode NFKC, case folded, runs of
+    whitespace as one space, trimmed (MiniLM's and CLIP's tokenizers are uncased and split on
+    whitespace), so two phrasings that differ only there are the same string to a model."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
 def _check_disjoint(splits: dict[str, tuple[str, ...]], where: str) -> None:
-    both = set(splits["train"]) & set(splits["heldout"])
+    train = {tokenizer_form(x) for x in splits["train"]}
+    both = sorted(x for x in splits["heldout"] if tokenizer_form(x) in train)
     if both:
-        raise ConfigError(f"{where}: {sorted(both)[0]!r} is both train and held-out")
+        raise ConfigError(
+            f"{where}: {both[0]!r} is both train and held-out (as a tokenizer reads it: case, "
+            "Unicode forms and spacing do not count)"
+        )
 
 
 @lru_cache(maxsize=1)
@@ -442,13 +458,14 @@ def load_vocabulary(
     spec: str | Path | Vocabulary | None = None, base: Path | None = None
 ) -> Vocabulary:
     """A vocabulary from a built-in name (``relworld``, the default), a YAML path (relative paths
-    resolve against ``base`` when given, e.g. the policy file's folder), or itself."""
+    resolve against ``base`` when given, e.g. the policy file's folder, and only there: a file of
+    the same name in the working directory never stands in for it), or itself."""
     if isinstance(spec, Vocabulary):
         return spec
     if spec is None or str(spec) == "relworld":
         return default_vocabulary()
     path = Path(spec)
-    if base is not None and not path.is_absolute() and not path.exists():
+    if base is not None and not path.is_absolute():
         path = base / path
     if not path.suffix and not path.exists():
         raise ConfigError(
