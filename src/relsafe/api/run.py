@@ -497,32 +497,3 @@ def run(
     runner.run()
     report = out / "report.html" if cfg.report else None
     return RunOutcome(out, runner.leaderboard, time.perf_counter() - t0, report)
-
-
-def plan(
-    config: RunConfig | str | Path,
-    *,
-    out: str | Path,
-    overrides: Sequence[str] = (),
-    timings: str | Path | None = None,
-) -> str:
-    """``relsafe run --dry-run``: every stage of the run into ``out`` (each done or not) with an
-    estimate of its time, as text (:mod:`relsafe.api.run_plan`). Runs nothing, loads no model and
-    writes nothing. ``timings``: a ``timings.json`` to estimate from (default ``OUT/timings.json``,
-    the last run's)."""
-    from relsafe.api.run_plan import format_plan, plan_run
-
-    cfg = build_config(
-        RunConfig,
-        config,
-        overrides,
-        str(config) if not isinstance(config, RunConfig) else "run config",
-    )
-    out = output_dir(Path(out), recognise=is_run_folder)  # (only checked)
-    source = Path(timings) if timings is not None else out / "timings.json"
-    if timings is not None and not source.is_file():
-        raise InputError(f"--timings {source}: no such file")
-    runner = Runner(cfg, out, progress=False)
-    stages = plan_run(runner, source)
-    where = str(source) if source.is_file() else "the stage markers (no timings.json yet)"
-    return format_plan(stages, cfg.jobs, where)
