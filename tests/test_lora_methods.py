@@ -473,3 +473,41 @@ def test_vision_training_from_the_frozen_image_prefix_is_the_full_forward(
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
             n_vision += 1
     assert n_vision > 0
+
+
+def test_an_interrupted_edit_resumes_only_with_the_same_data(
+    tiny_clip_dir: Path, policy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """The checkpoint's key covers the training data (policy, world, data seed), not just the
+    method, config and model: re-run into the same folder with another policy, it starts afresh
+    and says so; with the same policy it resumes."""
+    import logging
+
+    import relsafe.methods.relational_lora as rl
+
+    other = tmp_path / "guns.yaml"
+    other.write_text(
+        "name: guns\nunsafe:\n  - {tuple: child|holding|gun, counterpart: child|holding|toy}\n"
+    )
+    cfg = LoraEditConfig(steps=4, checkpoint_every=2, data=SMALL)
+    real = rl._LoraEdit.losses
+
+    def interrupted(self, step: int, rng: random.Random):  # noqa: ANN001, ANN202
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(self, step, rng)
+
+    def edit(pol) -> dict:  # noqa: ANN001
+        model = load_model(str(tiny_clip_dir))
+        return relational_lora(model, pol, cfg, progress=False, workdir=str(tmp_path / "w"))
+
+    for second, resumed in ((load_policy(str(other)), 0), (policy, 2)):
+        with monkeypatch.context() as m:
+            m.setattr(rl._LoraEdit, "losses", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                edit(policy)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="relsafe.methods.training"):
+            res = edit(second)
+        assert res.record.extra["resumed_from"] == resumed
+        assert ("starting afresh" in caplog.text) == (resumed == 0)

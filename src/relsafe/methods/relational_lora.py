@@ -70,10 +70,11 @@ from torch import nn
 
 from relsafe.batching import in_input_order, length_order
 from relsafe.config import to_dict
+from relsafe.data.digest import data_digest
 from relsafe.data.edit_sets import EditSets, SetSizes, concept_sets, relational_sets
 from relsafe.distributed import current as current_dist
 from relsafe.errors import ConfigError, InputError
-from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
+from relsafe.methods.base import EditRecord, EditResult, Timer, get_method, register_method
 from relsafe.methods.lora import attach_lora, target_module_names
 from relsafe.methods.text_prefix import (
     TextPrefixCache,
@@ -488,9 +489,15 @@ def _run_lora_edit(
             "vision_retain": cfg.w_vision_retain,
             "vision_gallery": cfg.w_vision_gallery,
         }
-        fp = hashlib.sha256(
+        fp = hashlib.sha256(  # the checkpoint's key: resumed only for the same everything
             json.dumps(
-                {"method": method, "cfg": to_dict(cfg), "model": model.fingerprint()},
+                {
+                    "method": method,
+                    "version": get_method(method).version,
+                    "cfg": to_dict(cfg),
+                    "model": model.fingerprint(),
+                    "data": data_digest(sets),
+                },
                 sort_keys=True,
             ).encode()
         ).hexdigest()

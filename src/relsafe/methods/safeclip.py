@@ -42,13 +42,14 @@ import torch
 from torch import nn
 
 from relsafe.config import to_dict
+from relsafe.data.digest import data_digest
 from relsafe.data.edit_sets import SetSizes
 from relsafe.data.images import to_pixels
 from relsafe.data.quadruplets import build_quadruplets
 from relsafe.data.retain_pool import RetainPool, pool_labels, retain_pool
 from relsafe.distributed import current as current_dist
 from relsafe.errors import ConfigError, InputError
-from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
+from relsafe.methods.base import EditRecord, EditResult, Timer, get_method, register_method
 from relsafe.methods.contrastive import symmetric_info_nce
 from relsafe.methods.lora import attach_lora, lora_patterns
 from relsafe.methods.relational_lora import _frozen_image, _frozen_text
@@ -241,7 +242,14 @@ def safeclip(
 
         fp = hashlib.sha256(
             json.dumps(
-                {"cfg": to_dict(cfg), "model": model.fingerprint(), "n": n, "pool": m_pool},
+                {
+                    "version": get_method("safeclip").version,
+                    "cfg": to_dict(cfg),
+                    "model": model.fingerprint(),
+                    "n": n,
+                    "pool": m_pool,
+                    "data": data_digest(data, pool_texts, pool_ids, pool_img if m_pool else None),
+                },
                 sort_keys=True,
             ).encode()
         ).hexdigest()

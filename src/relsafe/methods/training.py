@@ -119,7 +119,9 @@ def load_checkpoint(
         return None
     if read_meta(folder, keys=("fingerprint",)).get("fingerprint") != fingerprint:
         log.warning(
-            "checkpoint in %s was made with another config or model; starting afresh", workdir
+            "checkpoint in %s was made with another method version, config, model or training "
+            "data; starting afresh",
+            workdir,
         )
         return None
     ck = load_training_checkpoint(folder, expect=handle.state_dict())

@@ -72,9 +72,10 @@ from pathlib import Path
 from typing import Any
 
 from relsafe.config import to_dict
+from relsafe.data.digest import data_digest
 from relsafe.distributed import current as current_dist
 from relsafe.distributed import gather_with_local_grad
-from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
+from relsafe.methods.base import EditRecord, EditResult, Timer, get_method, register_method
 from relsafe.methods.hysac.config import HySACConfig
 from relsafe.methods.hysac.data import (
     KINDS,
@@ -190,6 +191,8 @@ def hysac(
                     "n": len(train),
                     "n_val": len(val),
                     "pool": 0 if pool_data is None else len(pool_data),
+                    "version": get_method("hysac").version,
+                    "data": data_digest(train, val, pool_data),
                 },
                 sort_keys=True,
             ).encode()
