@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 from relsafe import api
 from relsafe.cli import main
 from relsafe.errors import InputError, RelsafeError
-from relsafe.outputs import RUN_MARKER, is_run_folder, output_dir, output_file, writing
+from relsafe.outputs import (
+    RUN_MARKER,
+    exclusive,
+    is_run_folder,
+    output_dir,
+    output_file,
+    writing,
+)
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -312,3 +319,25 @@ def test_output_checks_never_allow_replacing_a_non_regular_thing(
         assert not allowed
     if not overwrite and kind in ("file", "full_dir"):
         assert not allowed
+
+
+def test_a_second_writer_of_the_same_output_is_refused_naming_the_first(
+    tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    """Two commands writing one output at once would race (both could report success while one
+    output is lost): the second is refused at once, naming the first, and nothing is written."""
+    out = tmp_path / "edit"
+    named = rf"being written by another relsafe command \(process {os.getpid()}: relsafe"
+    with exclusive(out):
+        with pytest.raises(InputError, match=named):
+            with exclusive(out):
+                pass
+        with pytest.raises(InputError, match="being written"):
+            api.edit("uwm", out=out, model=str(tiny_clip_dir), policy="tiny")
+        rows = tmp_path / "rows.jsonl"
+        with exclusive(rows), pytest.raises(InputError, match="being written"):
+            api.evaluate("zeroshot", model=str(tiny_clip_dir), out=rows, progress=False)
+    assert not out.exists() and not (tmp_path / "rows.jsonl").exists()
+    with exclusive(out):  # released when the block ended
+        pass
+    assert not any(p.name == "edit" for p in tmp_path.iterdir())  # the lock is beside, not it

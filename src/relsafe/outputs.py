@@ -15,6 +15,10 @@ wraps its writes in :func:`writing`. The rule, the same for all of them:
    is provenance, a run folder with its marker). Anything else is an error that says so.
 4. **OS errors name the path.** ``PermissionError``, ``IsADirectoryError``, a full disk and other
    ``OSError`` s while writing become one :class:`~relsafe.errors.InputError` naming the path.
+5. **One writer at a time.** ``edit``, ``edit --revert``, ``eval --out``, ``run`` and ``tune`` hold
+   :func:`exclusive` on their output for the whole command: an advisory lock (``filelock``) in a
+   file beside it, ``.<name>.relsafe-lock``. A second command writing the same output meanwhile
+   gets an error naming the holder (its process id and command) instead of racing it.
 
 Writes themselves stay atomic (``relsafe.utils_io``): a crash leaves the old output or the new one.
 """
@@ -32,6 +36,7 @@ from relsafe.errors import InputError, RelsafeError
 
 __all__ = [
     "RUN_MARKER",
+    "exclusive",
     "is_run_folder",
     "output_dir",
     "output_file",
@@ -203,3 +208,46 @@ def writing(path: str | os.PathLike[str], what: str = "--out") -> Iterator[Path]
             errno.EDQUOT: "disk quota exceeded",
         }.get(e.errno, e.strerror or str(e))
         raise InputError(f"cannot write {what} {path}: {reason} ({where})") from e
+
+
+def _lock_path(path: Path) -> Path:
+    """The lock file of output ``path``: beside it, so it is never part of the output."""
+    path = Path(os.path.abspath(path))
+    return path.parent / f".{path.name}.relsafe-lock"
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike[str], what: str = "--out") -> Iterator[Path]:
+    """Hold the advisory lock of output ``path`` (rule 5 of the module docs) while the block
+    runs; a second holder gets an :class:`InputError` naming the first (process id, command).
+    The lock is released when the block ends, also on an error or Ctrl-C, and by the OS when the
+    process dies."""
+    import json
+    import sys
+
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    lock_file = _lock_path(path)
+    holder = lock_file.with_name(lock_file.name + ".holder")
+    try:
+        lock = FileLock(str(lock_file), timeout=0)
+        lock.acquire()
+    except Timeout:
+        who = ""
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(holder.read_text(encoding="utf-8"))
+            who = f" (process {info.get('pid')}: {info.get('command')})"
+        raise InputError(
+            f"{what} {path} is being written by another relsafe command{who}; wait for it to "
+            "finish or choose another output"
+        ) from None
+    except OSError as e:
+        raise InputError(f"{what} {path}: cannot create its lock file {lock_file} ({e})") from e
+    try:
+        with contextlib.suppress(OSError):  # (who holds it: for the message above only)
+            command = " ".join(["relsafe", *sys.argv[1:]])[:300]
+            holder.write_text(json.dumps({"pid": os.getpid(), "command": command}))
+        yield path
+    finally:
+        lock.release()

@@ -11,7 +11,7 @@ from typing import Any
 from relsafe.api._resolve import build_config, load_model, load_policy, provenance
 from relsafe.config import to_dict
 from relsafe.errors import InputError
-from relsafe.outputs import output_dir, writing
+from relsafe.outputs import exclusive, output_dir, writing
 
 
 @dataclass
@@ -100,16 +100,18 @@ def edit(
 
     entry = get_method(method)
     cfg = build_config(entry.config_cls, config, overrides, f"{method} config")
-    return edit_model(
-        method,
-        cfg,
-        model=model,
-        policy=load_policy(policy, world),
-        out=out,
-        overwrite=overwrite,
-        progress=progress,
-        policy_spec=policy if isinstance(policy, str | Path) else None,
-    )
+    pol = load_policy(policy, world)
+    with exclusive(out):  # one writer per output folder
+        return edit_model(
+            method,
+            cfg,
+            model=model,
+            policy=pol,
+            out=out,
+            overwrite=overwrite,
+            progress=progress,
+            policy_spec=policy if isinstance(policy, str | Path) else None,
+        )
 
 
 def revert(
@@ -153,23 +155,24 @@ def revert(
     entry = get_method(name)
     if entry.revert is None:
         raise InputError(f"method {name!r} cannot revert an edit (only methods with a mask can)")
-    output_dir(out, overwrite=overwrite)
-    check_out_dir(out, overwrite)
-    t0 = time.perf_counter()
-    spec = model or str(edit_dir / "merged")
-    loaded = load_model(spec)
-    result, files = entry.revert(loaded, edit_dir, spec)
-    prov = provenance(
-        config={"revert": str(edit_dir), "model": spec, **result.record.config},
-        seeds={},
-        models=[loaded],
-    )
-    from relsafe.provenance import checkpoint_hashes
+    with exclusive(out):  # one writer per output folder
+        output_dir(out, overwrite=overwrite)
+        check_out_dir(out, overwrite)
+        t0 = time.perf_counter()
+        spec = model or str(edit_dir / "merged")
+        loaded = load_model(spec)
+        result, files = entry.revert(loaded, edit_dir, spec)
+        prov = provenance(
+            config={"revert": str(edit_dir), "model": spec, **result.record.config},
+            seeds={},
+            models=[loaded],
+        )
+        from relsafe.provenance import checkpoint_hashes
 
-    prov["checkpoints"] += checkpoint_hashes(files)
-    output_dir(out, overwrite=overwrite)
-    with writing(out):
-        written = write_edit(out, result, prov, overwrite=overwrite)
+        prov["checkpoints"] += checkpoint_hashes(files)
+        output_dir(out, overwrite=overwrite)
+        with writing(out):
+            written = write_edit(out, result, prov, overwrite=overwrite)
     return EditOutcome(written, result.record, time.perf_counter() - t0)
 
 

@@ -3,6 +3,7 @@ write tidy rows with provenance."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 from relsafe.api._resolve import build_config, load_model, load_policy, provenance
 from relsafe.config import to_dict
 from relsafe.errors import InputError
-from relsafe.outputs import is_run_folder, output_file
+from relsafe.outputs import exclusive, is_run_folder, output_file
 
 
 def is_rows_file(path: Path) -> bool:
@@ -121,48 +122,52 @@ def evaluate(
                 "into a run's files: choose a path outside it"
             )
         output_file(out, recognise=is_rows_file)
-    t0 = time.perf_counter()
-    loaded = load_model(model)
-    ref = load_model(reference) if reference else None
-    for m in (loaded, ref):  # evaluated only: fingerprints hashed once
-        if m is not None:
-            m.freeze_fingerprint()
-    rows = evaluate_model(
-        suite,
-        cfg,
-        loaded,
-        model_label=model,
-        method=method,
-        policy=pol,
-        reference=ref,
-        engine=EmbeddingEngine(loaded, device=device, cache_dir=cache_dir, progress=progress),
-        reference_engine=(
-            EmbeddingEngine(ref, device=device, cache_dir=cache_dir, progress=progress)
-            if ref is not None
-            else None
-        ),
-    )
-    seconds = time.perf_counter() - t0
-    prov = provenance(
-        config={
-            "suite": suite,
-            "model": model,
-            "reference": reference,
-            "policy": policy if isinstance(policy, str | Path) else getattr(pol, "source", None),
-            "suite_config": to_dict(cfg),
-            "method": method,
-        },
-        seeds={"suite_seed": getattr(cfg, "seed", None)},
-        models=[loaded, ref],
-        policy=pol,
-    )
-    prov["elapsed_s"] = round(seconds, 2)
-    path = None
-    if out is not None:
-        path = output_file(out, recognise=is_rows_file)
-        with RowWriter(path, provenance=prov) as w:
-            w.extend(rows)
-    return EvalOutcome(rows, prov, path, seconds)
+    lock = exclusive(out) if out is not None else contextlib.nullcontext()
+    with lock:  # one writer per output file
+        t0 = time.perf_counter()
+        loaded = load_model(model)
+        ref = load_model(reference) if reference else None
+        for m in (loaded, ref):  # evaluated only: fingerprints hashed once
+            if m is not None:
+                m.freeze_fingerprint()
+        rows = evaluate_model(
+            suite,
+            cfg,
+            loaded,
+            model_label=model,
+            method=method,
+            policy=pol,
+            reference=ref,
+            engine=EmbeddingEngine(loaded, device=device, cache_dir=cache_dir, progress=progress),
+            reference_engine=(
+                EmbeddingEngine(ref, device=device, cache_dir=cache_dir, progress=progress)
+                if ref is not None
+                else None
+            ),
+        )
+        seconds = time.perf_counter() - t0
+        prov = provenance(
+            config={
+                "suite": suite,
+                "model": model,
+                "reference": reference,
+                "policy": policy
+                if isinstance(policy, str | Path)
+                else getattr(pol, "source", None),
+                "suite_config": to_dict(cfg),
+                "method": method,
+            },
+            seeds={"suite_seed": getattr(cfg, "seed", None)},
+            models=[loaded, ref],
+            policy=pol,
+        )
+        prov["elapsed_s"] = round(seconds, 2)
+        path = None
+        if out is not None:
+            path = output_file(out, recognise=is_rows_file)
+            with RowWriter(path, provenance=prov) as w:
+                w.extend(rows)
+        return EvalOutcome(rows, prov, path, seconds)
 
 
 __all__ = ["EvalOutcome", "evaluate", "evaluate_model"]

@@ -70,7 +70,7 @@ from relsafe.api.run_files import (
 )
 from relsafe.config import ConfigError, from_dict, to_dict
 from relsafe.errors import InputError
-from relsafe.outputs import RUN_MARKER, is_run_folder, output_dir, writing
+from relsafe.outputs import RUN_MARKER, exclusive, is_run_folder, output_dir, writing
 from relsafe.utils_io import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -490,10 +490,11 @@ def run(
     out = output_dir(out, recognise=is_run_folder)  # new, empty or a run folder; else refused
     t0 = time.perf_counter()
     runner = Runner(cfg, out, progress=progress)  # loads the policy: fails before any deletion
-    if fresh and out.exists():
-        runner._load(cfg.model)  # a bad model spec fails here too, before anything is deleted
-        with writing(out):
-            shutil.rmtree(out)
-    runner.run()
+    with exclusive(out):  # one writer per run folder (its workers write under this lock)
+        if fresh and out.exists():
+            runner._load(cfg.model)  # a bad model spec fails here too, before any deletion
+            with writing(out):
+                shutil.rmtree(out)
+        runner.run()
     report = out / "report.html" if cfg.report else None
     return RunOutcome(out, runner.leaderboard, time.perf_counter() - t0, report)

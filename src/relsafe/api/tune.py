@@ -49,7 +49,7 @@ from typing import Any
 from relsafe.api._resolve import build_config, load_model, load_policy, provenance
 from relsafe.config import apply_overrides, from_dict, load_yaml, to_dict
 from relsafe.errors import ConfigError, InputError
-from relsafe.outputs import output_dir
+from relsafe.outputs import exclusive, output_dir
 from relsafe.utils_io import atomic_write_json, atomic_write_text, read_json_file
 
 __all__ = ["DEFAULT_BUDGET", "TuneGrid", "TuneOutcome", "grid_trials", "tune"]
@@ -200,143 +200,146 @@ def tune(
     entry = get_method(method)
     pol = load_policy(policy, world)
     out = output_dir(out, recognise=lambda p: (p / "trials").is_dir())  # resume a tune folder
-    out.mkdir(parents=True, exist_ok=True)
-    rel_cfg = build_config(
-        RelationalConfig, {**dict(suite_config or {}), "split": "val"}, (), "tune: relational"
-    )
-    trials_in = grid_trials(spec)
-    configs = []
-    for k, changes in enumerate(trials_in):  # every config is validated before any work
-        data = apply_overrides(
-            json.loads(json.dumps(spec.base)),
-            [f"{key}={json.dumps(v)}" for key, v in changes.items()],
-            f"grid trial {k}",
+    with exclusive(out):  # one writer per tune folder
+        out.mkdir(parents=True, exist_ok=True)
+        rel_cfg = build_config(
+            RelationalConfig, {**dict(suite_config or {}), "split": "val"}, (), "tune: relational"
         )
-        configs.append(build_config(entry.config_cls, data, (), f"{method} config (trial {k})"))
-    original = load_model(model)
-    original.freeze_fingerprint()  # evaluated only (each trial edits its own copy)
-    base_key = {
-        "method": method,
-        "method_version": entry.version,
-        "model": model,
-        "policy": pol.sha256,
-        "suite": to_dict(rel_cfg),
-        "suite_version": get_suite("relational").version,
-        "dtype": spec.dtype,
-    }
-    cache_dir = out / "cache"
-
-    def engine(m: Any) -> Any:
-        return EmbeddingEngine(m, dtype=spec.dtype, cache_dir=cache_dir, progress=progress)
-
-    original_rows: list[Any] | None = None
-    trials: list[dict[str, Any]] = []
-    for k, (changes, cfg) in enumerate(zip(trials_in, configs, strict=True)):
-        folder = out / "trials" / f"{k:02d}"
-        marker = folder / "trial.json"
-        key = _hash({**base_key, "config": to_dict(cfg)})
-        if marker.is_file():
-            done = read_json_file(marker, "tune trial")
-            if done.get("key") == key:
-                trials.append(done)
-                continue
-        if progress:
-            print(f"tune {method}: trial {k + 1}/{len(configs)} {changes or '(base)'}", flush=True)
-        t0 = time.perf_counter()
-        edit_out = folder / "edit"
-        edit_model(
-            method,
-            cfg,
-            model=model,
-            policy=pol,
-            out=edit_out,
-            overwrite=True,
-            progress=progress,
-        )
-        edited = load_model(str(edit_out / "merged"))
-        edited.freeze_fingerprint()
-        if original_rows is None:  # once per tune, not once per trial
-            original_rows = run_suite(
-                "relational",
-                original,
-                config=rel_cfg,
-                policy=pol,
-                method="original",
-                model_label=str(getattr(original, "spec", model)),
-                engine=engine(original),
+        trials_in = grid_trials(spec)
+        configs = []
+        for k, changes in enumerate(trials_in):  # every config is validated before any work
+            data = apply_overrides(
+                json.loads(json.dumps(spec.base)),
+                [f"{key}={json.dumps(v)}" for key, v in changes.items()],
+                f"grid trial {k}",
             )
-        rows = evaluate_model(
-            "relational",
-            rel_cfg,
-            edited,
-            model_label=f"{method}#{k}",
-            method=method,
-            policy=pol,
-            reference=original,
-            engine=engine(edited),
-            compare_with=original_rows,
-        )
-        rec = {
-            "key": key,
-            "trial": k,
-            "changes": changes,
-            "config": to_dict(cfg),
-            "val": {
-                **{m: _pick(rows, m) for m in RELATIONAL_METRICS},
-                **{f"auroc_{k}": v for k, v in val_auroc(edited, engine(edited), pol).items()},
-            },
-            "seconds": round(time.perf_counter() - t0, 1),
-            "edit": str(edit_out),
-        }
-        atomic_write_json(marker, rec)
-        trials.append(rec)
-    scores = [t["val"]["summary"] for t in trials]
-    eligible = [i for i, t in enumerate(trials) if _meets(t["val"], req)]
-    if not eligible:
-        seen = "; ".join(
-            f"trial {t['trial']}: " + ", ".join(f"{m} {t['val'].get(m)}" for m, _, _ in req)
-            for t in trials
-        )
-        raise InputError(
-            f"tune {method}: no trial meets {condition} ({seen}); the trials are saved "
-            f"in {out / 'trials'}"
-        )
-    best = max(eligible, key=lambda i: (-1.0 if scores[i] is None else scores[i], -i))
-    if not keep_edits:
-        for i, t in enumerate(trials):
-            if i != best:
-                shutil.rmtree(Path(t["edit"]), ignore_errors=True)
-    prov = provenance(
-        config={
+            configs.append(build_config(entry.config_cls, data, (), f"{method} config (trial {k})"))
+        original = load_model(model)
+        original.freeze_fingerprint()  # evaluated only (each trial edits its own copy)
+        base_key = {
             "method": method,
+            "method_version": entry.version,
             "model": model,
-            "policy": _policy_name(policy, pol),
-            "grid": to_dict(spec),
-            "split": "val",
-            "require": list(require),
-        },
-        seeds={"grid_seed": spec.seed},
-        models=[original],
-        policy=pol,
-    )
-    record = {"trials": trials, "best": best, "provenance": prov, "split": "val"}
-    if require:
-        record["require"] = list(require)
-    atomic_write_json(out / "tune.json", record)
-    atomic_write_text(
-        out / "table.md", _table(method, trials, best, _policy_name(policy, pol), condition)
-    )
-    among = f", among trials with {condition}" if condition else ""
-    header = (
-        f"# {method}: chosen on VAL by `relsafe tune` (trial {best} of {len(trials)}; "
-        f"summary {scores[best]}{among}); the VAL table is {out / 'table.md'}\n"
-    )
-    import yaml
+            "policy": pol.sha256,
+            "suite": to_dict(rel_cfg),
+            "suite_version": get_suite("relational").version,
+            "dtype": spec.dtype,
+        }
+        cache_dir = out / "cache"
 
-    atomic_write_text(
-        out / "best.yaml", header + yaml.safe_dump(trials[best]["config"], sort_keys=False)
-    )
-    return TuneOutcome(trials, best, out)
+        def engine(m: Any) -> Any:
+            return EmbeddingEngine(m, dtype=spec.dtype, cache_dir=cache_dir, progress=progress)
+
+        original_rows: list[Any] | None = None
+        trials: list[dict[str, Any]] = []
+        for k, (changes, cfg) in enumerate(zip(trials_in, configs, strict=True)):
+            folder = out / "trials" / f"{k:02d}"
+            marker = folder / "trial.json"
+            key = _hash({**base_key, "config": to_dict(cfg)})
+            if marker.is_file():
+                done = read_json_file(marker, "tune trial")
+                if done.get("key") == key:
+                    trials.append(done)
+                    continue
+            if progress:
+                print(
+                    f"tune {method}: trial {k + 1}/{len(configs)} {changes or '(base)'}", flush=True
+                )
+            t0 = time.perf_counter()
+            edit_out = folder / "edit"
+            edit_model(
+                method,
+                cfg,
+                model=model,
+                policy=pol,
+                out=edit_out,
+                overwrite=True,
+                progress=progress,
+            )
+            edited = load_model(str(edit_out / "merged"))
+            edited.freeze_fingerprint()
+            if original_rows is None:  # once per tune, not once per trial
+                original_rows = run_suite(
+                    "relational",
+                    original,
+                    config=rel_cfg,
+                    policy=pol,
+                    method="original",
+                    model_label=str(getattr(original, "spec", model)),
+                    engine=engine(original),
+                )
+            rows = evaluate_model(
+                "relational",
+                rel_cfg,
+                edited,
+                model_label=f"{method}#{k}",
+                method=method,
+                policy=pol,
+                reference=original,
+                engine=engine(edited),
+                compare_with=original_rows,
+            )
+            rec = {
+                "key": key,
+                "trial": k,
+                "changes": changes,
+                "config": to_dict(cfg),
+                "val": {
+                    **{m: _pick(rows, m) for m in RELATIONAL_METRICS},
+                    **{f"auroc_{k}": v for k, v in val_auroc(edited, engine(edited), pol).items()},
+                },
+                "seconds": round(time.perf_counter() - t0, 1),
+                "edit": str(edit_out),
+            }
+            atomic_write_json(marker, rec)
+            trials.append(rec)
+        scores = [t["val"]["summary"] for t in trials]
+        eligible = [i for i, t in enumerate(trials) if _meets(t["val"], req)]
+        if not eligible:
+            seen = "; ".join(
+                f"trial {t['trial']}: " + ", ".join(f"{m} {t['val'].get(m)}" for m, _, _ in req)
+                for t in trials
+            )
+            raise InputError(
+                f"tune {method}: no trial meets {condition} ({seen}); the trials are saved "
+                f"in {out / 'trials'}"
+            )
+        best = max(eligible, key=lambda i: (-1.0 if scores[i] is None else scores[i], -i))
+        if not keep_edits:
+            for i, t in enumerate(trials):
+                if i != best:
+                    shutil.rmtree(Path(t["edit"]), ignore_errors=True)
+        prov = provenance(
+            config={
+                "method": method,
+                "model": model,
+                "policy": _policy_name(policy, pol),
+                "grid": to_dict(spec),
+                "split": "val",
+                "require": list(require),
+            },
+            seeds={"grid_seed": spec.seed},
+            models=[original],
+            policy=pol,
+        )
+        record = {"trials": trials, "best": best, "provenance": prov, "split": "val"}
+        if require:
+            record["require"] = list(require)
+        atomic_write_json(out / "tune.json", record)
+        atomic_write_text(
+            out / "table.md", _table(method, trials, best, _policy_name(policy, pol), condition)
+        )
+        among = f", among trials with {condition}" if condition else ""
+        header = (
+            f"# {method}: chosen on VAL by `relsafe tune` (trial {best} of {len(trials)}; "
+            f"summary {scores[best]}{among}); the VAL table is {out / 'table.md'}\n"
+        )
+        import yaml
+
+        atomic_write_text(
+            out / "best.yaml", header + yaml.safe_dump(trials[best]["config"], sort_keys=False)
+        )
+        return TuneOutcome(trials, best, out)
 
 
 def _policy_name(requested: Any, pol: Any) -> str:
