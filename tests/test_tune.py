@@ -78,7 +78,7 @@ def test_tune_scores_on_val_picks_the_best_and_resumes(
     assert res.best == max(range(2), key=lambda i: (summaries[i], -i))
     assert res.best_config["lr"] == [1e-5, 3e-2][res.best]
     # only the winner's edit is kept; the table and best.yaml say which
-    kept = [Path(t["edit"]).is_dir() for t in res.trials]
+    kept = [(res.out / t["edit"]).is_dir() for t in res.trials]  # (relative to the tune folder)
     assert kept == [i == res.best for i in range(2)]
     table = (res.out / "table.md").read_text(encoding="utf-8")
     assert "**" in table and "on policy `tiny`" in table.splitlines()[0]
@@ -152,3 +152,25 @@ def test_the_require_help_names_every_metric(capsys: pytest.CaptureFixture[str])
         main(["tune", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert all(m in help_text for m in METRICS), help_text
+
+
+def test_losing_edits_are_deleted_inside_the_tune_folder_only(tmp_path: Path) -> None:
+    """A copied tune folder whose trial.json names the original's edits (absolute paths, as
+    before 2026-12-08) deletes its own losing edits and never the original's."""
+    from relsafe.api.tune import delete_losing_edits
+
+    original, copy = tmp_path / "orig", tmp_path / "copy"
+    for root in (original, copy):
+        for k in range(3):
+            (root / "trials" / f"{k:02d}" / "edit" / "merged").mkdir(parents=True)
+    trials = [
+        {"trial": k, "edit": str(original / "trials" / f"{k:02d}" / "edit")} for k in range(3)
+    ]
+    trials.append({"trial": "../../..", "edit": str(tmp_path)})  # a hostile record: skipped
+    delete_losing_edits(copy, trials, best=1)
+    assert all((original / "trials" / f"{k:02d}" / "edit").is_dir() for k in range(3))
+    assert [(copy / "trials" / f"{k:02d}" / "edit").is_dir() for k in range(3)] == [
+        False,
+        True,
+        False,
+    ]

@@ -289,7 +289,7 @@ def tune(
                     **{f"auroc_{k}": v for k, v in val_auroc(edited, engine(edited), pol).items()},
                 },
                 "seconds": round(time.perf_counter() - t0, 1),
-                "edit": str(edit_out),
+                "edit": str(edit_out.relative_to(out)),  # (relative: a copied folder is whole)
             }
             atomic_write_json(marker, rec)
             trials.append(rec)
@@ -306,9 +306,7 @@ def tune(
             )
         best = max(eligible, key=lambda i: (-1.0 if scores[i] is None else scores[i], -i))
         if not keep_edits:
-            for i, t in enumerate(trials):
-                if i != best:
-                    shutil.rmtree(Path(t["edit"]), ignore_errors=True)
+            delete_losing_edits(out, trials, best)
         prov = provenance(
             config={
                 "method": method,
@@ -340,6 +338,20 @@ def tune(
             out / "best.yaml", header + yaml.safe_dump(trials[best]["config"], sort_keys=False)
         )
         return TuneOutcome(trials, best, out)
+
+
+def delete_losing_edits(out: Path, trials: list[dict[str, Any]], best: int) -> None:
+    """Delete the edit of every trial but ``best``: ``OUT/trials/<k>/edit``, from the trial's index
+    alone. The path a ``trial.json`` records is never trusted (one written before 2026-12-08 is
+    absolute, and a copied tune folder's would name the original's), so nothing outside ``out``
+    is ever deleted."""
+    for i, t in enumerate(trials):
+        k = t.get("trial")
+        if i == best or isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            continue
+        folder = out / "trials" / f"{k:02d}" / "edit"
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _policy_name(requested: Any, pol: Any) -> str:
