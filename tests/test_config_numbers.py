@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relsafe.data.edit_sets import SetSizes
 from relsafe.errors import ConfigError, RelsafeError
 from relsafe.methods.hysac import HySACConfig
 from relsafe.methods.relational_lora import LoraEditConfig
@@ -63,6 +64,11 @@ BAD: list[tuple[type, str, Any]] = [
     (PretrainConfig, "steps", 1_000_000_000),
     (PretrainConfig, "batch_size", 100_000_000),
     (PretrainConfig, "embed_dim", -5),
+    (SetSizes, "images_per_retain_tuple", 100_000),
+    (SetSizes, "texts_per_forget_tuple", 0),
+    (SetSizes, "n_unrelated", 10**9),
+    (SetSizes, "context_fraction", 1.5),
+    (SetSizes, "size", 100_000),
 ]
 
 
@@ -75,10 +81,22 @@ def test_bad_number_is_refused_naming_key_and_bound(cls: type, key: str, value: 
 
 
 @pytest.mark.parametrize(
-    "cls", [LoraEditConfig, SafeClipConfig, HySACConfig, UWMConfig, PretrainConfig]
+    "cls", [LoraEditConfig, SafeClipConfig, HySACConfig, UWMConfig, PretrainConfig, SetSizes]
 )
 def test_defaults_pass(cls: type) -> None:
     cls().validate()
+
+
+def test_nested_data_sizes_are_checked_through_the_method_config() -> None:
+    """``data.*`` of a method's config is bounded too: counts and a tuple's renders in bytes."""
+    from relsafe.config import from_dict
+
+    for data, words in (
+        ({"images_per_retain_tuple": 100_000}, r"config.data: .*images_per_retain_tuple"),
+        ({"size": 1024, "images_per_retain_tuple": 100}, r"MiB of renders per tuple"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            from_dict(LoraEditConfig, {"data": data}, "config")
 
 
 def test_check_number_kinds() -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from relsafe.data.world import World, world_of
-from relsafe.errors import InputError
+from relsafe.errors import ConfigError, InputError
 from relsafe.policy import NEIGHBOUR_KINDS
 from relsafe.world import splits
 from relsafe.world.captions import caption_pair, contextualize, templates
@@ -134,6 +134,35 @@ class SetSizes:
     context_fraction: float = 0.25  # share of forget/retain texts wrapped in a train context
     size: int = 64
     seed: int = 0
+
+    def validate(self) -> None:
+        """Every field within its bound (``data.*`` of a method's config): counts that allocate
+        are bounded, and so is one tuple's images in bytes, so no ``--set`` can ask for gigabytes
+        of renders."""
+        from relsafe.validate import check_number, check_training_fields
+
+        w = "edit data sizes"
+        check_training_fields(w, self)  # size, seed
+        for name in ("texts_per_forget_tuple", "texts_per_retain_tuple"):
+            check_number(w, name, getattr(self, name), lo=1, hi=MAX_TEXTS_PER_TUPLE, integer=True)
+        for name in ("images_per_forget_tuple", "images_per_retain_tuple"):
+            n = check_number(
+                w, name, getattr(self, name), lo=1, hi=MAX_IMAGES_PER_TUPLE, integer=True
+            )
+            if n * self.size * self.size * 3 > MAX_TUPLE_IMAGE_BYTES:
+                raise ConfigError(
+                    f"{w}: {name} = {n} at size {self.size} is {n * self.size**2 * 3 / 2**20:,.0f}"
+                    f" MiB of renders per tuple; at most {MAX_TUPLE_IMAGE_BYTES // 2**20} MiB"
+                )
+        check_number(w, "n_unrelated", self.n_unrelated, lo=0, hi=100_000, integer=True)
+        check_number(w, "context_fraction", self.context_fraction, lo=0, hi=1)
+
+
+MAX_TEXTS_PER_TUPLE = 10_000
+MAX_IMAGES_PER_TUPLE = 2_000
+MAX_TUPLE_IMAGE_BYTES = 64 << 20
+"""Bounds of :class:`SetSizes` (a tuple's renders: 64 MiB, e.g. 2,000 images at 100 px or 24 at
+the default 64 px use 288 KiB)."""
 
 
 def _texts_for(
