@@ -341,3 +341,19 @@ def test_a_second_writer_of_the_same_output_is_refused_naming_the_first(
     with exclusive(out):  # released when the block ended
         pass
     assert not any(p.name == "edit" for p in tmp_path.iterdir())  # the lock is beside, not it
+
+
+def test_a_full_disk_while_safetensors_writes_names_the_output(tmp_path: Path) -> None:
+    """safetensors reports an OS error while serialising with its own error class; it becomes the
+    same one-line error as an OSError, naming the output and the reason."""
+    from safetensors import SafetensorError
+
+    full = (
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space" })'
+    )
+    with pytest.raises(InputError, match=r"cannot write --out .*edit: no space left on the device"):
+        with writing(tmp_path / "edit"):
+            raise SafetensorError(full)
+    with pytest.raises(SafetensorError, match="HeaderTooLarge"):  # a bad input: unchanged
+        with writing(tmp_path / "edit"):
+            raise SafetensorError("Error while deserializing header: HeaderTooLarge")

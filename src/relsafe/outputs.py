@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -208,6 +209,20 @@ def writing(path: str | os.PathLike[str], what: str = "--out") -> Iterator[Path]
             errno.EDQUOT: "disk quota exceeded",
         }.get(e.errno, e.strerror or str(e))
         raise InputError(f"cannot write {what} {path}: {reason} ({where})") from e
+    except Exception as e:
+        # safetensors' writers raise their own error class for an OS error while serialising
+        # ("IoError(Os { code: 28, kind: StorageFull, ... })"); read errors of inputs pass through
+        text = str(e)
+        if type(e).__name__ != "SafetensorError" or "IoError" not in text:
+            raise
+        code = re.search(r"code: (\d+)", text)
+        reason = {
+            errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "disk quota exceeded",
+            errno.EACCES: "permission denied",
+            errno.EROFS: "read-only file system",
+        }.get(int(code.group(1)) if code else -1, text)
+        raise InputError(f"cannot write {what} {path}: {reason}") from e
 
 
 def _lock_path(path: Path) -> Path:

@@ -66,9 +66,10 @@ def edit_model(
         models=[loaded],
         policy=policy,
     )  # hashed before the method runs: an in-place edit must not change what we say we read
-    result = entry.fn(
-        loaded, policy, method_config, progress=progress, workdir=str(workdir_for(out))
-    )
+    with writing(out):  # (a full disk while a training checkpoint is written names OUT)
+        result = entry.fn(
+            loaded, policy, method_config, progress=progress, workdir=str(workdir_for(out))
+        )
     saver = (result.artifacts or {}).get("save")
     output_dir(out, overwrite=overwrite)  # again: the path may have changed during training
     with writing(out):
