@@ -73,6 +73,22 @@ def test_two_workers_give_the_run_one_process_gives(
     nested = json.loads((out / "policies/objects/timings.json").read_text())["this_run"]
     assert "edit:uwm" in nested
     assert (out / "rows/relational-lora/examples.json").is_file()
+    # the progress bar's weights: every task's estimate is its stages' recorded seconds
+    from relsafe.api.run import Runner
+    from relsafe.api.run_workers import plan_tasks, task_estimates
+
+    runner = Runner(cfg, out, progress=False)
+    runners = [runner, *runner.nested]
+    _, evals = plan_tasks(runners)
+    edits = [
+        ("edit", i, (m, k))
+        for i, r in enumerate(runners)
+        for m, spec in enumerate(r.cfg.methods)
+        for k in range(r.repeats(spec))
+    ]
+    est = task_estimates(runners, [*edits, *evals])
+    stages = json.loads((out / "timings.json").read_text())["stages"]
+    assert sum(est.values()) == pytest.approx(sum(v for v in stages.values() if v), rel=1e-3)
     # jobs is not part of any stage key: one process resumes the folder with nothing to redo
     again = run(cfg, out=out, progress=False)
     assert again.leaderboard == serial.leaderboard

@@ -99,6 +99,34 @@ def plan_tasks(runners: list[Any]) -> tuple[list[Task], list[Task]]:
     return edits, evals
 
 
+def task_estimates(runners: list[Any], tasks: list[Task]) -> dict[Task, float]:
+    """Seconds each task should take, from the run's plan (:func:`relsafe.api.run_plan.plan_run`:
+    the times its stages' markers or ``timings.json`` recorded); a task with no earlier time gets
+    the mean of the known ones of its kind, or 60 s when none is known."""
+    from relsafe.api.run_plan import plan_run
+
+    top = runners[0]
+    seconds = {s.name: s.seconds for s in plan_run(top)}
+    known: dict[Task, float] = {}
+    for task in tasks:
+        kind, i, (method, repeat) = task
+        r = runners[i]
+        prefix = "" if r is top else f"{r.out.relative_to(top.out)}/"
+        folder = "original" if method < 0 else _seed_label(r.cfg.methods[method].key, repeat)
+        if kind == "edit":
+            names = [f"{prefix}models/edit:{folder}"]
+        else:
+            names = [n for n in seconds if n.startswith(f"{prefix}rows/{folder}/")]
+        values = [v for n in names if (v := seconds.get(n)) is not None]
+        if values:
+            known[task] = sum(values)
+    out: dict[Task, float] = {}
+    for task in tasks:
+        same = [v for t, v in known.items() if t[0] == task[0]]
+        out[task] = known.get(task, sum(same) / len(same) if same else 60.0)
+    return out
+
+
 def _pool_run(
     runners: list[Any],
     edits: list[Task],
@@ -106,10 +134,15 @@ def _pool_run(
     pool: Any,
     jobs: int,
     progress: bool,
+    estimates: dict[Task, float] | None = None,
 ) -> None:
     """Run ``edits``, then each of ``evals`` once its edit (if among ``edits``) is done, at most
     ``jobs`` at a time in ``pool``. The first failure stops the rest (finished stages are kept)
-    and is raised with the task it came from."""
+    and is raised with the task it came from.
+
+    The progress bar advances by each finished task's estimated seconds (``estimates``, from
+    :func:`task_estimates`; 1 each without), so its time left weighs a long edit as one; it
+    says how many tasks are done of how many, and names the running ones."""
     from tqdm.auto import tqdm
 
     from relsafe.engine.embed import progress_enabled
@@ -119,9 +152,12 @@ def _pool_run(
     ready = [t for t in evals if ("edit", t[1], t[2]) not in waiting]
     blocked = [t for t in evals if ("edit", t[1], t[2]) in waiting]
     running: dict[Future[Any], Task] = {}
+    weight = estimates or {}
+    n_tasks, n_done = len(edits) + len(evals), 0
     bar = tqdm(
-        total=len(edits) + len(evals),
-        desc=f"stages ({jobs} workers)",
+        total=round(sum(weight.get(t, 1.0) for t in [*edits, *evals]), 1),
+        desc=f"stages 0/{n_tasks} ({jobs} workers)",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining} left{postfix}]",
         disable=not progress_enabled(progress),
     )
 
@@ -154,10 +190,12 @@ def _pool_run(
                     raise named from e
                 runners[task[1]].timings.update(timings)
                 log.info("%s: done in a worker", _describe(runners, task))
+                n_done += 1
+                bar.set_description_str(f"stages {n_done}/{n_tasks} ({jobs} workers)", False)
                 if task[0] == "edit":  # its model's evaluations are ready now
                     ready.extend(t for t in blocked if t[1:] == task[1:])
                     blocked[:] = [t for t in blocked if t[1:] != task[1:]]
-                bar.update(1)
+                bar.update(round(weight.get(task, 1.0), 1))
             fill()
     finally:
         for fut in running:
@@ -173,6 +211,7 @@ def run_in_workers(runner: Any, jobs: int, *, progress: bool = True) -> None:
     for sub in runner.nested:  # (the workers write into the policies' folders before they run)
         sub.claim()
     edits, evals = plan_tasks(runners)
+    estimates = task_estimates(runners, [*edits, *evals])
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")  # (no forked torch state, the same on every OS)
     with ProcessPoolExecutor(
@@ -181,5 +220,5 @@ def run_in_workers(runner: Any, jobs: int, *, progress: bool = True) -> None:
         initializer=_init_worker,
         initargs=(type(runner), runner.cfg, str(runner.out), jobs),
     ) as pool:
-        _pool_run(runners, edits, evals, pool, jobs, progress)
+        _pool_run(runners, edits, evals, pool, jobs, progress, estimates)
     runner.timings["workers"] = time.perf_counter() - t0
