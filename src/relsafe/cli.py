@@ -207,9 +207,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.jobs is not None:
         overrides.append(f"jobs={args.jobs}")
     if args.dry_run:
-        from relsafe.api.run_plan import plan
-
-        print(plan(args.config, out=args.out, overrides=overrides, timings=args.timings))
+        print(api.plan(args.config, out=args.out, overrides=overrides, timings=args.timings))
         return 0
     res = api.run(
         args.config,

@@ -16,6 +16,7 @@ Modules: :mod:`~relsafe.api.edit`, :mod:`~relsafe.api.evaluate`, :mod:`~relsafe.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,38 @@ from relsafe.api.gallery import index, open_index, search
 from relsafe.api.run import RunConfig, RunOutcome, load_run_config, run
 from relsafe.api.safety import load_safety_model, policy_of_model
 from relsafe.api.tune import TuneOutcome, tune
+
+
+def plan(
+    config: RunConfig | str | Path,
+    *,
+    out: str | Path,
+    overrides: Sequence[str] = (),
+    timings: str | Path | None = None,
+) -> str:
+    """``relsafe run --dry-run``: every stage of the run into ``out`` (each done or not) with an
+    estimate of its time, as text (:mod:`relsafe.api.run_plan`). Runs nothing, loads no model and
+    writes nothing. ``timings``: a ``timings.json`` to estimate from (default ``OUT/timings.json``,
+    the last run's)."""
+    from relsafe.api.run import Runner
+    from relsafe.api.run_plan import format_plan, plan_run
+    from relsafe.errors import InputError
+    from relsafe.outputs import is_run_folder, output_dir
+
+    cfg = build_config(
+        RunConfig,
+        config,
+        overrides,
+        str(config) if not isinstance(config, RunConfig) else "run config",
+    )
+    out = output_dir(Path(out), recognise=is_run_folder)  # (only checked)
+    source = Path(timings) if timings is not None else out / "timings.json"
+    if timings is not None and not source.is_file():
+        raise InputError(f"--timings {source}: no such file")
+    runner = Runner(cfg, out, progress=False)
+    stages = plan_run(runner, source)
+    where = str(source) if source.is_file() else "the stage markers (no timings.json yet)"
+    return format_plan(stages, cfg.jobs, where)
 
 
 def report(runs: list[str | Path], out: str | Path | None = None) -> Path:
@@ -121,6 +154,7 @@ __all__ = [
     "open_index",
     "policy_of_model",
     "pretrain",
+    "plan",
     "report",
     "resolve_model_spec",
     "revert",

@@ -14,17 +14,13 @@ the last run; ``timings`` names another run's).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relsafe.api.run_files import _stage_done
 
-if TYPE_CHECKING:
-    from relsafe.api.run import RunConfig
-
-__all__ = ["PlannedStage", "format_plan", "plan", "plan_run"]
+__all__ = ["PlannedStage", "format_plan", "plan_run"]
 
 
 @dataclass(frozen=True)
@@ -140,35 +136,3 @@ def format_plan(stages: list[PlannedStage], jobs: int, source: str) -> str:
         + f"; times from {source}"
     )
     return "\n".join(lines)
-
-
-def plan(
-    config: RunConfig | str | Path,
-    *,
-    out: str | Path,
-    overrides: Sequence[str] = (),
-    timings: str | Path | None = None,
-) -> str:
-    """``relsafe run --dry-run``: every stage of the run into ``out`` (each done or not) with an
-    estimate of its time, as text (:mod:`relsafe.api.run_plan`). Runs nothing, loads no model and
-    writes nothing. ``timings``: a ``timings.json`` to estimate from (default ``OUT/timings.json``,
-    the last run's)."""
-    from relsafe.api._resolve import build_config
-    from relsafe.api.run import RunConfig, Runner  # noqa: F811 - (at run time)
-    from relsafe.errors import InputError
-    from relsafe.outputs import is_run_folder, output_dir
-
-    cfg = build_config(
-        RunConfig,
-        config,
-        overrides,
-        str(config) if not isinstance(config, RunConfig) else "run config",
-    )
-    out = output_dir(Path(out), recognise=is_run_folder)  # (only checked)
-    source = Path(timings) if timings is not None else out / "timings.json"
-    if timings is not None and not source.is_file():
-        raise InputError(f"--timings {source}: no such file")
-    runner = Runner(cfg, out, progress=False)
-    stages = plan_run(runner, source)
-    where = str(source) if source.is_file() else "the stage markers (no timings.json yet)"
-    return format_plan(stages, cfg.jobs, where)
