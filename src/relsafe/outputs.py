@@ -17,8 +17,9 @@ wraps its writes in :func:`writing`. The rule, the same for all of them:
    ``OSError`` s while writing become one :class:`~relsafe.errors.InputError` naming the path.
 5. **One writer at a time.** ``edit``, ``edit --revert``, ``eval --out``, ``run`` and ``tune`` hold
    :func:`exclusive` on their output for the whole command: an advisory lock (``filelock``) in a
-   file beside it, ``.<name>.relsafe-lock``. A second command writing the same output meanwhile
-   gets an error naming the holder (its process id and command) instead of racing it.
+   file beside it, ``.<name>.relsafe-lock`` (and who holds it in ``.<name>.relsafe-lock.holder``). A
+   second command writing the same output meanwhile gets an error naming the holder (its process
+   id and command) instead of racing it.
 
 Writes themselves stay atomic (``relsafe.utils_io``): a crash leaves the old output or the new one.
 """

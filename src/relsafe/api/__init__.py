@@ -53,12 +53,7 @@ def plan(
     from relsafe.errors import InputError
     from relsafe.outputs import is_run_folder, output_dir
 
-    cfg = build_config(
-        RunConfig,
-        config,
-        overrides,
-        str(config) if not isinstance(config, RunConfig) else "run config",
-    )
+    cfg = load_run_config(config, overrides)
     out = output_dir(Path(out), recognise=is_run_folder)  # (only checked)
     source = Path(timings) if timings is not None else out / "timings.json"
     if timings is not None and not source.is_file():

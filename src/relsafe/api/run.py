@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relsafe.api._resolve import build_config, load_model, load_policy, provenance
+from relsafe.api._resolve import load_model, load_policy, provenance
 from relsafe.api.edit import edit_model
 from relsafe.api.evaluate import evaluate_model
 from relsafe.api.run_config import (  # (re-exported: the run's config lives beside it)
@@ -190,12 +190,10 @@ class Runner:
         """Evaluate one model with one suite into ``rows/<folder or label>/<suite>.jsonl`` (rows
         say ``method=label``) and its per-item sidecar."""
         from relsafe.eval.rows import RowWriter, items_path, write_items
-        from relsafe.eval.suites import get_suite
 
         path = self.out / "rows" / (folder or label) / f"{suite}.jsonl"
         marker = path.with_suffix(".stage.json")
-        s = get_suite(suite)
-        scfg = from_dict(s.config_cls, dict(self.cfg.suites.get(suite) or {}), f"suites.{suite}")
+        s, scfg = self._suite(suite)
         key = self.eval_key(model_key, suite)
         if _stage_done(marker, key) and path.is_file() and items_path(path).is_file():
             return path  # (a stage from before intervals existed has no items: it is redone)
@@ -317,10 +315,7 @@ class Runner:
         model, the suite's version and configured config, the policy and the precision. It needs
         no model loaded (a suite's ``for_model`` adaptation is a function of the model's content,
         which ``model_key`` names)."""
-        from relsafe.eval.suites import get_suite
-
-        s = get_suite(suite)
-        scfg = from_dict(s.config_cls, dict(self.cfg.suites.get(suite) or {}), f"suites.{suite}")
+        s, scfg = self._suite(suite)
         return _hash(
             {
                 "model": model_key,
@@ -331,6 +326,13 @@ class Runner:
                 "dtype": self.cfg.dtype,
             }
         )
+
+    def _suite(self, suite: str) -> tuple[Any, Any]:
+        """The registered suite ``suite`` and its config as the run configures it."""
+        from relsafe.eval.suites import get_suite
+
+        s = get_suite(suite)
+        return s, from_dict(s.config_cls, dict(self.cfg.suites.get(suite) or {}), f"suites.{suite}")
 
     def examples_key(self, model_key: str) -> str:
         """The key of the report-examples stage of the model whose key is ``model_key``."""
@@ -474,12 +476,7 @@ def run(
     ``out`` must be new, empty or a run folder. ``fresh`` deletes it first, but only when it is a
     run folder (or empty), and only after the config, its policy, methods and model were
     checked."""
-    cfg = build_config(
-        RunConfig,
-        config,
-        overrides,
-        str(config) if not isinstance(config, RunConfig) else "run config",
-    )
+    cfg = load_run_config(config, overrides)
     out = Path(out)
     if fresh and out.is_dir() and not out.is_symlink() and any(out.iterdir()):
         if not is_run_folder(out):

@@ -136,6 +136,10 @@ class RunConfig:
                 raise ConfigError(f"extra_policies[{i}] ({extra.policy}): {e}") from e
 
 
-def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """A validated :class:`RunConfig` from a YAML file plus ``--set`` overrides."""
-    return build_config(RunConfig, path, overrides, str(path) if path else "run config")
+def load_run_config(
+    path: RunConfig | str | Path | None, overrides: Sequence[str] = ()
+) -> RunConfig:
+    """A validated :class:`RunConfig` from a YAML file (or a :class:`RunConfig`) plus ``--set``
+    overrides."""
+    where = str(path) if path and not isinstance(path, RunConfig) else "run config"
+    return build_config(RunConfig, path, overrides, where)

@@ -30,13 +30,15 @@ class PlannedStage:
     ``name`` is the stage's name in ``timings.json`` (``models/edit:<model>``,
     ``rows/<model>/<suite>``, ``rows/<model>/examples``, under ``policies/<policy>/`` for an extra
     policy); ``status`` is ``done``, ``to run`` or ``after edit`` (its model is not edited yet);
-    ``seconds`` the estimate (None: no earlier time known)."""
+    ``seconds`` the estimate (None: no earlier time known); ``model`` the folder name of the
+    model the stage edits or evaluates (``original``, ``<label>``, ``<label>@seed<k>``)."""
 
     policy: str
     kind: str
     name: str
     status: str
     seconds: float | None
+    model: str
 
 
 def _marker_seconds(marker: Path) -> float | None:
@@ -69,15 +71,17 @@ def plan_run(runner: Any, timings: Path | None = None) -> list[PlannedStage]:
         prefix = "" if r is runner else f"{r.out.relative_to(top)}/"
 
         def stage(
-            kind: str, name: str, marker: Path, status: str, r: Any = r, prefix: str = prefix
+            kind: str,
+            model: str,
+            name: str,
+            marker: Path,
+            status: str,
+            r: Any = r,
+            prefix: str = prefix,
         ) -> None:
             full = prefix + name
-            seconds = _marker_seconds(marker)
-            out.append(
-                PlannedStage(
-                    r.policy.name, kind, full, status, seconds if seconds else recorded.get(full)
-                )
-            )
+            seconds = _marker_seconds(marker) or recorded.get(full)
+            out.append(PlannedStage(r.policy.name, kind, full, status, seconds, model))
 
         models: list[tuple[str, str, str | None]] = [("original", "original", r.base_key)]
         for spec in r.cfg.methods:
@@ -85,9 +89,8 @@ def plan_run(runner: Any, timings: Path | None = None) -> list[PlannedStage]:
                 folder, _, key = r.edit_plan(spec, repeat)
                 done = r._edit_done(folder, key)
                 marker = r.out / "models" / f".{folder}.stage.json"
-                stage("edit", f"models/edit:{folder}", marker, "done" if done else "to run")
-                record = r.out / "models" / folder / "record.json"
-                model_key = r.edited_entry(spec, record.parent)[3] if done else None
+                stage("edit", folder, f"models/edit:{folder}", marker, "done" if done else "to run")
+                model_key = r.edited_entry(spec, r.out / "models" / folder)[3] if done else None
                 models.append((spec.key, folder, model_key))
         for label, folder, model_key in models:
             rows = r.out / "rows" / folder
@@ -99,7 +102,7 @@ def plan_run(runner: Any, timings: Path | None = None) -> list[PlannedStage]:
                 else:
                     done = _stage_done(marker, r.eval_key(model_key, suite)) and path.is_file()
                     status = "done" if done else "to run"
-                stage("eval", f"rows/{folder}/{suite}", marker, status)
+                stage("eval", folder, f"rows/{folder}/{suite}", marker, status)
             if r.cfg.examples > 0 and folder == label:  # seed 0 only
                 marker = rows / "examples.stage.json"
                 if model_key is None:
@@ -107,7 +110,7 @@ def plan_run(runner: Any, timings: Path | None = None) -> list[PlannedStage]:
                 else:
                     done = _stage_done(marker, r.examples_key(model_key))
                     status = "done" if done and (rows / "examples.json").is_file() else "to run"
-                stage("examples", f"rows/{folder}/examples", marker, status)
+                stage("examples", folder, f"rows/{folder}/examples", marker, status)
     return out
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -105,21 +105,19 @@ def task_estimates(runners: list[Any], tasks: list[Task]) -> dict[Task, float]:
     the mean of the known ones of its kind, or 60 s when none is known."""
     from relsafe.api.run_plan import plan_run
 
-    top = runners[0]
-    seconds = {s.name: s.seconds for s in plan_run(top)}
+    # seconds per (policy, edit or not, model): an evaluation task is its suites and examples
+    seconds: dict[tuple[str, bool, str], float] = {}
+    for st in plan_run(runners[0]):
+        if st.seconds is not None:
+            group = (st.policy, st.kind == "edit", st.model)
+            seconds[group] = seconds.get(group, 0.0) + st.seconds
     known: dict[Task, float] = {}
     for task in tasks:
         kind, i, (method, repeat) = task
         r = runners[i]
-        prefix = "" if r is top else f"{r.out.relative_to(top.out)}/"
         folder = "original" if method < 0 else _seed_label(r.cfg.methods[method].key, repeat)
-        if kind == "edit":
-            names = [f"{prefix}models/edit:{folder}"]
-        else:
-            names = [n for n in seconds if n.startswith(f"{prefix}rows/{folder}/")]
-        values = [v for n in names if (v := seconds.get(n)) is not None]
-        if values:
-            known[task] = sum(values)
+        if (group := (r.policy.name, kind == "edit", folder)) in seconds:
+            known[task] = seconds[group]
     out: dict[Task, float] = {}
     for task in tasks:
         same = [v for t, v in known.items() if t[0] == task[0]]
@@ -131,7 +129,7 @@ def _pool_run(
     runners: list[Any],
     edits: list[Task],
     evals: list[Task],
-    pool: Any,
+    pool: Executor,
     jobs: int,
     progress: bool,
     estimates: dict[Task, float] | None = None,

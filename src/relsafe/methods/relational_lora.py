@@ -70,11 +70,10 @@ from torch import nn
 
 from relsafe.batching import in_input_order, length_order
 from relsafe.config import to_dict
-from relsafe.data.digest import data_digest
 from relsafe.data.edit_sets import EditSets, SetSizes, concept_sets, relational_sets
 from relsafe.distributed import current as current_dist
 from relsafe.errors import ConfigError, InputError
-from relsafe.methods.base import EditRecord, EditResult, Timer, get_method, register_method
+from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
 from relsafe.methods.lora import attach_lora, target_module_names
 from relsafe.methods.text_prefix import (
     TextPrefixCache,
@@ -84,7 +83,7 @@ from relsafe.methods.text_prefix import (
     root_modules,
     top_layers,
 )
-from relsafe.methods.training import run_loop
+from relsafe.methods.training import checkpoint_key, run_loop
 from relsafe.models.base import TowerSplit
 from relsafe.world.captions import prototype_caption, prototype_marginal
 from relsafe.world.vocab import default_vocabulary
@@ -462,9 +461,6 @@ def _run_lora_edit(
     progress: bool,
     workdir: str | None,
 ) -> EditResult:
-    import hashlib
-    import json
-
     dist = current_dist()  # a world of one unless started by `accelerate launch`
     if dist.enabled:
         model.to(dist.device)
@@ -489,18 +485,7 @@ def _run_lora_edit(
             "vision_retain": cfg.w_vision_retain,
             "vision_gallery": cfg.w_vision_gallery,
         }
-        fp = hashlib.sha256(  # the checkpoint's key: resumed only for the same everything
-            json.dumps(
-                {
-                    "method": method,
-                    "version": get_method(method).version,
-                    "cfg": to_dict(cfg),
-                    "model": model.fingerprint(),
-                    "data": data_digest(sets),
-                },
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()
+        fp = checkpoint_key(method, cfg, model.fingerprint(), sets)
         loop = run_loop(
             handle,
             handle.parameters(),

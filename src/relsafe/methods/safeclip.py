@@ -32,8 +32,6 @@ join ``cos_S``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,18 +40,17 @@ import torch
 from torch import nn
 
 from relsafe.config import to_dict
-from relsafe.data.digest import data_digest
 from relsafe.data.edit_sets import SetSizes
 from relsafe.data.images import to_pixels
 from relsafe.data.quadruplets import build_quadruplets
 from relsafe.data.retain_pool import RetainPool, pool_labels, retain_pool
 from relsafe.distributed import current as current_dist
 from relsafe.errors import ConfigError, InputError
-from relsafe.methods.base import EditRecord, EditResult, Timer, get_method, register_method
+from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
 from relsafe.methods.contrastive import symmetric_info_nce
 from relsafe.methods.lora import attach_lora, lora_patterns
 from relsafe.methods.relational_lora import _frozen_image, _frozen_text
-from relsafe.methods.training import run_loop
+from relsafe.methods.training import checkpoint_key, run_loop
 from relsafe.world import splits
 
 COSINE_WEIGHTS = {"cos_S": 0.1, "cos_V": 0.1, "cos_U": 0.1, "cos_G": 0.2}
@@ -240,19 +237,8 @@ def safeclip(
             out["nce_S0_V"] = _info_nce(t0_all, vv_all, s, g_all)
             return out
 
-        fp = hashlib.sha256(
-            json.dumps(
-                {
-                    "version": get_method("safeclip").version,
-                    "cfg": to_dict(cfg),
-                    "model": model.fingerprint(),
-                    "n": n,
-                    "pool": m_pool,
-                    "data": data_digest(data, pool_texts, pool_ids, pool_img if m_pool else None),
-                },
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()
+        pool_data = (pool_texts, pool_ids, pool_img) if m_pool else None
+        fp = checkpoint_key("safeclip", cfg, model.fingerprint(), data, pool_data)
         loop = run_loop(
             handle,
             handle.parameters(),

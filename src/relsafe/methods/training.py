@@ -95,6 +95,28 @@ def save_checkpoint(
     )
 
 
+def checkpoint_key(method: str, cfg: Any, model_fingerprint: str, *data: Any) -> str:
+    """The key a training checkpoint resumes under (:func:`run_loop`'s ``fingerprint``): the
+    method and its registered ``version``, its config, the model's weights (its fingerprint) and a
+    digest of every text, label and image it trains on (:func:`relsafe.data.digest.data_digest`
+    of ``data``), so a re-run with anything else starts afresh."""
+    import hashlib
+    import json
+
+    from relsafe.config import to_dict
+    from relsafe.data.digest import data_digest
+    from relsafe.methods.base import get_method
+
+    key = {
+        "method": method,
+        "version": get_method(method).version,
+        "cfg": to_dict(cfg),
+        "model": model_fingerprint,
+        "data": data_digest(*data),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
 def load_checkpoint(
     workdir: Path,
     handle: LoraHandle,

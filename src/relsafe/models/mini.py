@@ -410,7 +410,7 @@ class CNNStage(nn.Module):
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x`` ``(N, C, H, W)`` stored channels-last (NHWC), the layout in which the CNN runs: the
     token MLPs read it without a copy and the convolutions run about 30% faster on the CPU
-    (docs/performance.md, "Channels-last"); the same values, in another memory order."""
+    (docs/performance.md, "Where the time goes"); the same values, in another memory order."""
     return x.contiguous(memory_format=torch.channels_last)
 
 

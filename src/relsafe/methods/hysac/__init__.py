@@ -65,17 +65,14 @@ only the main process writes the output folder (the others raise
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from relsafe.config import to_dict
-from relsafe.data.digest import data_digest
 from relsafe.distributed import current as current_dist
 from relsafe.distributed import gather_with_local_grad
-from relsafe.methods.base import EditRecord, EditResult, Timer, get_method, register_method
+from relsafe.methods.base import EditRecord, EditResult, Timer, register_method
 from relsafe.methods.hysac.config import HySACConfig
 from relsafe.methods.hysac.data import (
     KINDS,
@@ -102,7 +99,7 @@ from relsafe.methods.hysac.trainer import (
     unit_norm_alphas,
 )
 from relsafe.methods.lora import attach_lora
-from relsafe.methods.training import ExtraState, run_loop
+from relsafe.methods.training import ExtraState, checkpoint_key, run_loop
 from relsafe.models.hyperbolic import HyperbolicDualEncoder
 
 __all__ = [
@@ -183,20 +180,7 @@ def hysac(
         scalars = hmodel.scalar_parameters()
         for p in scalars:
             p.requires_grad_(True)
-        fp = hashlib.sha256(
-            json.dumps(
-                {
-                    "cfg": to_dict(cfg),
-                    "model": base_fp,
-                    "n": len(train),
-                    "n_val": len(val),
-                    "pool": 0 if pool_data is None else len(pool_data),
-                    "version": get_method("hysac").version,
-                    "data": data_digest(train, val, pool_data),
-                },
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()
+        fp = checkpoint_key("hysac", cfg, base_fp, train, val, pool_data)
         wd = Path(workdir) if workdir else None  # global state, written by the main process
         run = HySACRun(hmodel, handle, train, val, cfg, dist, wd, fp, pool_data)
         with Timer() as cache_timer:
